@@ -1,0 +1,116 @@
+"""fl_client: one client's local training for one round.
+
+Reads the round's global model (``run:round-1``) from MongoDB, trains on this client's partition, stores the
+update under ``run:round:client`` and returns a small acknowledgement. Weights never travel in the payload or
+the result: platform payloads are capped near 1 MB and models are larger.
+
+Payload (built by the orchestrator)::
+
+    {"run_id": str, "round": int >= 1, "client_id": int in 0..num_clients-1, "num_clients": int, "seed": int,
+     "model": {model, input_size, hidden_size, output_size, input_shape_x, input_shape_y},
+     "train": {optim, lr, batch_size, local_epochs, mu, l2},
+     "data": {"dataset": "digits"} or {train_images, train_labels, test_images, test_labels, sha256?,
+              allow_pickle?, max_bytes?} plus {partition, shards_per_client, alpha},
+     "activation_id": str, "attempt": int}
+
+Training is seeded from (seed, round, client_id), so a retried invocation computes the same update; if the update
+is already stored, the retry returns its acknowledgement without training again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from fedkeeper.runtime import blobstore, data, model
+
+FUNCTION = "fl_client"
+
+
+def _field(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...], *, minimum: int | None = None) -> Any:
+    if key not in params or params[key] is None:
+        raise ValueError(f"{FUNCTION}: params.{key} is required")
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{FUNCTION}: params.{key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{FUNCTION}: params.{key} must be >= {minimum}, got {value!r}")
+    if kind is str and not value:
+        raise ValueError(f"{FUNCTION}: params.{key} must not be empty")
+    return value
+
+
+def handle(params: dict, *, db: Any = None) -> dict:
+    """Train and store this client's update; ``db`` is injected by tests, functions connect from the environment."""
+    started = time.perf_counter()
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{FUNCTION}: params must be a JSON object")
+    run_id = _field(params, "run_id", str)
+    rnd = _field(params, "round", int, minimum=1)
+    client_id = _field(params, "client_id", int, minimum=0)
+    num_clients = _field(params, "num_clients", int, minimum=1)
+    seed = _field(params, "seed", int, minimum=0)
+    if client_id >= num_clients:
+        raise ValueError(f"{FUNCTION}: params.client_id {client_id} is not below params.num_clients {num_clients}")
+    activation_id = params.get("activation_id")
+    mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
+    cfg = model.TrainConfig.from_params(_field(params, "train", Mapping), "params.train")
+    spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
+
+    store = blobstore.BlobStore(db if db is not None else blobstore.connect())
+    done = store.updates.find_one({"_id": f"{run_id}:{rnd}:{client_id}"}, {"blob": 0})
+    if done is not None:
+        return _ack(done, client_id, rnd, started, duplicate=True)
+
+    global_weights, _ = store.read_model(run_id, rnd - 1, mdl.expected())
+    local = data.client_split(spec, num_clients, client_id, seed)
+    if local.x.shape[1] != mdl.spec.num_features:
+        raise ValueError(
+            f"{FUNCTION}: the data has {local.x.shape[1]} features per sample, "
+            f"params.model needs {mdl.spec.num_features}"
+        )
+    new_weights, metrics = model.train_local(
+        mdl,
+        global_weights,
+        local.x,
+        local.y,
+        optim=cfg.optim,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        local_epochs=cfg.local_epochs,
+        mu=cfg.mu,
+        l2=cfg.l2,
+        seed=model.derive_seed(seed, rnd, client_id),
+    )
+    stored = store.write_update(
+        run_id,
+        rnd,
+        client_id,
+        new_weights,
+        base_round=rnd - 1,
+        num_examples=metrics["num_examples"],
+        metrics={
+            "train_loss": metrics["train_loss"],
+            "train_accuracy": metrics["train_accuracy"],
+            "steps": metrics["steps"],
+            "train_s": metrics["train_s"],
+            "duration_s": time.perf_counter() - started,
+        },
+        activation_id=activation_id if isinstance(activation_id, str) else None,
+    )
+    return _ack(stored, client_id, rnd, started, duplicate=bool(stored.get("duplicate")))
+
+
+def _ack(doc: Mapping[str, Any], client_id: int, rnd: int, started: float, *, duplicate: bool) -> dict:
+    metrics = doc.get("metrics") or {}
+    return {
+        "ok": True,
+        "client_id": client_id,
+        "round": rnd,
+        "num_examples": doc.get("num_examples"),
+        "train_loss": metrics.get("train_loss"),
+        "train_accuracy": metrics.get("train_accuracy"),
+        "duration_s": round(time.perf_counter() - started, 6),
+        "sha256": doc.get("sha256"),
+        "duplicate": duplicate,
+    }

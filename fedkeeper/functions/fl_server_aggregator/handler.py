@@ -1,0 +1,158 @@
+"""fl_server_aggregator: writes the round-0 model (``mode: init``) and aggregates a round (``mode: aggregate``).
+
+Payload::
+
+    {"mode": "init" | "aggregate", "run_id": str, "round": int, "client_ids": [int, ...] (aggregate),
+     "seed": int, "model": {...}, "data": {...}, "keep_models": int (0 = keep every global model)}
+
+``aggregate`` reads the accepted updates of ``round`` in ascending client-id order, validates each against the
+previous global model (names, shape, dtype, NaN/Inf, checksum, base round), averages them with streaming FedAvg
+weighted by num_examples (one update in memory at a time), evaluates the result on the test split and stores it as
+model ``round`` with its metrics. Bad updates are listed in ``rejected`` and the round goes on without them.
+
+Both modes are idempotent: if the model of ``round`` already exists, the stored result comes back with
+``already_done: true`` and nothing changes (a retried or duplicated aggregator call cannot fork the run).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from fedkeeper.runtime import blobstore, data, model, strategies
+
+FUNCTION = "fl_server_aggregator"
+
+
+def _field(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...], *, minimum: int | None = None) -> Any:
+    if key not in params or params[key] is None:
+        raise ValueError(f"{FUNCTION}: params.{key} is required")
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{FUNCTION}: params.{key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{FUNCTION}: params.{key} must be >= {minimum}, got {value!r}")
+    if kind is str and not value:
+        raise ValueError(f"{FUNCTION}: params.{key} must not be empty")
+    return value
+
+
+class NoValidUpdates(RuntimeError):
+    """Every listed update was rejected (or none was listed): the round cannot produce a model."""
+
+
+def handle(params: dict, *, db: Any = None) -> dict:
+    """Dispatch on ``mode``; ``db`` is injected by tests, functions connect from the environment."""
+    started = time.perf_counter()
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{FUNCTION}: params must be a JSON object")
+    mode = params.get("mode")
+    if mode not in ("init", "aggregate"):
+        raise ValueError(f"{FUNCTION}: params.mode must be init or aggregate, got {mode!r}")
+    run_id = _field(params, "run_id", str)
+    mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
+    spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
+    store = blobstore.BlobStore(db if db is not None else blobstore.connect())
+    if mode == "init":
+        return _init(params, run_id, mdl, spec, store, started)
+    return _aggregate(params, run_id, mdl, spec, store, started)
+
+
+def _init(
+    params: Mapping[str, Any], run_id: str, mdl: model.Model, spec: data.DataSpec, store: blobstore.BlobStore,
+    started: float,
+) -> dict:
+    rnd = params.get("round", 0)
+    if rnd != 0:
+        raise ValueError(f"{FUNCTION}: mode init writes round 0, got params.round = {rnd!r}")
+    seed = _field(params, "seed", int, minimum=0)
+    existing = store.get_model_doc(run_id, 0)
+    if existing is not None:
+        return _result(existing, started, already_done=True)
+    weights = mdl.init(model.derive_seed(seed, 0))
+    loss, accuracy = _evaluate(mdl, spec, weights)
+    doc = store.write_model(run_id, 0, weights, {"accuracy": accuracy, "loss": loss, "rejected": []}, num_updates=0)
+    return _result(doc, started, already_done=bool(doc.get("duplicate")))
+
+
+def _aggregate(
+    params: Mapping[str, Any], run_id: str, mdl: model.Model, spec: data.DataSpec, store: blobstore.BlobStore,
+    started: float,
+) -> dict:
+    rnd = _field(params, "round", int, minimum=1)
+    client_ids = _field(params, "client_ids", list)
+    for cid in client_ids:
+        if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
+            raise ValueError(f"{FUNCTION}: params.client_ids must hold non-negative integers, got {cid!r}")
+    keep_models = params.get("keep_models", 0)
+    if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
+        raise ValueError(f"{FUNCTION}: params.keep_models must be an integer >= 0, got {keep_models!r}")
+
+    existing = store.get_model_doc(run_id, rnd)
+    if existing is not None:
+        return _result(existing, started, already_done=True)
+
+    global_weights, _ = store.read_model(run_id, rnd - 1, mdl.expected())
+    expected = model.expected_spec(global_weights)
+    del global_weights  # only its spec is needed; keep peak memory at one model + one update
+    fedavg = strategies.FedAvg()
+    fedavg.begin(expected)
+    rejected: list[dict[str, Any]] = []
+    accepted: list[int] = []
+    for cid in sorted(set(client_ids)):  # fixed order: the same updates give the same bits
+        try:
+            weights, doc = store.read_update(run_id, rnd, cid, expected, base_round=rnd - 1)
+            fedavg.add(weights, doc.get("num_examples"), client_id=cid)
+        except blobstore.CorruptUpdate as exc:
+            rejected.append({"client_id": cid, "reason": exc.reason, "detail": exc.detail})
+            continue
+        except strategies.StrategyError as exc:
+            rejected.append({"client_id": cid, "reason": "bad_update", "detail": str(exc)})
+            continue
+        finally:
+            weights = None  # drop the view of this blob before reading the next one
+        accepted.append(cid)
+    if fedavg.count == 0:
+        reasons = ", ".join(f"client {r['client_id']}: {r['reason']}" for r in rejected) or "no client ids given"
+        raise NoValidUpdates(f"no valid updates for round {rnd} of run {run_id} ({reasons})")
+
+    new_weights = fedavg.result()
+    loss, accuracy = _evaluate(mdl, spec, new_weights)
+    metrics = {
+        "accuracy": accuracy,
+        "loss": loss,
+        "rejected": rejected,
+        "clients": accepted,
+        "num_examples": fedavg.total_examples,
+    }
+    doc = store.write_model(run_id, rnd, new_weights, metrics, num_updates=fedavg.count)
+    if keep_models > 0 and not doc.get("duplicate"):
+        store.gc_models(run_id, keep_last=keep_models)
+        store.gc_updates(run_id, through_round=rnd)  # aggregated: their blobs are no longer needed
+    return _result(doc, started, already_done=bool(doc.get("duplicate")))
+
+
+def _evaluate(mdl: model.Model, spec: data.DataSpec, weights: Mapping[str, Any]) -> tuple[float, float]:
+    test = data.load_split(spec, "test")
+    if test.x.shape[1] != mdl.spec.num_features:
+        raise ValueError(
+            f"{FUNCTION}: the test images have {test.x.shape[1]} features, params.model needs {mdl.spec.num_features}"
+        )
+    if len(test) and test.y.max() >= mdl.spec.output_size:
+        raise ValueError(f"{FUNCTION}: test labels reach {test.y.max()}, params.model.output_size is {mdl.spec.output_size}")
+    return mdl.evaluate(weights, test.x, test.y)
+
+
+def _result(doc: Mapping[str, Any], started: float, *, already_done: bool) -> dict:
+    metrics = doc.get("metrics") or {}
+    return {
+        "ok": True,
+        "round": doc.get("round"),
+        "accuracy": metrics.get("accuracy"),
+        "loss": metrics.get("loss"),
+        "num_updates": doc.get("num_updates"),
+        "rejected": list(metrics.get("rejected") or []),
+        "model_sha256": doc.get("sha256"),
+        "duration_s": round(time.perf_counter() - started, 6),
+        "already_done": already_done,
+    }

@@ -1,0 +1,337 @@
+"""Function folder + `fedkeeper/runtime` + a provider's entry file → one deterministic zip per (function, kind).
+
+Every platform, the local one included, runs exactly the bytes built here, so a local run exercises the same
+artifact a cloud deploy would upload. The zip is reproducible: entries are sorted, every timestamp is
+1980-01-01, permissions are fixed and the compression level is pinned, so the same inputs give the same sha256
+(which is what makes `deploy` a no-op when nothing changed).
+
+Contents (docs/contracts.md, "Function artifacts"):
+- the function folder's files at the root (`handler.py`, ...), without `__pycache__` and compiled files;
+- `fedkeeper/__init__.py` (a one-line stand-in, not the orchestrator's) and `fedkeeper/runtime/**`;
+- the provider's entry file, under the name the platform needs (table `ENTRIES`);
+- for `google`, a `requirements.txt` that GCF installs at build time;
+- for `aws`/`openwhisk` with `vendor_wheels`, the manylinux wheels of numpy/pymongo/dnspython for the target
+  architecture, unpacked at the root (otherwise a Lambda layer or an OpenWhisk docker image provides them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+__all__ = [
+    "Artifact", "PackagingOptions", "PackagingError", "ENTRIES", "build", "write_all", "options_for",
+    "clear_cache", "FUNCTIONS_DIR", "RUNTIME_DIR", "ENTRIES_DIR",
+]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+FUNCTIONS_DIR = _PACKAGE_DIR / "functions"
+RUNTIME_DIR = _PACKAGE_DIR / "runtime"
+ENTRIES_DIR = _PACKAGE_DIR / "providers" / "entries"
+
+#: provider kind -> name of the entry file inside the zip (its source is ENTRIES_DIR / f"{kind}.py")
+ENTRIES: dict[str, str] = {
+    "local": "fk_local_entry.py",
+    "openwhisk": "__main__.py",
+    "aws": "lambda_function.py",
+    "google": "main.py",
+}
+
+#: kinds whose platform can take vendored wheels in the zip (GCF installs requirements.txt itself; local uses
+#: the interpreter's own packages)
+VENDOR_KINDS = frozenset({"aws", "openwhisk"})
+
+#: what the functions need at run time; ranges that both the orchestrator and the functions are tested with
+RUNTIME_REQUIREMENTS: tuple[str, ...] = ("numpy>=1.26,<3", "pymongo>=4.6,<5")
+#: pymongo's dependency, named explicitly for `pip download --no-deps`-free resolution on foreign platforms
+VENDORED_PROJECTS: tuple[str, ...] = ("numpy>=1.26,<3", "pymongo>=4.6,<5", "dnspython>=2.4,<3")
+
+MINIMAL_INIT = b'"""FedKeeper function package: only `fedkeeper.runtime` is shipped inside functions."""\n'
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+ZIP_FILE_MODE = 0o644
+ZIP_COMPRESSLEVEL = 6
+_EXCLUDED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".git"})
+_EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+
+
+class PackagingError(Exception):
+    """A function cannot be packaged; the message names the function, the kind and the missing piece."""
+
+
+@dataclass(frozen=True)
+class PackagingOptions:
+    """How to build one artifact beyond (function, kind). Hashable: it is part of the in-process cache key."""
+
+    vendor_wheels: bool = False
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    python_version: str = "3.11"
+    wheel_cache_dir: Path | None = None  # default ~/.cache/fedkeeper/wheels
+
+    def cache_dir(self) -> Path:
+        return Path(self.wheel_cache_dir) if self.wheel_cache_dir else Path.home() / ".cache" / "fedkeeper" / "wheels"
+
+    @property
+    def platform_tag(self) -> str:
+        # manylinux2014 (glibc 2.17) runs on Amazon Linux 2, the base of Lambda's python3.11 runtime, and on the
+        # Debian images of OpenWhisk's python runtimes.
+        return "manylinux2014_" + ("aarch64" if self.architecture == "arm64" else "x86_64")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    function: str
+    kind: str
+    data: bytes = field(repr=False)
+    sha256: str
+    entry: str
+    files: list[str] = field(hash=False)
+
+    def __repr__(self) -> str:
+        return (f"Artifact(function={self.function!r}, kind={self.kind!r}, sha256={self.sha256[:12]!r}, "
+                f"size={len(self.data)}, files={len(self.files)})")
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+_cache: dict[tuple[Any, ...], Artifact] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+        _wheel_sets.clear()
+
+
+def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions | None = None) -> Artifact:
+    """The zip of `function` (a name under fedkeeper/functions/ or a function folder) for provider `kind`.
+
+    Cached in-process by (function, kind, options, input files' sizes and mtimes), so the fabric can ask for
+    the same artifact many times for the cost of a few stat calls, and an edited file is still picked up.
+    """
+    options = options or PackagingOptions()
+    if kind not in ENTRIES:
+        raise ValueError(f"unknown provider kind {kind!r}; known: {', '.join(sorted(ENTRIES))}")
+    if options.vendor_wheels and kind not in VENDOR_KINDS:
+        raise ValueError(f"vendor_wheels applies to {', '.join(sorted(VENDOR_KINDS))}, not to {kind!r} "
+                         "(GCF installs requirements.txt; the local platform uses this interpreter's packages)")
+    folder, name = _resolve_function(function)
+    sources = _collect_sources(folder, name, kind)
+    key = (str(folder), kind, options, _fingerprint(sources))
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    members: dict[str, bytes] = {arc: path.read_bytes() for arc, path in sources.items()}
+    members["fedkeeper/__init__.py"] = MINIMAL_INIT
+    if kind == "google":
+        members["requirements.txt"] = _requirements(folder)
+    if options.vendor_wheels:
+        for arc, data in _vendored_members(options):
+            if arc in members:
+                raise PackagingError(f"{name} ({kind}): vendored file {arc} collides with a function file")
+            members[arc] = data
+    data = _zip_bytes(members)
+    artifact = Artifact(function=name, kind=kind, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                        entry=ENTRIES[kind], files=sorted(members))
+    with _cache_lock:
+        _cache[key] = artifact
+    return artifact
+
+
+def _resolve_function(function: str | os.PathLike[str]) -> tuple[Path, str]:
+    text = os.fspath(function)
+    looks_like_path = isinstance(function, os.PathLike) or os.sep in text or (os.altsep and os.altsep in text)
+    folder = Path(text) if looks_like_path else FUNCTIONS_DIR / text
+    if not looks_like_path and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", text):
+        raise PackagingError(f"invalid function name {text!r}")
+    folder = folder.resolve()
+    name = folder.name
+    if not folder.is_dir():
+        known = sorted(p.name for p in FUNCTIONS_DIR.iterdir() if (p / "handler.py").is_file()) \
+            if FUNCTIONS_DIR.is_dir() else []
+        where = f"folder {folder}" if looks_like_path else f"{FUNCTIONS_DIR}/{text}"
+        raise PackagingError(f"function {name!r} not found ({where}); known: {', '.join(known) or 'none'}")
+    if not (folder / "handler.py").is_file():
+        raise PackagingError(f"function {name!r} has no handler.py in {folder}")
+    return folder, name
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS)
+        for filename in sorted(filenames):
+            if not filename.endswith(_EXCLUDED_SUFFIXES):
+                yield Path(dirpath) / filename
+
+
+def _collect_sources(folder: Path, name: str, kind: str) -> dict[str, Path]:
+    """Zip member name -> source file, for everything except generated and vendored members."""
+    sources: dict[str, Path] = {}
+    for path in _walk(folder):
+        sources[path.relative_to(folder).as_posix()] = path
+    reserved = {ENTRIES[kind], "fedkeeper/__init__.py"} | ({"requirements.txt"} if kind == "google" else set())
+    clash = sorted(reserved & set(sources)) + sorted(a for a in sources if a.startswith("fedkeeper/"))
+    if clash:
+        raise PackagingError(f"{name} ({kind}): function folder {folder} holds {clash[0]}, which the packager "
+                             "writes itself; rename it")
+    if not RUNTIME_DIR.is_dir():
+        raise PackagingError(f"{name} ({kind}): runtime folder missing: {RUNTIME_DIR}")
+    for path in _walk(RUNTIME_DIR):
+        sources["fedkeeper/runtime/" + path.relative_to(RUNTIME_DIR).as_posix()] = path
+    entry = ENTRIES_DIR / f"{kind}.py"
+    if not entry.is_file():
+        raise PackagingError(f"{name} ({kind}): entry file missing: {entry}")
+    sources[ENTRIES[kind]] = entry
+    return sources
+
+
+def _fingerprint(sources: dict[str, Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for arc in sorted(sources):
+        st = sources[arc].stat()
+        out.append((arc, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _requirements(folder: Path) -> bytes:
+    """GCF's requirements.txt: the runtime's needs plus the function's own requirements.txt, if any."""
+    lines = list(RUNTIME_REQUIREMENTS)
+    own = folder / "requirements.txt"
+    if own.is_file():
+        for line in own.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and line not in lines:
+                lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for arc in sorted(members):
+            info = zipfile.ZipInfo(arc, date_time=ZIP_DATE)
+            info.create_system = 3  # unix, whatever machine builds it
+            info.external_attr = ZIP_FILE_MODE << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, members[arc], compress_type=zipfile.ZIP_DEFLATED, compresslevel=ZIP_COMPRESSLEVEL)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- wheels
+
+_wheel_sets: dict[tuple[str, str, str], tuple[Path, ...]] = {}
+
+#: `pip download` output lines naming a wheel it saved or found in the destination folder
+_PIP_WHEEL_LINE = re.compile(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)")
+
+
+def _run_pip(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Indirection so tests can replace the network step."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
+    key = (options.architecture, options.python_version, str(options.cache_dir()))
+    with _cache_lock:
+        hit = _wheel_sets.get(key)
+    if hit is not None:
+        return hit
+    dest = options.cache_dir() / f"cp{options.python_version.replace('.', '')}-{options.platform_tag}"
+    dest.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
+            "--platform", options.platform_tag, "--python-version", options.python_version,
+            "--implementation", "cp", "-d", str(dest), *VENDORED_PROJECTS]
+    try:
+        proc = _run_pip(args)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackagingError(f"pip download of {', '.join(VENDORED_PROJECTS)} failed: {exc}") from None
+    if proc.returncode != 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise PackagingError(f"pip download for {options.platform_tag} / Python {options.python_version} failed "
+                             f"(exit {proc.returncode}): {tail}")
+    wheels = sorted({Path(m).name for m in _PIP_WHEEL_LINE.findall(proc.stdout)})
+    if not wheels:
+        raise PackagingError(f"pip download reported no wheels for {options.platform_tag}; output: "
+                             f"{proc.stdout.strip()[-300:]}")
+    paths = tuple(dest / w for w in wheels)
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise PackagingError(f"pip download reported wheels that are not in {dest}: {', '.join(missing)}")
+    with _cache_lock:
+        _wheel_sets[key] = paths
+    return paths
+
+
+def _vendored_members(options: PackagingOptions) -> list[tuple[str, bytes]]:
+    """Every file of every wheel, by name; wheels are zips laid out as site-packages already."""
+    out: dict[str, bytes] = {}
+    for wheel in _download_wheels(options):
+        with zipfile.ZipFile(wheel) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                name = info.filename
+                if info.is_dir() or name.endswith(_EXCLUDED_SUFFIXES) or "/__pycache__/" in f"/{name}":
+                    continue
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise PackagingError(f"wheel {wheel.name} has an unsafe member name {name!r}")
+                out[name] = zf.read(info)
+    return sorted(out.items())
+
+
+# ---------------------------------------------------------------------------------------------- config views
+
+
+def options_for(cluster: Any) -> PackagingOptions:
+    """Packaging options a cluster's settings ask for (kind-specific; the default for local and google)."""
+    kind = getattr(cluster, "kind", None)
+    if kind == "aws":
+        runtime = str(getattr(cluster, "runtime", "python3.11"))
+        version = runtime.removeprefix("python") if runtime.startswith("python3") else "3.11"
+        vendor = bool(getattr(cluster, "vendor_wheels", False)) and not getattr(cluster, "layers", None)
+        return PackagingOptions(vendor_wheels=vendor, architecture=getattr(cluster, "architecture", "x86_64"),
+                                python_version=version)
+    if kind == "openwhisk":
+        runtime = str(getattr(cluster, "runtime", "python:3.11"))
+        match = re.fullmatch(r"python:(3\.\d+)", runtime)
+        vendor = bool(getattr(cluster, "vendor_wheels", False)) and not getattr(cluster, "docker_image", None)
+        return PackagingOptions(vendor_wheels=vendor, python_version=match.group(1) if match else "3.11")
+    return PackagingOptions()
+
+
+def write_all(config: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write every artifact the config's scenarios would deploy, as `<function>-<kind>[-<arch>-<cpXY>].zip`.
+
+    For inspection (`fedkeeper package`): the same bytes `deploy` uploads. Functions: those of the FL scenario
+    when configured, and `nodeinfo` (the smoke test runs on every cluster).
+    """
+    from fedkeeper.config import SCENARIO_FUNCTIONS  # config is read by packaging callers; import lazily
+
+    functions: list[str] = []
+    if getattr(config.scenarios, "federated_learning", None) is not None:
+        functions += list(SCENARIO_FUNCTIONS["federated_learning"])
+    functions += [f for f in SCENARIO_FUNCTIONS["smoke"] if f not in functions]
+    variants: dict[tuple[str, PackagingOptions], None] = {}
+    for cluster in config.clusters().values():
+        variants[(cluster.kind, options_for(cluster))] = None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for function in functions:
+        for kind, options in variants:
+            artifact = build(function, kind, options)
+            suffix = (f"-{options.architecture}-cp{options.python_version.replace('.', '')}"
+                      if options.vendor_wheels else "")
+            path = out / f"{function}-{kind}{suffix}.zip"
+            path.write_bytes(artifact.data)
+            written.append(path)
+    return written

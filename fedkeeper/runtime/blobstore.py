@@ -1,0 +1,439 @@
+"""Weight blobs and client updates in MongoDB: used by the functions and, through ``Store.blobs``, the orchestrator.
+
+Why it lives in ``runtime``: the client and aggregator functions read the global model and write their updates
+here directly (weights never travel in invocation payloads), so this module may import only numpy, pymongo
+(bson, gridfs) and the standard library.
+
+Documents (``_id`` is the natural key, so every write is idempotent and the first accepted write wins):
+
+- ``models``  ``f"{run_id}:{round}"``  run_id, round, blob, sha256, size, storage, file_id, num_params,
+  metrics{accuracy, loss, ...}, num_updates, created, write_id [, pruned]
+- ``updates`` ``f"{run_id}:{round}:{client_id}"``  run_id, round, client_id, base_round, num_examples, metrics,
+  blob, sha256, size, storage, file_id, num_params, activation_id, created, write_id [, pruned]
+
+``blob`` is ``{"inline": Binary}`` up to ``inline_limit`` bytes (15 MiB) or ``{"gridfs": ObjectId, "size": n}``
+above it. ``storage``/``size``/``file_id`` repeat the blob reference at the top level because nx-27017 0.8.1 ignores
+nested exclusion projections (``{"blob.inline": 0}`` still returns the bytes): listings exclude the whole ``blob``
+and still know where the bytes are. ``sha256`` is the digest embedded in the blob (``weights.digest_of``), which
+covers its header and payload. Times are unix floats, not datetimes (nx-27017 returns datetimes as strings).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import bson
+import gridfs
+import numpy as np
+import pymongo
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, DuplicateKeyError, OperationFailure
+
+from . import weights as W
+
+INLINE_LIMIT = 15 * 1024 * 1024
+MODELS = "models"
+UPDATES = "updates"
+BUCKET = "fs"
+T = TypeVar("T")
+Retry = Callable[[Callable[[], T]], T]
+
+
+
+class BlobStoreError(Exception):
+    """Base of the blob store's typed errors."""
+
+
+class ModelMissing(BlobStoreError, KeyError):
+    """No global model for (run, round), or its blob was removed by garbage collection (``reason='pruned'``)."""
+
+    def __init__(self, run_id: str, round: int, reason: str = "missing") -> None:
+        super().__init__(run_id, round, reason)
+        self.run_id, self.round, self.reason = run_id, round, reason
+
+    def __str__(self) -> str:  # KeyError would print the args tuple
+        what = "was garbage-collected" if self.reason == "pruned" else "does not exist"
+        return f"global model of run {self.run_id} round {self.round} {what}"
+
+
+class CorruptModel(W.WeightsError):
+    """A stored global model failed validation."""
+
+    def __init__(self, run_id: str, round: int, reason: str, detail: str) -> None:
+        super().__init__(reason, f"global model of run {run_id} round {round} rejected ({reason}): {detail}")
+        self.run_id, self.round, self.detail = run_id, round, detail
+
+
+class CorruptUpdate(W.WeightsError):
+    """A client update that must not be aggregated; ``reason`` is a WeightsError reason, ``stale_round`` or ``missing``."""
+
+    def __init__(self, run_id: str, round: int, client_id: Any, reason: str, detail: str) -> None:
+        super().__init__(
+            reason, f"update of run {run_id} round {round} client {client_id} rejected ({reason}): {detail}"
+        )
+        self.run_id, self.round, self.client_id, self.detail = run_id, round, client_id, detail
+
+
+# --------------------------------------------------------------------------------------------------- connection
+
+_CLIENTS: dict[str, pymongo.MongoClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+_DEFAULT_TIMEOUTS = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 5_000}
+
+
+def connect(url: str | None = None, db: str | None = None) -> Database:
+    """Database handle from arguments or ``FK_MONGO_URL``/``FK_MONGO_DB``; one MongoClient per URL per process,
+    so warm function invocations reuse their connection pool."""
+    url = url or os.environ.get("FK_MONGO_URL")
+    if not url:
+        raise BlobStoreError("no MongoDB URL: FK_MONGO_URL is not set")
+    name = db or os.environ.get("FK_MONGO_DB") or "fedkeeper"
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(url)
+        if client is None:
+            in_url = {k.lower() for k, _ in parse_qsl(urlsplit(url).query)}
+            options = {k: v for k, v in _DEFAULT_TIMEOUTS.items() if k.lower() not in in_url}
+            client = _CLIENTS[url] = pymongo.MongoClient(url, **options)
+    return client[name]
+
+
+def default_retry(fn: Callable[[], T], attempts: int = 3, first_delay_s: float = 0.1) -> T:
+    """Bounded retry of transient network errors (stdlib only: functions do not ship tenacity)."""
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except AutoReconnect:  # includes NetworkTimeout and ServerSelectionTimeoutError
+            if attempt == attempts:
+                raise
+            time.sleep(delay)
+            delay *= 3
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------- file storage
+
+
+class _Files(Protocol):
+    def put(self, data: bytes, metadata: dict[str, Any]) -> Any: ...
+    def get(self, file_id: Any) -> bytes | None: ...
+    def delete(self, file_id: Any) -> bool: ...
+    def find(self, query: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+class _BucketFiles:
+    """GridFS through pymongo's GridFSBucket (real MongoDB, nx-27017)."""
+
+    def __init__(self, db: Database) -> None:
+        self._bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
+        self._files = db[f"{BUCKET}.files"]
+
+    def put(self, data: bytes, metadata: dict[str, Any]) -> Any:
+        return self._bucket.upload_from_stream(metadata.get("key", "blob"), data, metadata=metadata)
+
+    def get(self, file_id: Any) -> bytes | None:
+        try:
+            with self._bucket.open_download_stream(file_id) as stream:
+                return stream.read()
+        except gridfs.errors.NoFile:
+            return None
+
+    def delete(self, file_id: Any) -> bool:
+        try:
+            self._bucket.delete(file_id)
+            return True
+        except gridfs.errors.NoFile:
+            return False
+        except OperationFailure as exc:  # nx-27017 0.8.1 reports a missing file as a plain command failure
+            if "not found" in str(exc):
+                return False
+            raise
+
+    def find(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self._files.find(query, {"_id": 1, "length": 1, "metadata": 1}))
+
+
+class _ChunkedFiles:
+    """The GridFS collection layout written with plain collection operations.
+
+    Only for in-process databases that pymongo's GridFSBucket refuses (mongomock with pymongo 4.x); the layout
+    (``fs.files`` + ``fs.chunks`` with files_id/n/data) is the GridFS spec, so real GridFS can read it.
+    """
+
+    CHUNK = 255 * 1024
+
+    def __init__(self, db: Database) -> None:
+        self._files = db[f"{BUCKET}.files"]
+        self._chunks = db[f"{BUCKET}.chunks"]
+
+    def put(self, data: bytes, metadata: dict[str, Any]) -> Any:
+        file_id = bson.ObjectId()
+        mv = memoryview(data)
+        for n, start in enumerate(range(0, len(mv), self.CHUNK)):
+            self._chunks.insert_one({"files_id": file_id, "n": n, "data": bson.Binary(mv[start : start + self.CHUNK])})
+        self._files.insert_one(
+            {"_id": file_id, "length": len(mv), "chunkSize": self.CHUNK, "filename": metadata.get("key", "blob"),
+             "uploadDate": time.time(), "metadata": metadata}
+        )
+        return file_id
+
+    def get(self, file_id: Any) -> bytes | None:
+        doc = self._files.find_one({"_id": file_id})
+        if doc is None:
+            return None
+        data = b"".join(bytes(c["data"]) for c in self._chunks.find({"files_id": file_id}).sort("n", 1))
+        return data if len(data) == doc["length"] else None
+
+    def delete(self, file_id: Any) -> bool:
+        self._chunks.delete_many({"files_id": file_id})
+        return self._files.delete_one({"_id": file_id}).deleted_count == 1
+
+    def find(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self._files.find(query, {"_id": 1, "length": 1, "metadata": 1}))
+
+
+def _open_files(db: Database) -> _Files:
+    try:
+        return _BucketFiles(db)
+    except TypeError:
+        return _ChunkedFiles(db)
+
+
+# --------------------------------------------------------------------------------------------------- blob store
+
+
+def _check_run_id(run_id: str) -> None:
+    if not isinstance(run_id, str) or not run_id or ":" in run_id:
+        raise ValueError(f"run id must be a non-empty string without ':', got {run_id!r}")
+
+
+def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if k != "blob"}
+    out["duplicate"] = duplicate
+    return out
+
+
+class BlobStore:
+    """Global models and client updates, stored inline or in GridFS, first write wins."""
+
+    def __init__(self, db: Database, *, inline_limit: int = INLINE_LIMIT, retry: Retry | None = None) -> None:
+        if not 0 <= inline_limit <= INLINE_LIMIT:
+            raise ValueError(f"inline_limit must be between 0 and {INLINE_LIMIT} bytes (BSON documents max 16 MiB)")
+        self.db = db
+        self.models = db[MODELS]
+        self.updates = db[UPDATES]
+        self.inline_limit = inline_limit
+        self._retry: Retry = retry or default_retry
+        self._files = _open_files(db)
+
+    def ensure_indexes(self) -> None:
+        """Secondary indexes for listings; the natural keys are the ``_id``s."""
+        self._retry(lambda: self.updates.create_index([("run_id", 1), ("round", 1), ("client_id", 1)], name="run_round_client"))
+        self._retry(lambda: self.models.create_index([("run_id", 1), ("round", 1)], name="run_round"))
+
+    # ----------------------------------------------------------------------------------------------- blobs
+
+    def _put_blob(self, blob: bytes, key: str, write_id: str) -> dict[str, Any]:
+        if len(blob) <= self.inline_limit:
+            return {"blob": {"inline": bson.Binary(blob)}, "storage": "inline", "size": len(blob), "file_id": None}
+        meta = {"key": key, "write_id": write_id, "created": time.time()}
+        file_id = self._retry(lambda: self._files.put(blob, meta))
+        return {"blob": {"gridfs": file_id, "size": len(blob)}, "storage": "gridfs", "size": len(blob), "file_id": file_id}
+
+    def _get_blob(self, ref: Mapping[str, Any]) -> bytes | None:
+        if "inline" in ref:
+            return ref["inline"]
+        return self._retry(lambda: self._files.get(ref["gridfs"]))
+
+    def _drop_file(self, file_id: Any) -> None:
+        if file_id is not None:
+            self._retry(lambda: self._files.delete(file_id))
+
+    def _insert_first(self, coll: Any, doc: dict[str, Any]) -> dict[str, Any]:
+        """Insert ``doc``; if its key exists keep the stored one (and drop our GridFS file)."""
+        try:
+            self._retry(lambda: coll.insert_one(doc))
+            return _public(doc, duplicate=False)
+        except DuplicateKeyError:
+            existing = self._retry(lambda: coll.find_one({"_id": doc["_id"]}, {"blob": 0}))
+            if existing is not None and existing.get("write_id") == doc["write_id"]:
+                return _public(doc, duplicate=False)  # our own insert, retried after a lost reply
+            self._drop_file(doc.get("file_id"))
+            if existing is None:
+                raise
+            return _public(existing, duplicate=True)
+
+    # ---------------------------------------------------------------------------------------------- models
+
+    def write_model(
+        self, run_id: str, round: int, weights: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
+        *, num_updates: int | None = None,
+    ) -> dict[str, Any]:
+        """Store the global model of ``round``; a repeated write returns the stored doc with ``duplicate: True``."""
+        _check_run_id(run_id)
+        key = f"{run_id}:{round}"
+        existing = self._retry(lambda: self.models.find_one({"_id": key}, {"blob": 0}))
+        if existing is not None:
+            return _public(existing, duplicate=True)
+        blob = W.encode(weights)
+        write_id = uuid.uuid4().hex
+        doc = {
+            "_id": key, "run_id": run_id, "round": int(round), "sha256": W.digest_of(blob),
+            "num_params": W.num_params(weights), "metrics": dict(metrics), "num_updates": num_updates,
+            "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
+        }
+        return self._insert_first(self.models, doc)
+
+    def read_model(
+        self, run_id: str, round: int, expected: W.Expected | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Global weights (read-only views) and the model doc (without blob bytes)."""
+        doc = self._retry(lambda: self.models.find_one({"_id": f"{run_id}:{round}"}))
+        if doc is None:
+            raise ModelMissing(run_id, round)
+        if doc.get("blob") is None:
+            raise ModelMissing(run_id, round, "pruned")
+        blob = self._get_blob(doc["blob"])
+        if blob is None:
+            raise CorruptModel(run_id, round, "missing", f"GridFS file {doc['blob'].get('gridfs')} is gone")
+        try:
+            if W.digest_of(blob) != doc.get("sha256"):
+                raise W.WeightsError("checksum", "blob digest differs from the digest recorded in the document")
+            weights = W.decode(blob, expected)
+        except W.WeightsError as exc:
+            raise CorruptModel(run_id, round, exc.reason, str(exc)) from None
+        return weights, _public(doc, duplicate=False)
+
+    def get_model_doc(self, run_id: str, round: int) -> dict[str, Any] | None:
+        return self._retry(lambda: self.models.find_one({"_id": f"{run_id}:{round}"}, {"blob": 0}))
+
+    def list_model_docs(self, run_id: str) -> list[dict[str, Any]]:
+        return self._retry(lambda: list(self.models.find({"run_id": run_id}, {"blob": 0}).sort("round", 1)))
+
+    # --------------------------------------------------------------------------------------------- updates
+
+    def write_update(
+        self, run_id: str, round: int, client_id: Any, weights: Mapping[str, np.ndarray], *,
+        base_round: int, num_examples: int, metrics: Mapping[str, Any] | None = None,
+        activation_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a client's update; the first accepted write wins, later ones get it back with ``duplicate: True``."""
+        _check_run_id(run_id)
+        key = f"{run_id}:{round}:{client_id}"
+        existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
+        if existing is not None:
+            return _public(existing, duplicate=True)
+        blob = W.encode(weights)
+        write_id = uuid.uuid4().hex
+        doc = {
+            "_id": key, "run_id": run_id, "round": int(round), "client_id": client_id,
+            "base_round": int(base_round), "num_examples": int(num_examples), "metrics": dict(metrics or {}),
+            "sha256": W.digest_of(blob), "num_params": W.num_params(weights), "activation_id": activation_id,
+            "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
+        }
+        return self._insert_first(self.updates, doc)
+
+    def list_updates(self, run_id: str, round: int) -> list[dict[str, Any]]:
+        """Update docs of one round without blob bytes, in client-id order (the aggregation order)."""
+        return self._retry(
+            lambda: list(self.updates.find({"run_id": run_id, "round": int(round)}, {"blob": 0}).sort("client_id", 1))
+        )
+
+    def read_update(
+        self, run_id: str, round: int, client_id: Any, expected: W.Expected, *, base_round: int | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Validated update weights (read-only views) and doc; every rejection is a CorruptUpdate naming the client.
+
+        ``base_round``, when given, must equal the round of the global model the client trained on.
+        """
+        def reject(reason: str, detail: str) -> CorruptUpdate:
+            return CorruptUpdate(run_id, round, client_id, reason, detail)
+
+        doc = self._retry(lambda: self.updates.find_one({"_id": f"{run_id}:{round}:{client_id}"}))
+        if doc is None:
+            raise reject("missing", "no update stored")
+        if doc.get("blob") is None:
+            raise reject("missing", "update blob was garbage-collected")
+        if base_round is not None and doc.get("base_round") != base_round:
+            raise reject("stale_round", f"trained on round {doc.get('base_round')}, expected {base_round}")
+        blob = self._get_blob(doc["blob"])
+        if blob is None:
+            raise reject("missing", f"GridFS file {doc['blob'].get('gridfs')} is gone")
+        try:
+            if W.digest_of(blob) != doc.get("sha256"):
+                raise W.WeightsError("checksum", "blob digest differs from the digest recorded in the document")
+            weights = W.decode(blob, expected)
+        except W.WeightsError as exc:
+            raise reject(exc.reason, str(exc)) from None
+        return weights, _public(doc, duplicate=False)
+
+    # -------------------------------------------------------------------------------------------------- gc
+
+    def _prune(self, coll: Any, docs: Iterable[dict[str, Any]]) -> int:
+        """Drop blobs but keep the metadata; the doc is updated first so it never points at a deleted file."""
+        count = 0
+        for doc in docs:
+            res = self._retry(
+                lambda: coll.update_one(
+                    {"_id": doc["_id"], "blob": {"$ne": None}}, {"$set": {"blob": None, "pruned": time.time()}}
+                )
+            )
+            if res.modified_count:
+                self._drop_file(doc.get("file_id"))
+                count += 1
+        return count
+
+    def gc_models(self, run_id: str, keep_last: int, protect: Iterable[int] = ()) -> int:
+        """Remove the blobs of global models older than the newest ``keep_last`` rounds, except ``protect``.
+
+        The newest model is always kept (``keep_last >= 1``): a resumed run continues from it. Docs stay, with
+        ``blob: None`` and ``pruned`` set, so the evaluation history survives. Returns the number pruned.
+        """
+        if keep_last < 1:
+            raise ValueError("keep_last must be at least 1: a resumed run needs the latest global model")
+        docs = self._retry(
+            lambda: list(self.models.find({"run_id": run_id, "blob": {"$ne": None}}, {"blob": 0}).sort("round", -1))
+        )
+        keep = {d["round"] for d in docs[:keep_last]} | {int(r) for r in protect}
+        return self._prune(self.models, [d for d in docs if d["round"] not in keep])
+
+    def gc_updates(self, run_id: str, through_round: int) -> int:
+        """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays."""
+        docs = self._retry(
+            lambda: list(
+                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}}, {"blob": 0})
+            )
+        )
+        return self._prune(self.updates, docs)
+
+    def gc_orphan_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete GridFS files that no doc references (a writer died between upload and insert, or lost a race)."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for f in self._retry(lambda: self._files.find({"metadata.key": {"$exists": True}})):
+            meta = f.get("metadata") or {}
+            if float(meta.get("created", 0)) > cutoff:
+                continue
+            key = meta["key"]
+            coll = self.updates if key.count(":") >= 2 else self.models
+            doc = self._retry(lambda: coll.find_one({"_id": key}, {"blob": 0}))
+            if doc is None or doc.get("file_id") != f["_id"] or doc.get("pruned"):
+                self._drop_file(f["_id"])
+                removed += 1
+        return removed
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete every model and update of a run, blobs included; returns the number of docs removed."""
+        removed = 0
+        for coll in (self.models, self.updates):
+            docs = self._retry(lambda: list(coll.find({"run_id": run_id}, {"_id": 1, "file_id": 1})))
+            for doc in docs:
+                self._drop_file(doc.get("file_id"))
+            removed += self._retry(lambda: coll.delete_many({"run_id": run_id})).deleted_count
+        return removed

@@ -1,0 +1,595 @@
+"""Data sets for the functions: the bundled digits, or .npz/.npy/IDX files from paths or URLs; partitioning.
+
+A data spec (the payload's ``data`` mapping) is either ``{"dataset": "digits"}`` or the prototype's four keys
+``train_images``, ``train_labels``, ``test_images``, ``test_labels``, each a local path or an http(s) URL, with
+optional ``sha256: {key: hex}``, ``allow_pickle`` (default false) and ``max_bytes``. A ``#name`` suffix picks one
+array out of a multi-array ``.npz`` (``mnist.npz#x_train``). Formats are recognised by their first bytes, not
+by file names; gzip is undone first (so ``.gz`` IDX and ``.npy.gz`` both work).
+
+Downloads use the standard library's ``urllib.request``, not ``requests``: the runtime may depend only on numpy
+and pymongo (it is copied into every function zip, and platforms such as Lambda do not ship ``requests``).
+Files are cached under ``<tempdir>/fedkeeper-data`` by URL hash, so warm invocations and the other functions
+on the same host do not download again; loaded arrays and partition indices are also cached in the process.
+
+Pickles run code when loaded, and a function may be handed any URL: they are refused unless the spec sets
+``allow_pickle: true`` explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+PARTITIONS = ("iid", "shards", "dirichlet")
+BUNDLED = ("digits",)
+DEFAULT_MAX_BYTES = 256 << 20
+DIGITS_PATH = Path(__file__).resolve().parent / "data" / "digits.npz"
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 20240501
+
+# Download policy (module constants so tests can shorten the backoff).
+DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_ATTEMPTS = 4
+BACKOFF_S = 0.5
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CHUNK = 1 << 20
+
+
+class DataError(ValueError):
+    """A data set could not be loaded or partitioned; the message names the key and the file (no secrets)."""
+
+
+# ---------------------------------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str | None = "digits"
+    files: tuple[tuple[str, str], ...] = ()  # (key, location) in FILE_KEYS order
+    sha256: tuple[tuple[str, str], ...] = ()
+    allow_pickle: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    partition: str = "iid"
+    shards_per_client: int = 2
+    alpha: float = 0.5
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], path: str = "data") -> "DataSpec":
+        if not isinstance(params, Mapping):
+            raise DataError(f"{path} must be a mapping, got {type(params).__name__}")
+        values: dict[str, Any] = {}
+        dataset = params.get("dataset")
+        given = [k for k in FILE_KEYS if params.get(k) is not None]
+        if dataset is not None:
+            if dataset not in BUNDLED:
+                raise DataError(f"{path}.dataset must be one of {', '.join(BUNDLED)}, got {dataset!r}")
+            if given:
+                raise DataError(f"{path}: give either dataset or the four file keys, not both (found {', '.join(given)})")
+            values["dataset"] = dataset
+        else:
+            missing = [k for k in FILE_KEYS if k not in given]
+            if missing:
+                raise DataError(f"{path}: missing {', '.join(missing)} (or set dataset: digits)")
+            for k in FILE_KEYS:
+                if not isinstance(params[k], str) or not params[k].strip():
+                    raise DataError(f"{path}.{k} must be a path or URL string, got {params[k]!r}")
+            values["dataset"] = None
+            values["files"] = tuple((k, params[k].strip()) for k in FILE_KEYS)
+        sums = params.get("sha256") or {}
+        if not isinstance(sums, Mapping):
+            raise DataError(f"{path}.sha256 must map file keys to hex digests")
+        for k, v in sums.items():
+            if k not in FILE_KEYS:
+                raise DataError(f"{path}.sha256.{k}: unknown key (use {', '.join(FILE_KEYS)})")
+            if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v):
+                raise DataError(f"{path}.sha256.{k} must be 64 hex digits")
+        values["sha256"] = tuple(sorted((k, v.lower()) for k, v in sums.items()))
+        allow = params.get("allow_pickle", False)
+        if not isinstance(allow, bool):
+            raise DataError(f"{path}.allow_pickle must be true or false, got {allow!r}")
+        values["allow_pickle"] = allow
+        values["max_bytes"] = _pos_int(params, "max_bytes", DEFAULT_MAX_BYTES, path)
+        scheme = params.get("partition", "iid")
+        if scheme not in PARTITIONS:
+            raise DataError(f"{path}.partition must be one of {', '.join(PARTITIONS)}, got {scheme!r}")
+        values["partition"] = scheme
+        values["shards_per_client"] = _pos_int(params, "shards_per_client", 2, path)
+        alpha = params.get("alpha", 0.5)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or alpha == float("inf"):
+            raise DataError(f"{path}.alpha must be a positive number, got {alpha!r}")
+        values["alpha"] = float(alpha)
+        return cls(**values)
+
+    @property
+    def source_key(self) -> str:
+        """What identifies the loaded arrays (not the partitioning): the cache key."""
+        return json.dumps([self.dataset, self.files, self.sha256, self.allow_pickle, self.max_bytes])
+
+
+def _pos_int(params: Mapping[str, Any], key: str, default: int, path: str) -> int:
+    v = params.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise DataError(f"{path}.{key} must be a positive integer, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs as float32 (N, features) in [0, 1] for integer images; labels as int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = field(default="", compare=False)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+# ---------------------------------------------------------------------------------------- process caches
+
+class _LRU(OrderedDict):
+    """Tiny bounded cache: a warm function keeps the last few data sets, not every one it ever saw."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+_SPLITS = _LRU(4)
+_PARTITIONS = _LRU(8)
+
+
+def clear_caches() -> None:
+    _SPLITS.clear()
+    _PARTITIONS.clear()
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_split(spec: DataSpec, split: str) -> Split:
+    """The ``train`` or ``test`` split of a data set, cached in the process across warm invocations."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be train or test, got {split!r}")
+    return _SPLITS.get_or((spec.source_key, split), lambda: _load_split(spec, split))
+
+
+def _load_split(spec: DataSpec, split: str) -> Split:
+    if spec.dataset == "digits":
+        return _digits_split(split)
+    files = dict(spec.files)
+    sums = dict(spec.sha256)
+    images_key, labels_key = f"{split}_images", f"{split}_labels"
+    x = _load_array(images_key, files[images_key], sums.get(images_key), spec)
+    y = _load_array(labels_key, files[labels_key], sums.get(labels_key), spec)
+    result = Split(_images_to_float(images_key, x), _labels_to_int(labels_key, y), name=split)
+    if len(result.x) != len(result.y):
+        raise DataError(f"data: {len(result.x)} {split} images but {len(result.y)} labels")
+    return result
+
+
+def _digits_split(split: str) -> Split:
+    try:
+        with np.load(DIGITS_PATH, allow_pickle=False) as f:
+            x, y = f["X"], f["y"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"bundled digits data unreadable at {DIGITS_PATH}: {exc}") from exc
+    test = stratified_holdout(y, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
+    mask = np.zeros(len(y), bool)
+    mask[test] = True
+    idx = np.flatnonzero(mask if split == "test" else ~mask)
+    return Split((x[idx].astype(np.float32) / np.float32(16.0)), y[idx].astype(np.int64), name=split)
+
+
+def stratified_holdout(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """``size`` indices spread evenly over the classes (proportional, exact total), chosen at random per seed."""
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    order = perm[np.argsort(labels[perm], kind="stable")]  # label-sorted, random within each label
+    positions = np.arange(n)
+    picks = (positions + 1) * size // n > positions * size // n  # `size` evenly spaced positions
+    return np.sort(order[picks])
+
+
+def _load_array(key: str, location: str, sha256: str | None, spec: DataSpec) -> np.ndarray:
+    member = None
+    base = location
+    if "#" in location:
+        base, _, member = location.rpartition("#")
+        if not member or "/" in member:
+            base, member = location, None
+    display = _display(base)
+    path = _local_file(key, base, spec.max_bytes, sha256)
+    raw = _read_capped(key, display, path, spec.max_bytes)
+    if sha256 is not None and not _is_url(base):
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != sha256:
+            raise DataError(f"data.{key}: {display} has sha256 {digest}, expected {sha256}")
+    return _parse(key, display, raw, member, spec)
+
+
+def _parse(key: str, display: str, raw: bytes, member: str | None, spec: DataSpec) -> np.ndarray:
+    if raw[:2] == b"\x1f\x8b":
+        raw = _gunzip(key, display, raw, spec.max_bytes)
+    what = f"data.{key}: {display}"
+    if raw[:4] == b"PK\x03\x04":
+        return _from_npz(what, raw, member, spec.allow_pickle)
+    if member is not None:
+        raise DataError(f"{what}: '#{member}' picks an array from an .npz, but this file is not one")
+    if raw[:6] == b"\x93NUMPY":
+        return _numpy_load(what, raw, spec.allow_pickle)
+    if len(raw) >= 4 and raw[0] == 0 and raw[1] == 0 and raw[2] in _IDX_DTYPES:
+        return _from_idx(what, raw)
+    if raw[:1] == b"\x80":
+        if not spec.allow_pickle:
+            raise DataError(f"{what} is a Python pickle: refused (set data.allow_pickle: true only for files you trust)")
+        return np.asarray(_numpy_load(what, raw, True))
+    raise DataError(f"{what}: unknown format (expected .npz, .npy or MNIST IDX, optionally gzipped)")
+
+
+def _numpy_load(what: str, raw: bytes, allow_pickle: bool) -> Any:
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=allow_pickle)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{what} holds pickled objects: refused (set data.allow_pickle: true only for files you trust)") from exc
+        raise DataError(f"{what}: not a valid .npy file ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{what}: not a valid .npy file ({exc})") from exc
+
+
+def _from_npz(what: str, raw: bytes, member: str | None, allow_pickle: bool) -> np.ndarray:
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=allow_pickle) as npz:
+            names = list(npz.files)
+            if member is None:
+                if len(names) != 1:
+                    raise DataError(f"{what} holds {', '.join(names) or 'no arrays'}: name one as <file>#<name>")
+                member = names[0]
+            if member not in names:
+                raise DataError(f"{what} has no array {member!r} (it holds {', '.join(names)})")
+            return npz[member]
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{what} holds pickled objects: refused (set data.allow_pickle: true only for files you trust)") from exc
+        raise DataError(f"{what}: not a valid .npz file ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{what}: not a valid .npz file ({exc})") from exc
+
+
+# MNIST IDX: 0x00 0x00 <type> <ndim> then ndim big-endian uint32 sizes, then big-endian data.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _from_idx(what: str, raw: bytes) -> np.ndarray:
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{what}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    count = int(np.prod(dims))
+    if len(raw) != header + count * dtype.itemsize:
+        raise DataError(f"{what}: IDX header says {dims} of {dtype.name} but the file has {len(raw) - header} data bytes")
+    return np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _gunzip(key: str, display: str, raw: bytes, max_bytes: int) -> bytes:
+    out = io.BytesIO()
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+            while chunk := gz.read(_CHUNK):
+                out.write(chunk)
+                if out.tell() > max_bytes:
+                    raise DataError(f"data.{key}: {display} unpacks to more than data.max_bytes = {max_bytes:,} bytes")
+    except (OSError, EOFError) as exc:
+        raise DataError(f"data.{key}: {display} is not valid gzip ({exc})") from exc
+    return out.getvalue()
+
+
+def _images_to_float(key: str, x: np.ndarray) -> np.ndarray:
+    """Flatten to (N, features); integer pixels are 8-bit intensities scaled to [0, 1], floats are kept."""
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"data.{key}: images must have shape (N, ...) with N > 0, got {list(x.shape)}")
+    x = x.reshape(x.shape[0], -1)
+    x = _from_objects(key, x)
+    if x.dtype.kind in "iu":
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"data.{key}: integer pixels must be 0..255, got {x.min()}..{x.max()} (store floats instead)")
+        return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"data.{key}: images contain NaN or Inf")
+        return x.astype(np.float32)
+    raise DataError(f"data.{key}: images must be numbers, got dtype {x.dtype}")
+
+
+def _from_objects(key: str, arr: np.ndarray) -> np.ndarray:
+    """Object arrays (only reachable with allow_pickle) must hold plain numbers."""
+    if arr.dtype != object:
+        return arr
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"data.{key}: the pickled array does not hold plain numbers ({exc})") from None
+
+
+def _labels_to_int(key: str, y: np.ndarray) -> np.ndarray:
+    """Integer class ids; one-hot rows and integral floats are accepted."""
+    y = _from_objects(key, y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise DataError(f"data.{key}: labels must have shape (N,) or one-hot (N, classes), got {list(y.shape)}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.array_equal(y, np.round(y)):
+            raise DataError(f"data.{key}: float labels must be whole numbers")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"data.{key}: labels must be integers, got dtype {y.dtype}")
+    out = y.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise DataError(f"data.{key}: labels must be >= 0, got {out.min()}")
+    return out
+
+
+def load_data(spec: DataSpec) -> tuple[Split, Split]:
+    """(train, test), checked to agree on the number of features."""
+    train, test = load_split(spec, "train"), load_split(spec, "test")
+    if train.x.shape[1] != test.x.shape[1]:
+        raise DataError(f"data: train images have {train.x.shape[1]} features, test images {test.x.shape[1]}")
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------------ fetching
+
+
+def _is_url(location: str) -> bool:
+    return urllib.parse.urlsplit(location).scheme.lower() in ("http", "https")
+
+
+def _display(location: str) -> str:
+    """A location safe for messages: no user:password, no query string (signed URLs carry tokens there)."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme.lower() in ("http", "https"):
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return f"{parts.scheme}://{host}{parts.path}"
+    return location
+
+
+def cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "fedkeeper-data"
+
+
+def _local_file(key: str, location: str, max_bytes: int, sha256: str | None) -> Path:
+    scheme = urllib.parse.urlsplit(location).scheme.lower()
+    if scheme in ("http", "https"):
+        return download(location, key=key, max_bytes=max_bytes, sha256=sha256)
+    if scheme == "file":
+        location = urllib.request.url2pathname(urllib.parse.urlsplit(location).path)
+    elif scheme and len(scheme) > 1:  # one letter is a Windows drive
+        raise DataError(f"data.{key}: unsupported URL scheme {scheme!r} (use http, https or a local path)")
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.{key}: no such file {location}")
+    return path
+
+
+def _read_capped(key: str, display: str, path: Path, max_bytes: int) -> bytes:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"data.{key}: {display} is {size:,} bytes, more than data.max_bytes = {max_bytes:,}")
+    return path.read_bytes()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, *, key: str = "file", max_bytes: int = DEFAULT_MAX_BYTES, sha256: str | None = None) -> Path:
+    """The cached local copy of ``url``, downloading it (with retries and a size cap) if needed.
+
+    The cache file name is a hash of the URL; it is written to a temporary name and renamed, so concurrent
+    functions on one host never see half a file. With ``sha256`` a cached copy is checked before use.
+    """
+    display = _display(url)
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / hashlib.sha256(url.encode()).hexdigest()[:40]
+    if target.is_file():
+        if sha256 is None or _sha256_file(target) == sha256:
+            return target
+        target.unlink(missing_ok=True)  # a stale or corrupt copy: fetch again
+    last: Exception | None = None
+    for attempt in range(DOWNLOAD_ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            digest = _fetch_to(url, target, max_bytes, key, display)
+        except _Retryable as exc:
+            last = exc.__cause__ or exc
+            continue
+        if sha256 is not None and digest != sha256:
+            target.unlink(missing_ok=True)
+            raise DataError(f"data.{key}: {display} has sha256 {digest}, expected {sha256}")
+        return target
+    raise DataError(f"data.{key}: download of {display} failed after {DOWNLOAD_ATTEMPTS} attempts: {last}")
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A GET request; ``user:password@`` in the URL becomes a Basic Authorization header (urllib cannot use it)."""
+    headers = {"User-Agent": "fedkeeper-runtime", "Accept-Encoding": "identity"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    return urllib.request.Request(url, headers=headers)
+
+
+def _fetch_to(url: str, target: Path, max_bytes: int, key: str, display: str) -> str:
+    request = _request(url)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit() and int(length) > max_bytes:
+                        raise DataError(
+                            f"data.{key}: {display} is {int(length):,} bytes, more than data.max_bytes = {max_bytes:,}"
+                        )
+                    total = 0
+                    while chunk := resp.read(_CHUNK):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise DataError(f"data.{key}: {display} is more than data.max_bytes = {max_bytes:,} bytes")
+                        h.update(chunk)
+                        out.write(chunk)
+                    if length is not None and length.isdigit() and total != int(length):
+                        raise _Retryable(f"short read: {total} of {length} bytes") from None
+            except urllib.error.HTTPError as exc:
+                if exc.code in _RETRY_STATUS:
+                    raise _Retryable(f"HTTP {exc.code}") from exc
+                raise DataError(f"data.{key}: {display} answered HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+                raise _Retryable(str(exc)) from exc
+        os.replace(tmp, target)
+        return h.hexdigest()
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- partitioning
+
+
+def partition_indices(
+    labels: np.ndarray,
+    num_clients: int,
+    *,
+    scheme: str = "iid",
+    seed: int,
+    shards_per_client: int = 2,
+    alpha: float = 0.5,
+) -> list[np.ndarray]:
+    """Disjoint, sorted index arrays covering every sample, one per client, deterministic from ``seed``.
+
+    - ``iid``: a random permutation cut into equal parts.
+    - ``shards``: McMahan et al. (2017): sort by label, cut into ``num_clients × shards_per_client`` shards,
+      deal ``shards_per_client`` random shards to each client (so each sees few labels).
+    - ``dirichlet``: for each class, proportions ~ Dir(alpha) over the clients (small alpha = skewed). A client
+      left empty after 20 draws gets one sample from the largest client, so nobody trains on nothing.
+    """
+    n = len(labels)
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients <= 0:
+        raise DataError(f"num_clients must be a positive integer, got {num_clients!r}")
+    if n < num_clients:
+        raise DataError(f"{n} training samples cannot be shared among {num_clients} clients")
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0x70617274,)))
+    if scheme == "iid":
+        parts = np.array_split(rng.permutation(n), num_clients)
+    elif scheme == "shards":
+        n_shards = num_clients * shards_per_client
+        if n_shards > n:
+            raise DataError(f"data.shards_per_client = {shards_per_client}: {n_shards} shards for {n} samples")
+        perm = rng.permutation(n)
+        order = perm[np.argsort(labels[perm], kind="stable")]
+        shards = np.array_split(order, n_shards)
+        deal = rng.permutation(n_shards)
+        parts = [
+            np.concatenate([shards[s] for s in deal[c * shards_per_client : (c + 1) * shards_per_client]])
+            for c in range(num_clients)
+        ]
+    elif scheme == "dirichlet":
+        parts = _dirichlet(labels, num_clients, alpha, rng)
+    else:
+        raise DataError(f"data.partition must be one of {', '.join(PARTITIONS)}, got {scheme!r}")
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    classes = np.unique(labels)
+    for _ in range(20):
+        buckets: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for k in classes:
+            idx = rng.permutation(np.flatnonzero(labels == k))
+            share = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(share)[:-1] * len(idx)).astype(np.int64)
+            for c, piece in enumerate(np.split(idx, cuts)):
+                buckets[c].append(piece)
+        parts = [np.concatenate(b) for b in buckets]
+        if min(len(p) for p in parts) > 0:
+            return parts
+    for c in range(num_clients):  # deterministic repair of the last draw
+        if len(parts[c]) == 0:
+            donor = max(range(num_clients), key=lambda i: (len(parts[i]), -i))
+            parts[c], parts[donor] = parts[donor][-1:], parts[donor][:-1]
+    return parts
+
+
+def client_split(spec: DataSpec, num_clients: int, client_id: int, seed: int) -> Split:
+    """The training samples of one client (0-based ``client_id`` < ``num_clients``)."""
+    if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < num_clients:
+        raise DataError(f"client_id must be an integer in 0..{num_clients - 1}, got {client_id!r}")
+    train = load_split(spec, "train")
+    key = (spec.source_key, spec.partition, spec.shards_per_client, spec.alpha, num_clients, int(seed))
+    parts = _PARTITIONS.get_or(
+        key,
+        lambda: partition_indices(
+            train.y,
+            num_clients,
+            scheme=spec.partition,
+            seed=seed,
+            shards_per_client=spec.shards_per_client,
+            alpha=spec.alpha,
+        ),
+    )
+    idx = parts[client_id]
+    return Split(train.x[idx], train.y[idx], name=f"train[client {client_id}]")

@@ -1,0 +1,281 @@
+"""Weight blob codec: a small self-describing header followed by raw little-endian arrays.
+
+Why a custom format: client updates are untrusted input, so nothing may be unpickled, and the aggregator reads
+many large blobs per round, so decoding must not copy (``np.frombuffer`` views into the received buffer).
+
+Layout (all integers little-endian)::
+
+    offset  size  field
+    0       8     magic            b"\\x89FKW\\r\\n\\x1a\\n" (catches text-mode mangling, like PNG)
+    8       2     version          u16, currently 1
+    10      2     flags            u16, must be 0
+    12      4     header_len       u32, length of the JSON header in bytes
+    16      32    digest           sha256 over (JSON header bytes + payload bytes)
+    48      8     payload_len      u64
+    56      H     JSON header      utf-8, {"arrays": [{"name", "dtype", "shape", "offset", "nbytes"}, ...]}
+    ...           zero padding     up to payload_start = align(56 + H, 64)
+    payload_start payload          arrays at 64-byte aligned offsets relative to payload_start
+
+``dtype`` is numpy's explicit little-endian string (``"<f4"``, ``"|u1"``, ...), restricted to bool, signed and unsigned
+integers and IEEE floats. Arrays keep insertion order. The digest covers everything that is not fixed by the
+format, so equal digests mean equal blobs: it doubles as the blob's identity (``digest_of``) in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"\x89FKW\r\n\x1a\n"
+VERSION = 1
+PREFIX = struct.Struct("<8sHHI32sQ")  # magic, version, flags, header_len, digest, payload_len
+PREFIX_SIZE = PREFIX.size  # 56
+ALIGN = 64
+MAX_HEADER_LEN = 16 * 1024 * 1024  # a header this large is an attack or a bug, never a model
+
+REASONS = frozenset(
+    {"truncated", "bad_magic", "bad_version", "bad_header", "checksum", "non_finite", "dtype", "shape", "names"}
+)
+
+# Only plain numeric kinds: no object, string, void, datetime or complex arrays can enter or leave the codec.
+_ALLOWED_DTYPES = frozenset(
+    np.dtype(t).newbyteorder("<").str
+    for t in (
+        np.bool_, np.int8, np.int16, np.int32, np.int64,
+        np.uint8, np.uint16, np.uint32, np.uint64,
+        np.float16, np.float32, np.float64,
+    )
+)
+
+Expected = Mapping[str, tuple[Any, Any]]  # name -> (shape, dtype)
+
+
+class WeightsError(ValueError):
+    """A blob or weight mapping that cannot be encoded or trusted; ``reason`` is one of ``REASONS``."""
+
+    def __init__(self, reason: str, message: str, *, array: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.array = array
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # relative to the payload start
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    digest: str  # hex
+    header_len: int
+    payload_start: int
+    payload_len: int
+    arrays: tuple[ArrayInfo, ...]
+
+    @property
+    def total_size(self) -> int:
+        return self.payload_start + self.payload_len
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _canonical(arr: np.ndarray, name: str) -> np.ndarray:
+    """C-contiguous, little-endian, allowed dtype; raises WeightsError('dtype') otherwise."""
+    arr = np.asarray(arr)
+    le = arr.dtype.newbyteorder("<")  # big-endian input is converted by value, not reinterpreted
+    if le.str not in _ALLOWED_DTYPES:
+        raise WeightsError("dtype", f"array {name!r} has unsupported dtype {arr.dtype}", array=name)
+    return arr.astype(le, order="C", copy=False)  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+
+
+def encode(weights: Mapping[str, np.ndarray]) -> bytes:
+    """Encode named arrays; one hashing pass and one copy into the result."""
+    if not isinstance(weights, Mapping):
+        raise WeightsError("names", f"weights must be a mapping of name to array, got {type(weights).__name__}")
+    arrays: list[tuple[str, np.ndarray]] = []
+    for name, arr in weights.items():
+        if not isinstance(name, str) or not name:
+            raise WeightsError("names", f"array names must be non-empty strings, got {name!r}")
+        arrays.append((name, _canonical(arr, name)))
+
+    entries = []
+    offset = 0
+    for name, arr in arrays:
+        offset = _align(offset)
+        entries.append(
+            {"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset, "nbytes": arr.nbytes}
+        )
+        offset += arr.nbytes
+    payload_len = offset
+    header = json.dumps({"arrays": entries}, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    payload_start = _align(PREFIX_SIZE + len(header))
+
+    pieces: list[Any] = []
+    pos = 0
+    for (_, arr), entry in zip(arrays, entries):
+        if entry["offset"] > pos:
+            pieces.append(bytes(entry["offset"] - pos))
+        pieces.append(memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b"")
+        pos = entry["offset"] + arr.nbytes
+
+    h = hashlib.sha256(header)
+    for piece in pieces:
+        h.update(piece)
+    prefix = PREFIX.pack(MAGIC, VERSION, 0, len(header), h.digest(), payload_len)
+    head_pad = bytes(payload_start - PREFIX_SIZE - len(header))
+    return b"".join([prefix, header, head_pad, *pieces])
+
+
+def _parse_entries(raw: Any, payload_len: int) -> tuple[ArrayInfo, ...]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("arrays"), list):
+        raise WeightsError("bad_header", "header must be an object with an 'arrays' list")
+    infos: list[ArrayInfo] = []
+    seen: set[str] = set()
+    end_prev = 0
+    for i, e in enumerate(raw["arrays"]):
+        if not isinstance(e, dict):
+            raise WeightsError("bad_header", f"header entry {i} is not an object")
+        name, dtype, shape, offset, nbytes = (e.get(k) for k in ("name", "dtype", "shape", "offset", "nbytes"))
+        if not isinstance(name, str) or not name or name in seen:
+            raise WeightsError("bad_header", f"header entry {i} has a missing or repeated name {name!r}")
+        seen.add(name)
+        if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
+            raise WeightsError("bad_header", f"array {name!r} has unsupported dtype {dtype!r}", array=name)
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise WeightsError("bad_header", f"array {name!r} has an invalid shape {shape!r}", array=name)
+        if type(offset) is not int or type(nbytes) is not int or offset < end_prev or offset % ALIGN:
+            raise WeightsError("bad_header", f"array {name!r} has an invalid offset {offset!r}", array=name)
+        if nbytes != math.prod(shape) * np.dtype(dtype).itemsize:
+            raise WeightsError("bad_header", f"array {name!r}: nbytes {nbytes} does not match shape and dtype", array=name)
+        if offset + nbytes > payload_len:
+            raise WeightsError("bad_header", f"array {name!r} extends past the payload", array=name)
+        end_prev = offset + nbytes
+        infos.append(ArrayInfo(name, dtype, tuple(shape), offset, nbytes))
+    return tuple(infos)
+
+
+def read_header(buf: bytes | bytearray | memoryview) -> Header:
+    """Parse and check the structure (not the digest, not the values); raises WeightsError."""
+    mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
+    n = len(mv)
+    if n < len(MAGIC):
+        if MAGIC.startswith(bytes(mv)):
+            raise WeightsError("truncated", f"blob is {n} bytes, shorter than the magic")
+        raise WeightsError("bad_magic", "blob does not start with the FedKeeper weights magic")
+    if bytes(mv[: len(MAGIC)]) != MAGIC:
+        raise WeightsError("bad_magic", "blob does not start with the FedKeeper weights magic")
+    if n < PREFIX_SIZE:
+        raise WeightsError("truncated", f"blob is {n} bytes, shorter than the {PREFIX_SIZE}-byte prefix")
+    _, version, flags, header_len, digest, payload_len = PREFIX.unpack_from(mv, 0)
+    if version != VERSION:
+        raise WeightsError("bad_version", f"blob format version {version} is not supported (expected {VERSION})")
+    if flags != 0:
+        raise WeightsError("bad_header", f"unknown flags 0x{flags:04x}")
+    if header_len > MAX_HEADER_LEN:
+        raise WeightsError("bad_header", f"header length {header_len} is implausible")
+    payload_start = _align(PREFIX_SIZE + header_len)
+    total = payload_start + payload_len
+    if n < total:
+        raise WeightsError("truncated", f"blob is {n} bytes, its header announces {total}")
+    if n > total:
+        raise WeightsError("bad_header", f"blob has {n - total} bytes after the announced end")
+    try:
+        raw = json.loads(bytes(mv[PREFIX_SIZE : PREFIX_SIZE + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WeightsError("bad_header", f"header is not valid JSON: {exc}") from None
+    return Header(VERSION, digest.hex(), header_len, payload_start, payload_len, _parse_entries(raw, payload_len))
+
+
+def digest_of(buf: bytes | bytearray | memoryview) -> str:
+    """The hex digest recorded in the blob's prefix (no hashing: use ``decode`` to verify it)."""
+    return read_header(buf).digest
+
+
+def _check_expected(infos: tuple[ArrayInfo, ...], expected: Expected) -> None:
+    names = [i.name for i in infos]
+    if set(names) != set(expected):
+        missing = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        raise WeightsError("names", f"array names differ from the model: missing {missing}, unexpected {extra}")
+    for info in infos:
+        shape, dtype = expected[info.name]
+        try:
+            want = np.dtype(dtype).newbyteorder("<")
+        except TypeError:
+            raise WeightsError("dtype", f"expected dtype {dtype!r} for {info.name!r} is not a dtype") from None
+        if np.dtype(info.dtype) != want:
+            raise WeightsError(
+                "dtype", f"array {info.name!r} has dtype {np.dtype(info.dtype).name}, expected {want.name}",
+                array=info.name,
+            )
+        if tuple(int(d) for d in shape) != info.shape:
+            raise WeightsError(
+                "shape", f"array {info.name!r} has shape {info.shape}, expected {tuple(shape)}", array=info.name
+            )
+
+
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    # min/max propagate NaN and expose +-Inf without allocating a boolean array of the tensor's size.
+    if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        raise WeightsError("non_finite", f"array {name!r} contains NaN or Inf", array=name)
+
+
+def decode(
+    buf: bytes | bytearray | memoryview,
+    expected: Expected | None = None,
+    *,
+    verify: bool = True,
+) -> dict[str, np.ndarray]:
+    """Decode to read-only arrays that view ``buf`` (zero-copy).
+
+    ``expected`` (name -> (shape, dtype)) must match exactly. ``verify=False`` skips the digest and the NaN/Inf
+    scan: only for blobs this process wrote itself, never for client updates.
+    """
+    header = read_header(buf)
+    mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
+    if verify:
+        # The JSON header ends before its padding: hash exactly header_len bytes, then the payload.
+        h = hashlib.sha256(mv[PREFIX_SIZE : PREFIX_SIZE + header.header_len])
+        h.update(mv[header.payload_start : header.total_size])
+        if h.hexdigest() != header.digest:
+            raise WeightsError("checksum", "blob digest does not match its content (corrupted in transit or storage)")
+    if expected is not None:
+        _check_expected(header.arrays, expected)
+    out: dict[str, np.ndarray] = {}
+    for info in header.arrays:
+        count = info.nbytes // np.dtype(info.dtype).itemsize
+        arr = np.frombuffer(mv, dtype=info.dtype, count=count, offset=header.payload_start + info.offset)
+        arr = arr.reshape(info.shape)
+        arr.flags.writeable = False
+        if verify:
+            _check_finite(info.name, arr)
+        out[info.name] = arr
+    return out
+
+
+def sha256_hex(buf: bytes | bytearray | memoryview) -> str:
+    """sha256 of arbitrary bytes (e.g. a whole blob), without copying."""
+    return hashlib.sha256(buf).hexdigest()
+
+
+def num_params(weights: Mapping[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(a).size for a in weights.values()))
+
+
+def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The ``expected`` mapping that describes ``weights`` (to validate updates against the global model)."""
+    return {name: (tuple(np.shape(a)), np.asarray(a).dtype.name) for name, a in weights.items()}

@@ -1,0 +1,1 @@
+"""Experiments FedKeeper runs over the fabric: federated learning, and the smoke test."""

@@ -1,0 +1,422 @@
+"""Activations in flight: their state machine, their records, and the resilience policy.
+
+`invoked → succeeded | failed | timed_out | lost`, per attempt. One `Job` is one thing that must get done
+(one client's training in one round, or one aggregation); the tracker makes attempts until one succeeds or
+the policy gives up. Throttling is waited out and never counted as an attempt; a missing function is
+redeployed once and retried; credentials that are refused stop everything. Polling is adaptive (fast at
+first, slower for long calls) and due polls of HTTP platforms are issued concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from fedkeeper.config_models import Resilience
+from fedkeeper.errors import RunFailed
+from fedkeeper.fabric import Fabric
+from fedkeeper.providers.base import (
+    AuthError,
+    FunctionMissing,
+    Invocation,
+    PlatformError,
+    ProviderError,
+    State,
+    Status,
+    Throttled,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL = {State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.LOST}
+LOCAL_POLL_MAX_S = 0.01
+
+
+@dataclass
+class Job:
+    """One unit of work that must succeed once: a client's round, or an aggregation."""
+
+    run_id: str
+    round: int
+    client_id: int | None  # None for the aggregator
+    cluster: str
+    function: str
+    name: str
+    payload: dict[str, Any]
+    timeout_s: float
+    memory_mb: int
+    # filled while running
+    attempts: int = 0
+    state: str = "waiting"  # waiting | running | backoff | succeeded | gave_up | abandoned
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retries: int = 0
+    throttled: int = 0
+    not_before: float = 0.0
+    active: "Attempt | None" = None
+    first_start: float | None = None
+    handler_s: float | None = None
+    attempt_base: int = 0  # highest attempt number an earlier (interrupted) orchestrator used: numbering only
+
+    @property
+    def key(self) -> tuple[int, int | None, str]:
+        return (self.round, self.client_id, self.function)
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "gave_up", "abandoned")
+
+
+@dataclass
+class Attempt:
+    id: str
+    job: Job
+    number: int
+    invocation: Invocation
+    submitted: float
+    deadline: float
+    next_poll: float
+    interval: float
+    status: Status | None = None
+
+
+@dataclass
+class Counts:
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    lost: int = 0
+    retries: int = 0
+    throttled: int = 0
+    redeploys: int = 0
+
+    def add(self, state: State) -> None:
+        if state is State.SUCCEEDED:
+            self.succeeded += 1
+        elif state is State.FAILED:
+            self.failed += 1
+        elif state is State.TIMED_OUT:
+            self.timed_out += 1
+        elif state is State.LOST:
+            self.lost += 1
+
+
+@dataclass
+class WaitOutcome:
+    jobs: list[Job]
+    counts: Counts
+    deadline_hit: bool = False
+
+    @property
+    def succeeded(self) -> list[Job]:
+        return [j for j in self.jobs if j.state == "succeeded"]
+
+
+Redeploy = Callable[[str, str, str], None]  # (cluster, function, name)
+Listener = Callable[[Job, Attempt | None, str], None]  # (job, attempt, what happened)
+
+
+class Tracker:
+    """Runs jobs to completion under the resilience policy, recording every attempt."""
+
+    def __init__(self, fabric: Fabric, store: Any, runlog: Any, policy: Resilience, *,
+                 redeploy: Redeploy | None = None, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
+        self.fabric = fabric
+        self.store = store
+        self.runlog = runlog
+        self.policy = policy
+        self.redeploy = redeploy
+        self.clock = clock
+        self.rng = random.Random(seed)  # jitter only: never affects what is computed
+        self.listeners: list[Listener] = []
+        self.totals = Counts()
+        self._redeployed: set[tuple[str, str]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, jobs: list[Job], *, deadline: float | None = None,
+            enough: Callable[[list[Job]], bool] | None = None,
+            satisfied: Callable[[list[Job]], bool] | None = None,
+            adopt: dict[tuple[int, int | None, str], dict[str, Any]] | None = None) -> WaitOutcome:
+        """Drive `jobs` until all are done, or `deadline` passes and `enough(jobs)` holds.
+
+        `adopt` maps a job key to an activation record left in flight by an interrupted orchestrator; such an
+        activation is polled by its platform id before anything is re-invoked.
+        """
+        counts = Counts()
+        for job in jobs:
+            record = (adopt or {}).get(job.key)
+            if record is not None:
+                self._adopt(job, record)
+        deadline_hit = False
+        while True:
+            now = self.clock()
+            pending = [j for j in jobs if not j.done]
+            if not pending:
+                break
+            if satisfied is not None and satisfied(jobs):
+                for job in pending:
+                    self._abandon(job, "enough clients succeeded (over-selection)")
+                break
+            if deadline is not None and now >= deadline and (enough is None or enough(jobs)):
+                deadline_hit = True
+                for job in pending:
+                    self._abandon(job, "round deadline reached")
+                break
+            for job in pending:
+                if job.state in ("waiting", "backoff") and now >= job.not_before:
+                    self._submit(job, counts)
+            self._poll_due([j.active for j in jobs if j.state == "running" and j.active], counts)
+            self._sleep(jobs, deadline)
+        self._add_totals(counts)
+        return WaitOutcome(jobs, counts, deadline_hit)
+
+    # ------------------------------------------------------------------ submitting
+
+    def _submit(self, job: Job, counts: Counts) -> None:
+        provider = self.fabric.provider(job.cluster)
+        number = job.attempt_base + job.attempts + 1
+        attempt_id = uuid.uuid4().hex
+        payload = dict(job.payload, activation_id=attempt_id, attempt=number)
+        try:
+            invocation = provider.invoke(job.name, payload)
+        except Throttled as exc:
+            self._throttled(job, exc, counts)
+            return
+        except FunctionMissing as exc:
+            self._missing(job, exc, counts)
+            return
+        except AuthError as exc:
+            raise RunFailed(f"credentials rejected by cluster {job.cluster}: {exc.message}") from None
+        except ProviderError as exc:
+            job.attempts += 1
+            self._record_failed_submit(job, attempt_id, number, exc)
+            counts.failed += 1
+            self._after_failure(job, f"{type(exc).__name__}: {exc.message}", counts)
+            return
+        now = self.clock()
+        job.attempts += 1
+        job.first_start = job.first_start or now
+        timeout = self.policy.invocation_timeout_s or (job.timeout_s + self.policy.timeout_slack_s)
+        attempt = Attempt(attempt_id, job, number, invocation, now, now + timeout,
+                          now + self.policy.poll_initial_s, self.policy.poll_initial_s)
+        job.active, job.state = attempt, "running"
+        self.store.insert_activation({
+            "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
+            "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
+            "name": job.name, "attempt": number, "state": "invoked",
+            "platform_activation_id": invocation.activation_id, "submitted": now,
+        })
+        self._emit(job, attempt, "invoked")
+
+    def _adopt(self, job: Job, record: dict[str, Any]) -> None:
+        """Resume polling an activation an earlier orchestrator left in flight."""
+        now = self.clock()
+        number = int(record.get("attempt") or 1)
+        job.attempt_base, job.attempts = number - 1, 1  # the adopted attempt is this orchestrator's first
+        invocation = Invocation(job.cluster, job.name, record.get("platform_activation_id") or record["_id"],
+                                float(record.get("submitted") or now))
+        timeout = self.policy.invocation_timeout_s or (job.timeout_s + self.policy.timeout_slack_s)
+        attempt = Attempt(record["_id"], job, number, invocation, invocation.submitted,
+                          max(invocation.submitted + timeout, now + self.policy.poll_initial_s),
+                          now, self.policy.poll_initial_s)
+        job.active, job.state = attempt, "running"
+        self._emit(job, attempt, "adopted")
+
+    # ------------------------------------------------------------------ polling
+
+    def _poll_due(self, attempts: list[Attempt | None], counts: Counts) -> None:
+        now = self.clock()
+        due = [a for a in attempts if a is not None and a.next_poll <= now]
+        if not due:
+            return
+        cheap = [a for a in due if self.fabric.kind(a.job.cluster) == "local"]
+        remote = [a for a in due if self.fabric.kind(a.job.cluster) != "local"]
+        outcomes: list[tuple[Attempt, Status | ProviderError]] = [(a, self._poll_one(a)) for a in cheap]
+        if len(remote) == 1:
+            outcomes.append((remote[0], self._poll_one(remote[0])))
+        elif remote:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fk-poll")
+            outcomes += list(zip(remote, self._pool.map(self._poll_one, remote)))
+        for attempt, outcome in outcomes:
+            self._handle(attempt, outcome, counts)
+
+    def _poll_one(self, attempt: Attempt) -> Status | ProviderError:
+        try:
+            return self.fabric.provider(attempt.job.cluster).poll(attempt.invocation)
+        except ProviderError as exc:
+            return exc
+
+    def _handle(self, attempt: Attempt, outcome: Status | ProviderError, counts: Counts) -> None:
+        job = attempt.job
+        now = self.clock()
+        if isinstance(outcome, AuthError):
+            raise RunFailed(f"credentials rejected by cluster {job.cluster}: {outcome.message}")
+        if isinstance(outcome, Throttled):
+            self._finish(attempt, Status(State.FAILED, error=f"throttled: {outcome.message}"), state_name="throttled")
+            self._throttled(job, outcome, counts)
+            return
+        if isinstance(outcome, FunctionMissing):
+            self._finish(attempt, Status(State.FAILED, error=f"function missing: {outcome.message}"))
+            self._missing(job, outcome, counts)
+            return
+        if isinstance(outcome, PlatformError) or isinstance(outcome, ProviderError):
+            # transient trouble asking about it: ask again later, unless the attempt is overdue
+            if now < attempt.deadline:
+                self._reschedule_poll(attempt, now)
+                return
+            outcome = Status(State.TIMED_OUT, error=f"no answer from the platform: {outcome.message}")
+        status = outcome
+        if status.state is State.PENDING:
+            if now >= attempt.deadline:
+                status = Status(State.TIMED_OUT, error=f"no result within {attempt.deadline - attempt.submitted:.0f}s")
+            else:
+                self._reschedule_poll(attempt, now)
+                return
+        self._finish(attempt, status)
+        counts.add(status.state)
+        if status.state is State.SUCCEEDED:
+            job.state, job.result, job.error, job.active = "succeeded", status.result, None, None
+            job.handler_s = status.duration_s
+            self._emit(job, attempt, "succeeded")
+        else:
+            self._after_failure(job, status.error or status.state.value, counts)
+
+    def _reschedule_poll(self, attempt: Attempt, now: float) -> None:
+        # polling the local platform is a dictionary lookup: keep it tight so a finished call is seen at once
+        cap = LOCAL_POLL_MAX_S if self.fabric.kind(attempt.job.cluster) == "local" else self.policy.poll_max_s
+        attempt.interval = min(attempt.interval * 1.5, max(cap, self.policy.poll_initial_s))
+        attempt.next_poll = min(now + attempt.interval, attempt.deadline)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _finish(self, attempt: Attempt, status: Status, state_name: str | None = None) -> None:
+        """Record an attempt's final state (store + Logs/). `state_name` overrides it (e.g. 'abandoned')."""
+        job = attempt.job
+        attempt.status = status
+        end = status.end or self.clock()
+        state = state_name or status.state.value
+        fields = {"state": state, "start": status.start, "end": end, "duration_s": status.duration_s,
+                  "cold": status.cold, "error": status.error, "injected": status.injected}
+        if status.activation_id:
+            fields["platform_activation_id"] = status.activation_id
+        self.store.update_activation(attempt.id, **{k: v for k, v in fields.items() if v is not None})
+        self.runlog.activation({
+            "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
+            "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
+            "activation_id": attempt.id,
+            "platform_activation_id": status.activation_id or attempt.invocation.activation_id,
+            "attempt": attempt.number, "state": state, "cold": status.cold,
+            "start": status.start or attempt.submitted, "end": end,
+            "duration_s": status.duration_s if status.duration_s is not None else end - attempt.submitted,
+            "memory_mb": job.memory_mb, "injected": status.injected, "error": status.error,
+        })
+
+    def _after_failure(self, job: Job, error: str, counts: Counts) -> None:
+        job.error, job.active = error, None
+        if job.attempts >= self.policy.max_attempts:
+            job.state = "gave_up"
+            self._emit(job, None, "gave_up")
+            return
+        job.state = "backoff"
+        job.retries += 1
+        counts.retries += 1
+        job.not_before = self.clock() + self._backoff(job.attempts)
+        self._emit(job, None, "retrying")
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.policy.backoff_max_s, self.policy.backoff_base_s * (2 ** max(0, attempt - 1)))
+        return base * (1 - self.policy.jitter * self.rng.random())
+
+    def _throttled(self, job: Job, exc: Throttled, counts: Counts) -> None:
+        job.throttled += 1
+        counts.throttled += 1
+        job.state, job.active = "backoff", None
+        wait = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(min(job.throttled, 8))
+        job.not_before = self.clock() + wait
+        self.runlog.event("throttled", round=job.round, client_id=job.client_id, cluster=job.cluster,
+                          wait_s=round(wait, 3))
+        self._emit(job, None, "throttled")
+
+    def _missing(self, job: Job, exc: FunctionMissing, counts: Counts) -> None:
+        key = (job.cluster, job.name)
+        if not self.policy.redeploy_missing or self.redeploy is None or key in self._redeployed:
+            job.attempts += 1
+            counts.failed += 1
+            self._after_failure(job, f"function missing: {exc.message}", counts)
+            return
+        self._redeployed.add(key)
+        counts.redeploys += 1
+        self.runlog.event("redeploy", round=job.round, cluster=job.cluster, name=job.name, reason=exc.message)
+        self.runlog.logger.warning("function %s missing on %s: redeploying", job.name, job.cluster)
+        self.redeploy(job.cluster, job.function, job.name)
+        job.state, job.active, job.not_before = "waiting", None, 0.0
+        self._emit(job, None, "redeployed")
+
+    def _record_failed_submit(self, job: Job, attempt_id: str, number: int, exc: ProviderError) -> None:
+        now = self.clock()
+        self.store.insert_activation({
+            "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
+            "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
+            "name": job.name, "attempt": number, "state": State.FAILED.value, "submitted": now, "end": now,
+            "error": f"{type(exc).__name__}: {exc.message}",
+        })
+        self.runlog.activation({
+            "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
+            "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
+            "activation_id": attempt_id, "attempt": number, "state": State.FAILED.value, "start": now, "end": now,
+            "duration_s": 0.0, "memory_mb": job.memory_mb, "error": f"{type(exc).__name__}: {exc.message}",
+        })
+
+    def _abandon(self, job: Job, reason: str) -> None:
+        attempt = job.active
+        if attempt is not None:  # still running on the platform; its late result is not used
+            self._finish(attempt, Status(State.PENDING, error=reason), state_name="abandoned")
+        job.state, job.active, job.error = "abandoned", None, reason
+        self._emit(job, None, "abandoned")
+
+    def _emit(self, job: Job, attempt: Attempt | None, what: str) -> None:
+        for listener in self.listeners:
+            listener(job, attempt, what)
+
+    def _add_totals(self, counts: Counts) -> None:
+        for name in ("succeeded", "failed", "timed_out", "lost", "retries", "throttled", "redeploys"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
+
+    def _sleep(self, jobs: Iterable[Job], deadline: float | None) -> None:
+        """Sleep until the next poll or retry is due (bounded), never a fixed long interval."""
+        now = self.clock()
+        wake = [deadline] if deadline is not None else []
+        for job in jobs:
+            if job.state == "running" and job.active is not None:
+                wake.append(job.active.next_poll)
+            elif job.state in ("waiting", "backoff"):
+                wake.append(job.not_before)
+        if not wake:
+            return
+        delay = min(wake) - now
+        if delay > 0:
+            time.sleep(min(delay, self.policy.poll_max_s))
+
+
+
+def select_clients(seed: int, round_number: int, total: int, count: int) -> list[int]:
+    """Deterministic choice of `count` of `total` client ids for a round, from (seed, round) only."""
+    import numpy as np
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, round_number, 0x5E1EC7]))
+    return sorted(int(c) for c in rng.choice(total, size=min(count, total), replace=False))
+
