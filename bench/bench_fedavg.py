@@ -33,7 +33,7 @@ MODEL = {"model": "mlp", "input_size": 784, "hidden_size": 500, "output_size": 1
 SHAPES = {"w1": (784, 500), "b1": (500,), "w2": (500, 10), "b2": (10,)}
 SPEC = {k: (s, np.float32) for k, s in SHAPES.items()}
 NUM_PARAMS = sum(int(np.prod(s)) for s in SHAPES.values())
-REPEATS = 9
+REPEATS = 15
 
 
 def make_update(i: int) -> tuple[dict[str, np.ndarray], int]:

@@ -56,7 +56,7 @@ class App:
         self.redactor.add(loaded.secrets())
         if not self.quiet:
             for warning in loaded.warnings:
-                self.err.print(f"[yellow]warning[/] {warning}", markup=True, highlight=False, soft_wrap=True)
+                self.err.print(f"[yellow]warning[/] {escape(str(warning))}", markup=True, highlight=False, soft_wrap=True)
         return loaded
 
     def info(self, message: str) -> None:

@@ -19,7 +19,7 @@ from fedkeeper.errors import FedkeeperError, UsageProblem
 
 EPILOG = "Exit codes: 0 success; 1 store, cluster or run-file failure; 2 usage (unknown run, bad option, " \
          "matplotlib missing for --plot); 130 interrupted."
-STATES = ("invoked", "succeeded", "failed", "timed_out", "lost", "throttled", "abandoned")
+STATES = ("succeeded", "failed", "timed_out", "lost", "throttled", "abandoned")
 
 
 def _write(app: Any, text: str) -> None:

@@ -136,9 +136,11 @@ def load_text(text: str, *, source: str = "<config>", base_dir: Path | None = No
     secrets: set[str] = set()
     issues: list[ConfigIssue] = _duplicate_keys(text)
     env_paths: set[str] = set()
+    inline = _inline_secrets(raw)
     raw = _substitute(raw, "", env, secrets, issues, env_paths)
     legacy_errors: list[tuple[str, str]] = []
     warnings = [ConfigIssue(p, m) for p, m in config_legacy.normalise(raw, secrets, legacy_errors)]
+    warnings += inline
     issues += [ConfigIssue(p, m) for p, m in legacy_errors]
     _read_credential_files(raw, base_dir, secrets, issues)
     _collect_known_secrets(raw, secrets)
@@ -273,6 +275,32 @@ def _substitute(node: Any, path: str, env: dict[str, str], secrets: set[str],
     return node
 
 
+def _inline_secrets(raw: dict[str, Any]) -> list[ConfigIssue]:
+    """Warnings for secrets written into the file itself (they end up in copies, backups, repositories)."""
+    out: list[ConfigIssue] = []
+    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
+    openwhisk = providers.get("openwhisk") if isinstance(providers.get("openwhisk"), dict) else {}
+    for name, cluster in openwhisk.items():
+        auth = cluster.get("auth") if isinstance(cluster, dict) else None
+        if isinstance(auth, str) and auth and "${" not in auth:
+            out.append(ConfigIssue(f"providers.openwhisk.{name}.auth",
+                                   "the key is written into the config file; better auth: ${OW_AUTH} or auth_file"))
+    scenarios = raw.get("scenarios") if isinstance(raw.get("scenarios"), dict) else {}
+    fl = scenarios.get("federated_learning") if isinstance(scenarios.get("federated_learning"), dict) else {}
+    for path, mongo in (("mongo_config", raw.get("mongo_config")),
+                        ("scenarios.federated_learning.mongo_config", fl.get("mongo_config"))):
+        if not isinstance(mongo, dict):
+            continue
+        url, password = mongo.get("url"), mongo.get("password")
+        if isinstance(url, str) and "${" not in url and url_passwords(url):
+            out.append(ConfigIssue(f"{path}.url", "holds a password written into the config file; better put "
+                                                  "${MONGO_PASSWORD} in its place, or use password_file"))
+        if isinstance(password, (str, int)) and not isinstance(password, bool) and "${" not in str(password):
+            out.append(ConfigIssue(f"{path}.password", "written into the config file; better "
+                                                       "password: ${MONGO_PASSWORD} or password_file"))
+    return out
+
+
 def _expand(base_dir: Path, name: str) -> Path:
     path = Path(os.path.expanduser(name))
     return path if path.is_absolute() else base_dir / path
@@ -332,7 +360,7 @@ def _read_credential_files(raw: dict[str, Any], base_dir: Path, secrets: set[str
         for field in config_legacy.SECRET_SA_FIELDS:
             if info.get(field):
                 secrets.add(str(info[field]))
-        cluster["credentials"] = str(file)
+        cluster["credentials"] = str(file.resolve())
     mongo = raw.get("mongo_config")
     if isinstance(mongo, dict) and mongo.get("password_file"):
         path = "mongo_config.password_file"

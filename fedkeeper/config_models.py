@@ -159,10 +159,15 @@ class OpenWhiskCluster(Model):
     def _url(cls, v: str) -> str:
         v = v.strip().rstrip("/")
         parts = urlsplit(v if "://" in v else f"https://{v}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as https://openwhisk.example.org")
         if parts.username or parts.password:
             raise ValueError("must not contain credentials; put the key in auth (use ${ENV})")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            raise ValueError("must be an http(s) URL such as https://openwhisk.example.org:443 (bad port)") from None
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+", host):
+            raise ValueError("must be an http(s) URL such as https://openwhisk.example.org")
         return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("runtime")
@@ -214,7 +219,8 @@ class GcfCluster(Model):
     region: str
     credentials: str | None = Field(
         None, description="service-account JSON file, 'anonymous' (emulators/tests), or unset for ADC")
-    service_account_info: dict[str, Any] | None = Field(None, description="inline service account (legacy 'auth')")
+    service_account_info: dict[str, Any] | None = Field(None, description="inline service account (legacy 'auth')",
+                                                        repr=False)  # holds a private key
     runtime: str = "python311"
     memory: int | None = Field(None, ge=GCF_MEMORY_MB[0], le=GCF_MEMORY_MB[1], description="MB")
     timeout: float | None = Field(None, gt=0, le=GCF_TIMEOUT_S, description="seconds")
@@ -455,7 +461,7 @@ class Config(Model):
         return sorted(self._secrets, key=len, reverse=True)
 
     def clusters(self) -> dict[str, ClusterConfig]:
-        """All clusters by name, in declaration order (names are unique across platforms)."""
+        """All clusters by name (unique across platforms): local, openwhisk, aws, google, each in file order."""
         out: dict[str, ClusterConfig] = {}
         for group in (self.providers.local, self.providers.openwhisk, self.providers.aws, self.providers.google):
             out.update(group)

@@ -135,7 +135,7 @@ def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions
     members: dict[str, bytes] = {arc: path.read_bytes() for arc, path in sources.items()}
     members["fedkeeper/__init__.py"] = MINIMAL_INIT
     if kind == "google":
-        members["requirements.txt"] = _requirements(folder)
+        members["requirements.txt"] = _requirements(folder)  # replaces the function's own, which it includes
     if options.vendor_wheels:
         for arc, data in _vendored_members(options):
             if arc in members:
@@ -180,7 +180,8 @@ def _collect_sources(folder: Path, name: str, kind: str) -> dict[str, Path]:
     sources: dict[str, Path] = {}
     for path in _walk(folder):
         sources[path.relative_to(folder).as_posix()] = path
-    reserved = {ENTRIES[kind], "fedkeeper/__init__.py"} | ({"requirements.txt"} if kind == "google" else set())
+    # (a function's own requirements.txt stays a source: for google it is merged into the generated one)
+    reserved = {ENTRIES[kind], "fedkeeper/__init__.py"}
     clash = sorted(reserved & set(sources)) + sorted(a for a in sources if a.startswith("fedkeeper/"))
     if clash:
         raise PackagingError(f"{name} ({kind}): function folder {folder} holds {clash[0]}, which the packager "

@@ -65,7 +65,9 @@ def _clusters(run: RunFolder) -> dict[str, str]:
 
 def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, Any]:
     """The JSON-ready report of one run."""
-    summary = run.summary or {}
+    status = run.status
+    # a run that is going again after an interruption still has the summary.json of that interruption
+    summary = (run.summary or {}) if status != "running" else {}
     activations = [{**row, "platform": platform_kind(row.get("platform"))} for row in run.activations]
     totals = round_totals(run.rounds)
     last = run.rounds[-1] if run.rounds else {}
@@ -79,11 +81,11 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, A
         "run_id": run.run_id,
         "path": str(run.path),
         "experiment": run.experiment,
-        "status": run.status,
+        "status": status,
         "optimizer": run.optimizer,
         "settings": settings,
         "clusters": _clusters(run),
-        "started": summary.get("started", run.started_ts),
+        "started": (run.summary or {}).get("started", run.started_ts),
         "finished": summary.get("finished"),
         "last_event_ts": run.last_event_ts,
         "wall_s": summary.get("wall_s"),

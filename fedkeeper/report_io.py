@@ -166,7 +166,7 @@ def run_activity(path: Path) -> tuple[float, float, str]:
     """Sort key for `latest`: newest summary/events mtime, then the run_started time, then the name."""
     mtimes = [(path / n).stat().st_mtime for n in ("summary.json", "events.jsonl") if (path / n).exists()]
     started = 0.0
-    for event in read_events(path / "events.jsonl"):
+    for event in read_events(path / "events.jsonl"):  # run_started is the first event of a run
         if event.get("event") == "run_started":
             started = float(event.get("ts") or 0.0)
         break
@@ -217,8 +217,8 @@ def _last_per_key(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 
 def load_run(path: Path) -> RunFolder:
     """Read one run folder (any file may be missing: a run that just started has only a few)."""
-    rounds = _last_per_key(read_csv(path / "rounds.csv", ROUND_COLUMNS), "round")
-    rounds.sort(key=lambda r: r["round"])
+    rows = [r for r in read_csv(path / "rounds.csv", ROUND_COLUMNS) if isinstance(r["round"], int)]
+    rounds = sorted(_last_per_key(rows, "round"), key=lambda r: r["round"])
     activations = _last_per_key(read_csv(path / "activations.csv", ACTIVATION_COLUMNS), "activation_id")
     summary = None
     if (path / "summary.json").exists():

@@ -19,7 +19,6 @@ from fedkeeper.config_models import Config
 from fedkeeper.errors import UsageProblem
 from fedkeeper.fabric import Fabric
 from fedkeeper.packaging import PackagingError
-from fedkeeper.providers import PLATFORM_NAMES
 from fedkeeper.providers.base import LABEL_DIGEST, LABEL_FUNCTION, FunctionInfo, ProviderError
 
 #: run statuses whose current round is worth showing activation by activation

@@ -54,7 +54,7 @@ from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode, urlspli
 import psutil
 import pymongo
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConfigurationError, DuplicateKeyError, OperationFailure
+from pymongo.errors import AutoReconnect, BulkWriteError, ConfigurationError, DuplicateKeyError, OperationFailure
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fedkeeper.nxserve import create_time as _create_time
@@ -279,8 +279,6 @@ def _tail(path: Path, lines: int = 6) -> str:
     return " | ".join(kept)[-800:]
 
 
-
-
 @dataclass
 class NxServer:
     """One nx-27017 process on 127.0.0.1: start (free port, wait until it answers) and stop (terminate, wait, kill).
@@ -314,6 +312,11 @@ class NxServer:
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
+        # The child runs in the data directory: if this fedkeeper was found through a relative sys.path entry (a
+        # source checkout run from its folder), point the child at it explicitly.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        if package_root not in {p for p in sys.path if os.path.isabs(p)}:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         if self.lease_dir is not None:
             env["FK_NX_LEASE_DIR"] = str(self.lease_dir)
             env["FK_NX_LEASE_GRACE_S"] = str(self.lease_grace_s)
@@ -689,7 +692,7 @@ class Store:
     def update_run(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """``$set`` fields (dotted paths allowed) and return the run after the update."""
         values = {k: _plain(v) for k, v in fields.items()}
-        values["updated"] = time.time()
+        values.setdefault("updated", time.time())
         doc = self._call(lambda: self.runs.find_one_and_update(
             {"_id": run_id}, {"$set": values}, return_document=pymongo.ReturnDocument.AFTER))
         if doc is None:
@@ -740,6 +743,43 @@ class Store:
         if doc is None:
             raise ActivationMissing(activation_id)
         return doc
+
+    def record_activations(self, inserts: Iterable[dict[str, Any]] = (),
+                           updates: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Many activation writes in two round trips (the tracker flushes once per polling pass).
+
+        Inserts go first, so an update may follow its own insert in the same batch. Re-inserting the same
+        ``_id`` (a retried flush) is a no-op; any other write error is raised.
+        """
+        docs = []
+        for doc in inserts:
+            full = {k: _plain(v) for k, v in doc.items()}
+            full.setdefault("_id", uuid.uuid4().hex)
+            for key in ("run_id", "round", "client_id", "attempt"):
+                full.setdefault(key, None)
+            docs.append(full)
+        if docs:
+            try:
+                self._call(lambda: self.activations.insert_many(docs, ordered=False))
+            except BulkWriteError as exc:
+                for error in exc.details.get("writeErrors", []):
+                    if error.get("code") != 11000:
+                        raise
+                    doc = docs[error["index"]]
+                    existing = self._call(lambda d=doc: self.activations.find_one({"_id": d["_id"]}))
+                    if existing is None or any(existing.get(k) != doc[k]
+                                               for k in ("run_id", "round", "client_id", "attempt")):
+                        raise ActivationConflict(doc["run_id"], doc["round"], doc["client_id"], doc["attempt"]) \
+                            from None
+        sets = [(activation_id, {"$set": {k: _plain(v) for k, v in fields.items()}}) for activation_id, fields in updates]
+        if not sets:
+            return
+        try:
+            self._call(lambda: self.activations.bulk_write(
+                [pymongo.UpdateOne({"_id": a}, change) for a, change in sets], ordered=True))
+        except TypeError:  # mongomock cannot replay pymongo 4.20's UpdateOne: one by one, same result
+            for activation_id, change in sets:
+                self._call(lambda a=activation_id, c=change: self.activations.update_one({"_id": a}, c))
 
     def find_activations(
         self, run_id: str, round: int | None = None, state: Any = None

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -138,8 +139,19 @@ class Tracker:
         self.totals = Counts()
         self._redeployed: set[tuple[str, str]] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._caps: dict[str, int] = {}
+        self._inserts: list[dict[str, Any]] = []
+        self._updates: list[tuple[str, dict[str, Any]]] = []
+
+    def flush(self) -> None:
+        """Write the activation records of one polling pass in two round trips instead of one per change."""
+        if self._inserts or self._updates:
+            inserts, updates = self._inserts, self._updates
+            self._inserts, self._updates = [], []
+            self.store.record_activations(inserts, updates)
 
     def close(self) -> None:
+        self.flush()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -175,15 +187,34 @@ class Tracker:
                 for job in pending:
                     self._abandon(job, "round deadline reached")
                 break
+            inflight = Counter(j.cluster for j in jobs if j.state == "running")
             for job in pending:
-                if job.state in ("waiting", "backoff") and now >= job.not_before:
+                if job.state in ("waiting", "backoff") and now >= job.not_before \
+                        and inflight[job.cluster] < self._inflight_cap(job.cluster):
                     self._submit(job, counts)
+                    inflight[job.cluster] += job.state == "running"
             self._poll_due([j.active for j in jobs if j.state == "running" and j.active], counts)
+            self.flush()
             self._sleep(jobs, deadline)
+        self.flush()
         self._add_totals(counts)
         return WaitOutcome(jobs, counts, deadline_hit)
 
     # ------------------------------------------------------------------ submitting
+
+    def _inflight_cap(self, cluster: str) -> int:
+        """Calls in flight per cluster: more would only queue inside the provider, where the wait would count
+        against the attempt's deadline. Local: twice the workers (one running, one queued each)."""
+        if cluster not in self._caps:
+            config = self.fabric.clusters.get(cluster) if hasattr(self.fabric, "clusters") else None
+            if config is None:
+                cap = 1_000_000
+            elif config.kind == "local":
+                cap = 2 * config.concurrency
+            else:
+                cap = int(getattr(config, "max_inflight", 0) or 1_000_000)
+            self._caps[cluster] = cap
+        return self._caps[cluster]
 
     def _submit(self, job: Job, counts: Counts) -> None:
         provider = self.fabric.provider(job.cluster)
@@ -213,7 +244,7 @@ class Tracker:
         attempt = Attempt(attempt_id, job, number, invocation, now, now + timeout,
                           now + self.policy.poll_initial_s, self.policy.poll_initial_s)
         job.active, job.state = attempt, "running"
-        self.store.insert_activation({
+        self._inserts.append({
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "name": job.name, "attempt": number, "state": "invoked",
@@ -313,7 +344,7 @@ class Tracker:
                   "cold": status.cold, "error": status.error, "injected": status.injected}
         if status.activation_id:
             fields["platform_activation_id"] = status.activation_id
-        self.store.update_activation(attempt.id, **{k: v for k, v in fields.items() if v is not None})
+        self._updates.append((attempt.id, {k: v for k, v in fields.items() if v is not None}))
         self.runlog.activation({
             "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
@@ -368,7 +399,7 @@ class Tracker:
 
     def _record_failed_submit(self, job: Job, attempt_id: str, number: int, exc: ProviderError) -> None:
         now = self.clock()
-        self.store.insert_activation({
+        self._inserts.append({
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "name": job.name, "attempt": number, "state": State.FAILED.value, "submitted": now, "end": now,

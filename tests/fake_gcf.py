@@ -18,6 +18,7 @@ token (401/403) and read what every request carried. Every process it starts is 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -142,6 +144,7 @@ class FakeGcf:
     runtimes: dict[str, Runtime] = field(default_factory=dict)
     operations: dict[str, Operation] = field(default_factory=dict)
     throttle_next: int = 0           # answer the next N invocations with 429
+    platform_errors_next: list[int] = field(default_factory=list)  # answer the next calls with these codes (HTML)
     require_id_token: bool = False   # invocations need an ID token this fake minted for the function's URL
     require_access_token: bool = False  # admin requests need an access token this fake minted
     id_tokens: dict[str, str] = field(default_factory=dict)     # ID token -> audience
@@ -527,8 +530,12 @@ class FakeGcf:
             throttled = self.throttle_next > 0
             if throttled:
                 self.throttle_next -= 1
+            injected = self.platform_errors_next.pop(0) if self.platform_errors_next and not throttled else None
         if throttled:
             return 429, {**html, "Function-Execution-Id": execution_id}, b"Rate exceeded."
+        if injected is not None:
+            return injected, {**html, "Function-Execution-Id": execution_id}, \
+                f"<html><body>Error: Server Error {injected}</body></html>".encode()
         timeout = float(resource.get("serviceConfig", {}).get("timeoutSeconds", 60))
         try:
             upstream = requests.request(
@@ -543,6 +550,30 @@ class FakeGcf:
                    if k.lower() in ("content-type", "x-fedkeeper-cold", "x-fedkeeper-duration-ms")}
         headers["Function-Execution-Id"] = execution_id
         return upstream.status_code, headers, upstream.content
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Within this block every name lookup except 127.0.0.1/localhost fails, so a test cannot reach the internet
+    by accident. google-auth would also look up a service account's regional access boundary at
+    iamcredentials.googleapis.com in the background: that lookup is switched off here."""
+    import pytest
+
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("127.0.0.1", "localhost", "::1", None):
+            raise socket.gaierror(f"a test tried to reach {host}; only 127.0.0.1 is allowed")
+        return real(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", guarded)
+        from google.auth import credentials as gcreds
+
+        boundary = getattr(gcreds, "CredentialsWithRegionalAccessBoundary", None)
+        if boundary is not None:
+            mp.setattr(boundary, "_is_regional_access_boundary_lookup_required", lambda self: False)
+        yield
 
 
 def _wait_ready(runtime: Runtime) -> None:
@@ -579,6 +610,8 @@ def _stop(runtime: Runtime) -> None:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeGcf
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body as one segment: no 40 ms delayed-ACK stalls
+    wbufsize = 1 << 16
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         pass

@@ -430,7 +430,8 @@ class FakeOpenWhisk:
             raise _HttpError(400, f"timeout {limits['timeout']} milliseconds is outside the allowed range "
                                   f"[100, {self.max_timeout_ms}]")
         if not 128 <= limits["memory"] <= self.max_memory_mb:
-            raise _HttpError(400, f"memory {limits['memory']} MB is outside the allowed range [128, {self.max_memory_mb}]")
+            raise _HttpError(400, f"memory {limits['memory']} MB is outside the allowed range "
+                                  f"[128, {self.max_memory_mb}]")
         if not 1 <= limits["concurrency"] <= 500:
             raise _HttpError(400, f"concurrency {limits['concurrency']} is outside the allowed range [1, 500]")
         for key in ("parameters", "annotations"):
@@ -486,7 +487,8 @@ class FakeOpenWhisk:
         with self._lock:
             if self._throttle_left > 0:
                 self._throttle_left -= 1
-                extra = {"Retry-After": f"{self._throttle_retry_after:g}"} if self._throttle_retry_after is not None else {}
+                after = self._throttle_retry_after
+                extra = {"Retry-After": f"{after:g}"} if after is not None else {}
                 raise _HttpError(429, "Too many requests in the last minute (count: 61, allowed: 60).", extra)
             if self.concurrent_limit is not None and self._inflight >= self.concurrent_limit:
                 raise _HttpError(429, f"Too many concurrent requests in flight (count: {self._inflight}, "
@@ -530,7 +532,8 @@ class FakeOpenWhisk:
         target.mkdir(parents=True)
         code = action.exec.get("code")
         if code is None:
-            raise RuntimeError(f"image {action.exec.get('image')!r} cannot be pulled by the fake (send the zip as code)")
+            raise RuntimeError(f"image {action.exec.get('image')!r} cannot be pulled by the fake "
+                               "(send the zip as code)")
         if action.exec.get("binary"):
             with zipfile.ZipFile(io.BytesIO(base64.b64decode(code))) as zf:
                 for info in zf.infolist():

@@ -156,17 +156,24 @@ def test_missing_numpy_or_pymongo_gives_a_hint(tmp_path: Path, store_env: dict[s
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64" or sys.version_info[:2] != (3, 11),
                     reason="runs the x86_64 / CPython 3.11 wheels Lambda would get on this machine")
-def test_vendored_zip_runs_with_nothing_but_the_zip(tmp_path: Path, nx_server: str,
-                                                   store_env: dict[str, str]) -> None:
+def test_vendored_zip_runs_with_nothing_but_the_zip(tmp_path: Path, nx_server: str, store_env: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """vendor_wheels: the manylinux numpy/pymongo inside the zip are the only ones the handler can import."""
     from fedkeeper.config_models import LambdaCluster
 
     options = packaging.options_for(LambdaCluster(region="eu-west-1", architecture="x86_64"))
     assert options.vendor_wheels and options.platform_tag == "manylinux2014_x86_64"
+    # Tests stay on this machine: pip may only use the wheel cache a `fedkeeper deploy`/`package` filled.
+    wheels = options.cache_dir() / f"cp311-{options.platform_tag}"
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    packaging.clear_cache()
     try:
         artifact = packaging.build("fl_server_aggregator", "aws", options)
-    except packaging.PackagingError as exc:  # first run needs PyPI (then ~/.cache/fedkeeper/wheels)
-        pytest.skip(f"manylinux wheels not available: {exc}")
+    except packaging.PackagingError as exc:
+        pytest.skip(f"no cached manylinux wheels in {wheels} (run `fedkeeper package` once online): {exc}")
+    finally:
+        packaging.clear_cache()  # nothing built under these pip settings outlives the test
     assert len(artifact.data) < 50 * 2**20  # Lambda's direct upload limit
     root = unpack(artifact, tmp_path / "task")
     out = call(root, {"mode": "init", "run_id": "v1", "round": 0, "seed": 1, "model": MLP, "data": DIGITS,

@@ -96,17 +96,11 @@ def lambda_error(url: str, status: int, code: str, message: str, **extra: Any) -
 InvokeHook = Callable[[Any], AWSResponse | None]
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """moto with Lambda (no Docker) and IAM, an IAM role, and a slot for an invoke hook."""
-    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+@pytest.fixture(scope="module")
+def moto_lambda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """moto with Lambda (no Docker) and IAM for the whole module, an IAM role, and a slot for an invoke hook."""
+    home = tmp_path_factory.mktemp("aws")
     state: dict[str, Any] = {"hook": None}
-
     real_make_session = aws_client.make_session
 
     def make_session(cluster: str, config: LambdaCluster) -> boto3.Session:
@@ -119,14 +113,36 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, A
         session.events.register_first("before-send.lambda.Invoke", before_send)
         return session
 
-    monkeypatch.setattr(aws_client, "make_session", make_session)
-    with mock_aws(config={"lambda": {"use_docker": False}}):
-        iam = boto3.client("iam", region_name=REGION)
-        state["role_arn"] = iam.create_role(RoleName="fk-lambda", AssumeRolePolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                    "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
-        state["lambda"] = boto3.client("lambda", region_name=REGION)
-        yield state
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.delenv(key, raising=False)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+        mp.setattr(aws_client, "make_session", make_session)
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            iam = boto3.client("iam", region_name=REGION)
+            state["role_arn"] = iam.create_role(RoleName="fk-lambda", AssumeRolePolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                        "Principal": {"Service": "lambda.amazonaws.com"}}]},
+            ))["Role"]["Arn"]
+            state["lambda"] = boto3.client("lambda", region_name=REGION)
+            yield state
+
+
+@pytest.fixture
+def aws(moto_lambda: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The module's moto, emptied after each test: no functions, no hook, no queued results."""
+    from moto.awslambda_simple.models import lambda_simple_backends
+
+    yield moto_lambda
+    moto_lambda["hook"] = None
+    lam = moto_lambda["lambda"]
+    for page in lam.get_paginator("list_functions").paginate():
+        for fn in page["Functions"]:
+            lam.delete_function(FunctionName=fn["FunctionName"])
+    lambda_simple_backends[ACCOUNT][REGION].lambda_simple_results_queue.clear()
 
 
 @pytest.fixture
@@ -278,6 +294,41 @@ def test_layer_comparison_uses_arns_in_order() -> None:
     assert not LambdaProvider._config_matches({**live, "Layers": live["Layers"][::-1]}, want)
     assert not LambdaProvider._config_matches({"MemorySize": 256}, want)
     assert LambdaProvider._config_matches({"MemorySize": 256}, {"Layers": [], "MemorySize": 256})
+
+
+def test_create_racing_another_deploy_falls_back_to_update(provider: LambdaProvider, aws: dict[str, Any]) -> None:
+    spec = make_spec(memory=512)
+    rival = make_spec(memory=128, code="rival")
+
+    def another_deploy_wins(request: Any, **_: Any) -> None:
+        aws["lambda"].create_function(FunctionName=spec.name, Runtime="python3.11", Role=aws["role_arn"],
+                                      Handler="lambda_function.handler", Code={"ZipFile": rival.artifact},
+                                      MemorySize=128, Tags=rival.labels)
+
+    provider._clients.control.meta.events.register_first("before-send.lambda.CreateFunction", another_deploy_wins)
+    # moto answers our create with 409 ResourceConflictException ("already exists"), as Lambda does
+    assert provider.deploy(spec).action == "updated"
+    got = aws["lambda"].get_function(FunctionName=spec.name)
+    assert got["Configuration"]["CodeSha256"] == code_sha256(spec.artifact)
+    assert got["Configuration"]["MemorySize"] == 512 and got["Tags"][LABEL_DIGEST] == spec.digest
+
+
+def test_function_that_fails_to_become_active_names_lambdas_reason(provider: LambdaProvider) -> None:
+    spec = make_spec()
+    created = threading.Event()
+    reason = "The role defined for the function cannot be assumed by Lambda."
+
+    def lambda_says_failed(request: Any, **_: Any) -> AWSResponse | None:
+        if not created.is_set():
+            return None  # the first GetFunction (does it exist?) goes to moto
+        return aws_response(request.url, 200, {"Configuration": {
+            "FunctionName": spec.name, "State": "Failed", "StateReason": reason, "StateReasonCode": "InvalidRole"}})
+
+    events = provider._clients.control.meta.events
+    events.register("after-call.lambda.CreateFunction", lambda **_: created.set())
+    events.register_first("before-send.lambda.GetFunction", lambda_says_failed)
+    with pytest.raises(InvocationFailed, match="could not make the function ready: The role defined"):
+        provider.deploy(spec)
 
 
 def test_create_without_role_names_the_config_key(make_provider: Callable[..., LambdaProvider]) -> None:

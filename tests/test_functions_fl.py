@@ -63,7 +63,8 @@ def _run_sample_experiment(db, run_id: str, seed: int = 42, rounds: int = 20) ->
         for cid in reversed(selected):  # arrival order must not matter
             ack = client.handle(_client_params(run_id, rnd, cid, seed=seed), db=db)
             assert ack["ok"] and not ack["duplicate"]
-        results.append(aggregator.handle(_agg_params("aggregate", run_id, rnd, selected, seed=seed, keep_models=3), db=db))
+        params = _agg_params("aggregate", run_id, rnd, selected, seed=seed, keep_models=3)
+        results.append(aggregator.handle(params, db=db))
     return results
 
 
@@ -244,7 +245,8 @@ def test_aggregate_rejects_each_kind_of_bad_update_and_uses_the_rest(db):
 
 def test_aggregate_without_valid_updates_fails_and_writes_nothing(db):
     store, _ = _random_round(db, "none", 1, 3)
-    with pytest.raises(aggregator.NoValidUpdates, match=r"no valid updates for round 1 of run none \(client 5: missing\)"):
+    message = r"no valid updates for round 1 of run none \(client 5: missing\)"
+    with pytest.raises(aggregator.NoValidUpdates, match=message):
         aggregator.handle(_agg_params("aggregate", "none", 1, [5]), db=db)
     with pytest.raises(aggregator.NoValidUpdates, match="no client ids given"):
         aggregator.handle(_agg_params("aggregate", "none", 1, []), db=db)

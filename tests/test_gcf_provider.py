@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fake_gcf import FakeGcf
+from fake_gcf import FakeGcf, loopback_only
 from fedkeeper import packaging
 from fedkeeper.config_models import GcfCluster
 from fedkeeper.providers import create as create_provider
@@ -68,23 +67,8 @@ def cluster(fake: FakeGcf, **kw: object) -> GcfCluster:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def loopback_only() -> Iterator[None]:
-    """Every connection these tests make goes to 127.0.0.1. google-auth would also look up a service account's
-    regional access boundary at iamcredentials.googleapis.com in the background: turned off here."""
-    real = socket.getaddrinfo
-
-    def guarded(host: object, *args: object, **kwargs: object) -> object:
-        if host not in ("127.0.0.1", "localhost", "::1", None):
-            raise socket.gaierror(f"test tried to reach {host}; only 127.0.0.1 is allowed")
-        return real(host, *args, **kwargs)  # type: ignore[arg-type]
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "getaddrinfo", guarded)
-        from google.auth import credentials as gcreds
-
-        boundary = getattr(gcreds, "CredentialsWithRegionalAccessBoundary", None)
-        if boundary is not None:
-            mp.setattr(boundary, "_is_regional_access_boundary_lookup_required", lambda self: False)
+def _loopback() -> Iterator[None]:
+    with loopback_only():
         yield
 
 
@@ -147,8 +131,7 @@ def test_deploy_creates_through_a_pending_operation(fake: FakeGcf, provider: Gcf
 def test_redeploy_of_the_same_spec_is_a_no_op(fake: FakeGcf, provider: GcfProvider) -> None:
     name = "fk-gcftest-nodeinfo"
     spec = make_spec("nodeinfo", name, memory_mb=512, timeout_s=45)
-    if not provider.exists(name):
-        provider.deploy(spec)
+    provider.deploy(spec)  # created earlier, or updated if a source file changed meanwhile
     before = len(fake.received)
     result = provider.deploy(spec)
     assert result.action == "unchanged"
@@ -267,6 +250,17 @@ def test_throttling_raises_throttled_then_recovers(fake: FakeGcf, provider: GcfP
     assert wait(provider, provider.invoke(probe, {})).state is State.SUCCEEDED
 
 
+def test_platform_errors_end_the_attempt_as_failed(fake: FakeGcf, provider: GcfProvider, probe: str) -> None:
+    fake.platform_errors_next = [500, 502, 400]
+    first = wait(provider, provider.invoke(probe, {}))
+    assert first.state is State.FAILED and first.error.startswith("PlatformError") and "HTTP 500" in first.error
+    second = wait(provider, provider.invoke(probe, {}))
+    assert second.state is State.FAILED and "HTTP 502" in second.error
+    third = wait(provider, provider.invoke(probe, {}))
+    assert third.state is State.FAILED and third.error.startswith("InvocationFailed") and "HTTP 400" in third.error
+    assert wait(provider, provider.invoke(probe, {})).state is State.SUCCEEDED
+
+
 def test_many_calls_through_a_small_pool(provider: GcfProvider, probe: str) -> None:
     invocations = [provider.invoke(probe, {"i": i}) for i in range(12)]
     statuses = [wait(provider, inv) for inv in invocations]
@@ -382,3 +376,52 @@ def test_anonymous_calls_to_a_protected_function_are_auth_errors(fake: FakeGcf, 
             wait(provider, provider.invoke(probe, {}))
     finally:
         fake.require_id_token = False
+
+
+def test_legacy_inline_service_account_from_a_config_file(fake: FakeGcf, tmp_path: Path) -> None:
+    """The prototype's `providers.gcf.<c>.auth: {service-account fields}` still deploys and invokes."""
+    import yaml
+
+    from fedkeeper import config as fk_config
+
+    info = fake.service_account(tmp_path / "unused.json", "legacy-proj")
+    (tmp_path / "legacy.yaml").write_text(yaml.safe_dump({
+        "experiment": "legacy",
+        "providers": {"gcf": {"g1": {"region": REGION, "api_endpoint": fake.endpoint, "auth": info}}},
+    }))
+    loaded = fk_config.load(str(tmp_path / "legacy.yaml"))
+    settings = loaded.clusters()["g1"]
+    assert isinstance(settings, GcfCluster) and settings.project_id == "legacy-proj"
+    assert info["private_key"] not in repr(settings)
+    name = "fk-legacy-nodeinfo"
+    fake.require_access_token = fake.require_id_token = True
+    try:
+        with create_provider("google", "g1", settings, workdir=tmp_path) as provider:
+            assert provider.deploy(make_spec("nodeinfo", name, experiment="legacy")).action == "created"
+            assert wait(provider, provider.invoke(name, {})).state is State.SUCCEEDED
+            assert provider.remove(name)
+    finally:
+        fake.require_access_token = fake.require_id_token = False
+
+
+def test_closed_provider_refuses_new_calls(fake: FakeGcf, probe: str, tmp_path: Path) -> None:
+    from fedkeeper.providers.base import PlatformError
+
+    provider = GcfProvider("gcf", cluster(fake), workdir=tmp_path)
+    assert wait(provider, provider.invoke(probe, {})).state is State.SUCCEEDED
+    provider.close()
+    provider.close()  # idempotent
+    with pytest.raises(PlatformError, match="closed"):
+        provider.invoke(probe, {})
+
+
+def test_create_race_falls_back_to_update(fake: FakeGcf, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another deploy created the function between our get and our create: ALREADY_EXISTS becomes an update."""
+    name = "fk-gcftest-race"
+    with GcfProvider("gcf", cluster(fake), workdir=tmp_path) as provider:
+        provider.deploy(make_spec("nodeinfo", name, memory_mb=256))
+        monkeypatch.setattr(provider, "_get", lambda _name: None)  # what the get saw before the other deploy
+        assert provider.deploy(make_spec("nodeinfo", name, memory_mb=512)).action == "updated"
+        monkeypatch.undo()
+        assert fake.get(provider.full_name(name))["serviceConfig"]["availableMemory"] == "512Mi"
+        assert provider.remove(name)

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,14 @@ from fedkeeper.providers.gcf_auth import (
 from fedkeeper.providers.gcf_http import Target, classify
 
 DIGEST = "0123456789abcdef" * 4
+
+
+@pytest.fixture(autouse=True)
+def _loopback() -> Iterator[None]:
+    from fake_gcf import loopback_only
+
+    with loopback_only():
+        yield
 
 
 def _jwt(claims: dict) -> str:
@@ -262,3 +271,17 @@ def test_throttled_carries_retry_after() -> None:
 def test_gateway_timeout_is_timed_out() -> None:
     status = _classify(_response(504, "upstream request timeout", content_type="text/plain"))
     assert status.state is State.TIMED_OUT and "30 s" in status.error
+
+
+def test_application_default_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_gcf import FakeGcf
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    with pytest.raises(AuthError, match="application default credentials"):
+        admin_credentials("gcf", _cluster())
+    with FakeGcf(workdir=tmp_path) as fake:
+        info = fake.service_account(tmp_path / "adc.json", "p")
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "adc.json"))
+        assert admin_credentials("gcf", _cluster()).service_account_email == info["client_email"]
+        token = id_token_fetcher("gcf", _cluster())("https://adc.example")  # fetch_id_token reads the same file
+        assert fake.id_tokens[token] == "https://adc.example"

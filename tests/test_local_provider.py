@@ -118,6 +118,14 @@ def test_cold_then_warm_runs_the_packaged_code(tmp_path: Path, provider: LocalPr
     assert "echo handler says hello on stdout" in log and "raw write to fd 1" in log  # printed, yet protocol intact
 
 
+def test_large_payload_and_result_cross_the_pipes_intact(provider: LocalProvider) -> None:
+    name = deploy(provider, "echo")
+    blob = "".join(chr(0x41 + i % 26) for i in range(700_000))  # far beyond a pipe buffer (64 KiB)
+    _, st = call(provider, name, {"blob": blob, "text": "é ✓ \n"})
+    assert st.state is State.SUCCEEDED
+    assert st.result["params"]["blob"] == blob and st.result["params"]["text"] == "é ✓ \n"
+
+
 def test_worker_env_is_minimal_plus_spec_env(provider: LocalProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FK_TEST_ORCHESTRATOR_ONLY", "leak")
     name = deploy(provider, "echo", env={"FK_MONGO_DB": "dbname"})
@@ -283,6 +291,18 @@ def test_close_stops_every_worker_and_loses_running_activations(tmp_path: Path) 
     assert {p.poll(i).state for i in queued} == {State.LOST}
     with pytest.raises(PlatformError, match="closed"):
         p.invoke(name, {})
+
+
+def test_processes_started_by_a_handler_die_with_its_worker(tmp_path: Path) -> None:
+    p = make_provider(tmp_path)
+    try:
+        name = deploy(p, "spawner")
+        _, st = call(p, name)
+        child = st.result["child_pid"]
+        assert running(child)
+    finally:
+        p.close()
+    assert wait_until(lambda: not running(child))
 
 
 def test_worker_pids_are_own_process_group(provider: LocalProvider) -> None:

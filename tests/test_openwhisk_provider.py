@@ -196,6 +196,22 @@ def test_cluster_level_settings_change_is_not_a_noop(fake_openwhisk: FakeOpenWhi
         assert p.deploy(spec).action == "updated"
 
 
+def test_an_action_that_is_not_ours_is_never_overwritten(provider: OpenWhiskProvider,
+                                                          fake_openwhisk: FakeOpenWhisk) -> None:
+    from fedkeeper.providers.base import InvocationFailed
+
+    spec = make_spec("nodeinfo")
+    hand_made = requests.put(f"{fake_openwhisk.url}/api/v1/namespaces/_/actions/{spec.name}",
+                             auth=tuple(fake_openwhisk.auth.split(":", 1)), timeout=10,
+                             json={"exec": {"kind": "python:3.11", "code": "def main(a):\n    return a\n"}})
+    assert hand_made.status_code == 200
+    with pytest.raises(InvocationFailed) as err:
+        provider.deploy(spec)
+    assert spec.name in str(err.value) and "owtest" in str(err.value)
+    assert fake_openwhisk.actions[spec.name].version == "0.0.1"
+    assert len(fake_openwhisk.requests_to("PUT")) == 1  # only the hand-made one
+
+
 def test_create_race_409_becomes_update(provider: OpenWhiskProvider, fake_openwhisk: FakeOpenWhisk,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Another deploy created the action between our GET and our PUT: overwrite=false gets 409, then we update."""
@@ -447,12 +463,20 @@ def test_idempotent_calls_retry_5xx_but_invoke_does_not(provider: OpenWhiskProvi
     assert len(fake_openwhisk.requests_to("POST")) == posts + 1, "a POST that reached the controller is never resent"
 
 
-def test_poll_treats_a_transient_failure_as_pending(provider: OpenWhiskProvider, fake_openwhisk: FakeOpenWhisk) -> None:
+def test_poll_failures_are_platform_errors_but_429_is_pending(provider: OpenWhiskProvider,
+                                                               fake_openwhisk: FakeOpenWhisk) -> None:
+    """The tracker polls again after a PlatformError; a Throttled would make it re-invoke (a duplicate run)."""
     spec = make_spec("nodeinfo")
     provider.deploy(spec)
     inv = provider.invoke(spec.name, {})
     fake_openwhisk.wait_idle()
+    gets = len(fake_openwhisk.requests_to("GET"))
     fake_openwhisk.fail_next(1, status=502)
+    with pytest.raises(PlatformError) as err:
+        provider.poll(inv)
+    assert "502" in str(err.value)
+    assert len(fake_openwhisk.requests_to("GET")) == gets + 1, "a poll is one GET"
+    fake_openwhisk.fail_next(1, status=429)
     assert provider.poll(inv).state is State.PENDING
     assert provider.poll(inv).state is State.SUCCEEDED
 
@@ -469,7 +493,8 @@ def test_unreachable_controller_is_a_platform_error(tmp_path: Path) -> None:
             with pytest.raises(PlatformError) as err:
                 call()
             assert "TopSecretKey42" not in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
-        assert p.poll(Invocation("ow-down", "fk-x", "b" * 32, 0.0)).state is State.PENDING
+        with pytest.raises(PlatformError):
+            p.poll(Invocation("ow-down", "fk-x", "b" * 32, 0.0))
 
 
 def test_concurrent_invocations_all_complete(provider: OpenWhiskProvider, fake_openwhisk: FakeOpenWhisk) -> None:

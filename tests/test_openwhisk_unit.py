@@ -213,13 +213,22 @@ def test_entry_returns_masked_errors(tmp_path: Path, clean_env: pytest.MonkeyPat
         def handle(params):
             if params.get("kind") == "list":
                 return [1, 2]
+            if params.get("kind") == "path":
+                raise KeyError("fedkeeper/runtime/model.py")
             raise RuntimeError("cannot reach " + os.environ["FK_MONGO_URL"])
     """)
     url = "mongodb://user:hunter2secret@db.example.org/fk"
-    out = entry.main({"FK_MONGO_URL": url})
+    out = entry.main({"FK_MONGO_URL": url, "FK_MONGO_DB": "fedkeeper"})
     assert out == {"error": "RuntimeError: cannot reach ***"}
+    clean_env.setenv("FK_MONGO_URL", "mongodb://db.example.org/fedkeeper")  # no password: the whole URL is masked
+    assert entry.main({"FK_MONGO_DB": "fedkeeper"}) == {"error": "RuntimeError: cannot reach ***"}
+    nodb = entry.main({"FK_MONGO_URL": "fedkeeper", "FK_MONGO_DB": "fedkeeper"})
+    assert nodb == {"error": "RuntimeError: cannot reach ***"}  # a URL setting is masked whatever it holds
     assert "hunter2secret" not in capsys.readouterr().err
     assert entry.main({"FK_MONGO_URL": url, "kind": "list"}) == {"error": "the handler returned list, not a dict"}
+    # FK_MONGO_DB is not a secret: masking its value would garble every message that mentions the package
+    assert entry.main({"FK_MONGO_URL": url, "FK_MONGO_DB": "fedkeeper", "kind": "path"}) == \
+        {"error": "KeyError: 'fedkeeper/runtime/model.py'"}
 
 
 def test_entry_reports_a_handler_that_cannot_be_imported(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:

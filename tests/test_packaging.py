@@ -59,7 +59,7 @@ def test_local_zip_layout_and_fixed_metadata() -> None:
     init = zf.read("fedkeeper/__init__.py")
     assert init == packaging.MINIMAL_INIT and init != (REPO_PACKAGE / "__init__.py").read_bytes()
     assert len(init.splitlines()) == 1
-    runtime_files = sorted(p.relative_to(REPO_PACKAGE).as_posix() for p in (REPO_PACKAGE / "runtime").rglob("*")
+    runtime_files = sorted("fedkeeper/" + p.relative_to(REPO_PACKAGE).as_posix() for p in (REPO_PACKAGE / "runtime").rglob("*")
                            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
     assert sorted(n for n in names if n.startswith("fedkeeper/runtime/")) == runtime_files
     for info in zf.infolist():

@@ -38,7 +38,7 @@ def test_rounds_in_the_report_are_the_rows_of_rounds_csv(tmp_path: Path, make_ru
     assert report["status"] == "completed"
     assert report["optimizer"] == "adam"
     assert report["rounds_completed"] == 3
-    assert report["final"] == {"accuracy": raw[-1] and float(raw[-1]["accuracy"]), "loss": float(raw[-1]["loss"])}
+    assert report["final"] == {"accuracy": float(raw[-1]["accuracy"]), "loss": float(raw[-1]["loss"])}
     assert report["totals"]["failed"] == sum(int(r["failed"]) for r in raw)
     assert report["totals"]["round_s_mean"] == pytest.approx(sum(float(r["round_s"]) for r in raw) / 3)
 
@@ -180,7 +180,9 @@ def test_a_resumed_run_counts_each_round_once_and_is_running_again(tmp_path: Pat
     report = build_report(load_run(run["dir"]), PRICES)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert report["rounds"][-1]["accuracy"] == 0.99  # the later record wins
-    assert report["status"] == "running"  # despite the old summary.json
+    assert report["status"] == "running"  # despite the old summary.json...
+    assert report["final"]["accuracy"] == 0.99  # ...whose figures are stale
+    assert report["wall_s"] is None and report["summary"]["status"] == "completed"
 
 
 def test_failed_run_without_summary(tmp_path: Path, make_run_folder) -> None:

@@ -402,3 +402,13 @@ def test_bundled_digits_are_what_the_generator_makes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.build() == D.DIGITS_PATH.read_bytes()
+
+
+def test_cached_arrays_are_read_only_and_client_parts_are_copies():
+    spec = D.DataSpec.from_params({"dataset": "digits"})
+    train = D.load_split(spec, "train")
+    with pytest.raises(ValueError):
+        train.x[0, 0] = 1.0
+    part = D.client_split(spec, 4, 0, seed=1)
+    part.x[0, 0] = 5.0  # a client's own copy
+    assert train.x.max() == 1.0

@@ -27,15 +27,18 @@ INCS = 40
 WRITER = textwrap.dedent("""
     import json, sys, time
     import numpy as np
-    import pymongo
     from fedkeeper.runtime.blobstore import BlobStore, connect
-    url, db_name, tag, value, start_at, keys, incs = sys.argv[1:8]
+    url, db_name, tag, value, keys, incs = sys.argv[1:7]
     db = connect(url, db_name)
-    blobs = BlobStore(db, inline_limit=int(sys.argv[8]))
+    inline, gridfs = BlobStore(db), BlobStore(db, inline_limit=512)
+    db.command("ping")
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
     won = []
     for i in range(int(keys)):
-        while time.time() < float(start_at) + 0.05 * i:  # both writers reach key i at the same moment
+        while time.time() < start_at + 0.02 * i:  # both writers reach key i at the same moment
             time.sleep(0.0005)
+        blobs = gridfs if i % 2 else inline  # odd keys go through GridFS
         doc = blobs.write_update("run", 1, f"c{i:02d}", {"w": np.full(1000, float(value), np.float32)},
                                  base_round=0, num_examples=1, activation_id=tag)
         if not doc["duplicate"]:
@@ -47,19 +50,22 @@ WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("inline_limit", [15 * 1024 * 1024, 512], ids=["inline", "gridfs"])
-def test_two_processes_write_overlapping_keys_without_loss_or_duplicates(nx_server, nx_db, inline_limit) -> None:
+def test_two_processes_write_overlapping_keys_without_loss_or_duplicates(nx_server, nx_db) -> None:
     nx_db.counters.insert_one({"_id": "run", "writes": 0, "incs": 0, "by": {"a": 0, "b": 0}})
-    start_at = time.time() + 1.5  # both processes start writing at the same moment
     procs = {
         tag: subprocess.Popen(
-            [sys.executable, "-c", WRITER, nx_server, nx_db.name, tag, value, str(start_at), str(KEYS), str(INCS),
-             str(inline_limit)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", WRITER, nx_server, nx_db.name, tag, value, str(KEYS), str(INCS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for tag, value in (("a", "1.0"), ("b", "2.0"))
     }
+    for proc in procs.values():  # both connected: start them at the same moment
+        assert proc.stdout.readline().strip() == "ready", proc.communicate(timeout=60)[1]
+    start_at = time.time() + 0.1
     won = {}
+    for proc in procs.values():
+        proc.stdin.write(f"{start_at}\n")
+        proc.stdin.flush()
     for tag, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -76,8 +82,8 @@ def test_two_processes_write_overlapping_keys_without_loss_or_duplicates(nx_serv
         assert doc["activation_id"] == winner
         weights, _ = blobs.read_update("run", 1, doc["client_id"], {"w": ((1000,), "float32")})
         assert float(weights["w"][0]) == {"a": 1.0, "b": 2.0}[winner]
-    if inline_limit == 512:  # the loser of each race removed its GridFS file again
-        assert len(blobs._files.find({})) == KEYS
+    assert [d["storage"] for d in docs] == ["inline", "gridfs"] * (KEYS // 2)
+    assert len(blobs._files.find({})) == KEYS // 2  # the loser of each GridFS race removed its file again
     counters = nx_db.counters.find_one({"_id": "run"})
     assert counters["writes"] == 2 * KEYS and counters["incs"] == 2 * INCS
     assert counters["by"] == {"a": KEYS, "b": KEYS}

@@ -59,8 +59,8 @@ from fedkeeper.providers.aws_errors import (
 )
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
-    AuthError,
     LABEL_EXPERIMENT,
+    AuthError,
     DeployResult,
     DeploySpec,
     FunctionInfo,
@@ -101,17 +101,18 @@ class LambdaProvider(Provider):
         self._timeouts: dict[str, int] = {}   # function name -> Lambda timeout (s), for the invoke read timeout
         self._closed = False
         fast = config.is_loopback           # emulators answer at once: poll their state quickly
-        self._wait_delay_s = 0.05 if fast else 2.0
+        self._wait_delay_s = 0.05 if fast else 1.0
         self._wait_max_s = 30.0 if fast else 600.0
         self._retry_wait = (0.02, 0.2) if fast else (0.5, 8.0)
 
     # ------------------------------------------------------------------ control plane
 
-    def _call(self, action: str, name: str, fn: Callable[..., T], **kwargs: Any) -> T:
+    def _call(self, action: str, name: str, fn: Callable[..., T], *, attempts: int = 4, **kwargs: Any) -> T:
         """One control-plane call with typed errors; throttling and transient trouble retried by tenacity."""
         initial, maximum = self._retry_wait
         for attempt in Retrying(retry=retry_if_exception_type((Throttled, PlatformError)),
-                                stop=stop_after_attempt(4), wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
+                                stop=stop_after_attempt(attempts),
+                                wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
                                 reraise=True):
             with attempt:
                 try:
@@ -140,11 +141,13 @@ class LambdaProvider(Provider):
             reason = cfg.get("StateReason") or cfg.get("LastUpdateStatusReason")
             if "Error" in last:
                 err = last["Error"]
-                raise PlatformError(self.cluster, f"waiting for {name!r}: {err.get('Code')}: {err.get('Message')}") from None
-            if reason or cfg.get("State") == "Failed" or cfg.get("LastUpdateStatus") == "Failed":
+                raise PlatformError(self.cluster, f"waiting for {name!r}: {err.get('Code')}: "
+                                                  f"{err.get('Message')}") from None
+            if cfg.get("State") == "Failed" or cfg.get("LastUpdateStatus") == "Failed":
                 raise InvocationFailed(self.cluster, f"deploy {name!r}: Lambda could not make the function ready: "
                                                      f"{reason or 'state Failed'}") from None
-            raise PlatformError(self.cluster, f"deploy {name!r}: still not ready after {self._wait_max_s:.0f} s") from None
+            raise PlatformError(self.cluster, f"deploy {name!r}: still not ready after {self._wait_max_s:.0f} s"
+                                              + (f" ({reason})" if reason else "")) from None
 
     def _layers(self, spec: DeploySpec) -> list[str]:
         out: list[str] = []
@@ -186,8 +189,8 @@ class LambdaProvider(Provider):
             raise InvocationFailed(
                 self.cluster,
                 f"deploy {spec.name!r}: the zip is {len(spec.artifact) / 2**20:.1f} MB, above Lambda's 50 MB direct "
-                "upload limit (S3 upload is not supported): set providers.aws."
-                f"{self.cluster}.vendor_wheels: false and provide numpy/pymongo through providers.aws.{self.cluster}.layers")
+                f"upload limit (S3 upload is not supported): set providers.aws.{self.cluster}.vendor_wheels: false "
+                f"and provide numpy/pymongo through providers.aws.{self.cluster}.layers")
         try:
             with zipfile.ZipFile(io.BytesIO(spec.artifact)) as zf:
                 names = set(zf.namelist())
@@ -209,9 +212,16 @@ class LambdaProvider(Provider):
         arch = [self.config.architecture]
         current = self._get(spec.name)
         if current is None:
-            self._create(spec, want, arch)
-            action = "created"
-        else:
+            try:
+                self._create(spec, want, arch)
+                action = "created"
+            except (PlatformError, Throttled):
+                # Not retried blindly (create is not idempotent): a create that timed out may have worked, or
+                # another deploy may have created it meanwhile. Then it exists now and is updated below.
+                current = self._get(spec.name)
+                if current is None:
+                    raise
+        if current is not None:
             live = current.get("Configuration", {})
             tags = current.get("Tags") or {}
             reserved = (current.get("Concurrency") or {}).get("ReservedConcurrentExecutions")
@@ -233,7 +243,7 @@ class LambdaProvider(Provider):
             raise InvocationFailed(self.cluster, f"deploy {spec.name!r}: providers.aws.{self.cluster}.role_arn is "
                                                  "required to create a function (an IAM role Lambda can assume)")
         control = self._clients.control
-        self._call("create_function", spec.name, control.create_function, FunctionName=spec.name,
+        self._call("create_function", spec.name, control.create_function, attempts=1, FunctionName=spec.name,
                    Code={"ZipFile": spec.artifact}, Architectures=arch, PackageType="Zip",
                    Tags=dict(spec.labels), Publish=False, **want)
         self._wait("function_active_v2", spec.name)

@@ -12,9 +12,12 @@ audience and reused until shortly before it expires. `poll` reports:
 - SUCCEEDED with the function's JSON result; FAILED with the function's own error message (our entry answers
   a raised exception as HTTP 500 `{"error": "<Type>: message"}`); TIMED_OUT on HTTP 504 or a read timeout;
   LOST for an invocation submitted by an earlier process (HTTP calls do not outlive their caller);
-- and *raises* typed errors for platform refusals, exactly as `invoke` may: `Throttled` (429, 503),
-  `FunctionMissing` (404), `AuthError` (401, 403), `PlatformError` (other 5xx, network), `InvocationFailed`
-  (other 4xx). The tracker handles typed errors from both calls the same way.
+- and *raises* the typed errors of platform refusals that call for a different reaction than a retry, as
+  `invoke` may: `Throttled` (429, 503: back off, not counted against the client), `FunctionMissing` (404:
+  redeploy), `AuthError` (401, 403: stop the run). The tracker handles these from both calls the same way.
+- Other platform trouble (a 5xx without our error body, other 4xx, a broken connection) is classified as
+  `PlatformError` / `InvocationFailed`; `poll` reports it as FAILED with that reason, because the call is over
+  and asking again cannot change it (a `PlatformError` raised by `poll` would mean "could not ask, ask again").
 
 The execution id is the platform's `Function-Execution-Id` response header, or our own id when absent.
 Environment variables (which carry the MongoDB URL) go only into `service_config.environment_variables`:
@@ -93,6 +96,20 @@ def _api_retry(fn: Callable[..., T]) -> Callable[..., T]:
     """Admin calls that are safe to repeat: a few attempts with backoff on transient trouble."""
     return retry(retry=_RETRYABLE, stop=stop_after_attempt(4), wait=wait_exponential_jitter(multiplier=0.5, max=8.0),
                  reraise=True)(fn)
+
+
+def _already_exists(exc: Exception) -> bool:
+    """Over REST, api_core picks the exception class from the HTTP status alone (409 → Conflict, which ABORTED
+    shares), so ALREADY_EXISTS is read from the error body's `status`."""
+    from google.api_core import exceptions as gapi
+
+    if isinstance(exc, gapi.AlreadyExists):
+        return True
+    response = getattr(exc, "response", None)
+    try:
+        return bool(response is not None and response.json()["error"]["status"] == "ALREADY_EXISTS")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 class GcfProvider(Provider):
@@ -251,25 +268,33 @@ class GcfProvider(Provider):
             return DeployResult(spec.name, "unchanged", spec.digest, time.perf_counter() - started)
         source = self._upload(spec)
         function = self._function(spec, labels, source)
-        client = self._admin()
         action = "updated" if current is not None else "created"
+        operation = None
         if current is None:
-            from google.api_core import exceptions as gapi
-
-            try:
-                operation = client.create_function(parent=self.parent, function=function, function_id=spec.name,
-                                                   timeout=API_TIMEOUT_S)
-            except gapi.AlreadyExists:  # created meanwhile (a concurrent or half-finished deploy): update it
+            operation = self._create_call(function, spec.name, secrets)
+            if operation is None:  # created meanwhile (a concurrent or half-finished deploy): update it
                 action = "updated"
-                operation = self._update_call(function, spec.name, secrets)
-            except Exception as exc:
-                raise self._error(exc, f"create {spec.name}", secrets) from None
-        else:
+        if operation is None:
             operation = self._update_call(function, spec.name, secrets)
         deployed = self._wait(operation, f"{'create' if action == 'created' else 'update'} {spec.name}", secrets)
         self._remember(spec.name, deployed, spec.timeout_s)
         log.info("%s: %s %s (digest %s)", self.cluster, spec.name, action, spec.digest[:12])
         return DeployResult(spec.name, action, spec.digest, time.perf_counter() - started)  # type: ignore[arg-type]
+
+    def _create_call(self, function: Any, name: str, secrets: tuple[str, ...]) -> Any | None:
+        """The create operation, or None when the function exists already."""
+        from google.api_core import exceptions as gapi
+
+        def create() -> Any | None:
+            try:
+                return self._admin().create_function(parent=self.parent, function=function, function_id=name,
+                                                      timeout=API_TIMEOUT_S)
+            except gapi.Conflict as exc:
+                if _already_exists(exc):
+                    return None
+                raise
+
+        return self._call(f"create {name}", create, secrets)
 
     def _update_call(self, function: Any, name: str, secrets: tuple[str, ...]) -> Any:
         from google.protobuf import field_mask_pb2
@@ -404,7 +429,18 @@ class GcfProvider(Provider):
                                             "function URL cannot be resumed", activation_id=inv.activation_id)
         if not future.done():
             return Status(State.PENDING, activation_id=inv.activation_id)
-        return future.result()  # raises the typed error of a platform refusal
+        if future.cancelled():
+            return Status(State.LOST, error=f"{inv.name}: cancelled before it was sent (provider closed)",
+                          activation_id=inv.activation_id)
+        try:
+            return future.result()
+        except (Throttled, FunctionMissing, AuthError):
+            raise  # the tracker backs off, redeploys, or stops the run
+        except ProviderError as exc:
+            # The call is over: asking again cannot change its outcome, so it is a failed attempt (retried by
+            # the tracker's policy), not trouble with asking about it.
+            return Status(State.FAILED, error=f"{type(exc).__name__}: {exc.message}",
+                          activation_id=inv.activation_id)
 
     def close(self) -> None:
         with self._lock:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from fedkeeper.providers.base import State, Status
-from fedkeeper.providers.local_faults import NO_FAULT, FaultDecision, FaultPlan
+from fedkeeper.providers.local_faults import FaultDecision, FaultPlan
 
 log = logging.getLogger("fedkeeper.providers.local")
 
@@ -158,6 +158,7 @@ class WorkerPool:
         self._retire_names: set[str] = set()
         self._stopping = False
         self._closed = False
+        self._wake_pending = False
         self._failure: BaseException | None = None
         # dispatcher-only state
         self._ready: deque[_Activation] = deque()
@@ -185,7 +186,10 @@ class WorkerPool:
             act = _Activation(fn, params_json, self._faults.draw(), time.monotonic())
             self._records[act.id] = act
             self._inbox.append(act)
-        self._wake()
+            signal_needed = not self._wake_pending  # one wake-up per batch: bursts do not flood the pipe
+            self._wake_pending = True
+        if signal_needed:
+            self._wake()
         return act
 
     def status(self, activation_id: str) -> Status | None:
@@ -264,6 +268,7 @@ class WorkerPool:
                     if self._stopping:
                         break
                     inbox, self._inbox = self._inbox, deque()
+                    self._wake_pending = False
                     retire, self._retire_names = self._retire_names, set()
                 for act in inbox:
                     if act.not_before > now:
@@ -487,9 +492,14 @@ class WorkerPool:
             if msg.get("ready"):
                 w.ready = True
                 w.init_s = msg.get("import_s")
-                w.state = "busy"
-                if w.act is not None and now >= w.available_at:
-                    self._start(w, w.act, now)
+                if w.act is None:  # (its activation was settled meanwhile) a fresh warm worker
+                    w.state = "idle"
+                    w.last_used = now
+                    self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
+                else:
+                    w.state = "busy"
+                    if now >= w.available_at:
+                        self._start(w, w.act, now)
             else:
                 w.ready_error = str(msg.get("error") or "worker failed to start")
                 act = w.act
@@ -532,6 +542,7 @@ class WorkerPool:
         except subprocess.TimeoutExpired:  # closed its pipe but lives on: not a worker we can use
             _kill_quietly(w.proc)
             rc = w.proc.wait()
+        _kill_leftovers(w.pid)
         _close_pipes(w.proc)
         self._forget(w)
         w.state = "gone"
@@ -621,6 +632,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 _kill_quietly(w.proc)
                 w.proc.wait()
+            _kill_leftovers(w.pid)
             _close_pipes(w.proc)
             self._forget(w)
             w.state = "gone"
@@ -640,9 +652,23 @@ class WorkerPool:
 
 
 def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and whatever it started: each worker leads its own process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
     try:
         proc.kill()
     except (ProcessLookupError, OSError):
+        pass
+
+
+def _kill_leftovers(pgid: int) -> None:
+    """After the worker is reaped, kill processes it left in its group (the id is not reused while they live)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
         pass
 
 

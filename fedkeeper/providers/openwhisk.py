@@ -12,7 +12,14 @@
 - invoke: `POST .../actions/{name}?blocking=false` → 202 + activation id; poll: `GET .../activations/{id}`
   (404 until the record is written). One GET per poll over a pooled connection, because the tracker polls many
   activations at once.
-- remove/list: by annotation, so that actions left by a crashed deploy are found and removed too.
+- remove/list: by annotation, so that actions left by a crashed deploy are found and removed too. An existing
+  action under our name that carries another experiment's annotation (or none) is never overwritten.
+- errors: 401/403 → AuthError, 404 on invoke → FunctionMissing (the tracker redeploys), 429 → Throttled (with
+  Retry-After), 5xx and connection failures → PlatformError, other 4xx → InvocationFailed; messages name method,
+  path, status and the controller's error text, never the key. Retries (openwhisk_client.py): GET/PUT/DELETE
+  on connection errors, 5xx and 429; an invoke only when the connection could not be opened at all, since a
+  resent POST could start a second activation (harmless for results, the store keeps the first update, but
+  wasted work and a confusing record).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 import requests
 
+from fedkeeper import __version__
 from fedkeeper.config_models import OpenWhiskCluster
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
@@ -38,9 +46,9 @@ from fedkeeper.providers.base import (
     DeploySpec,
     FunctionInfo,
     Invocation,
+    InvocationFailed,
     PlatformError,
     Provider,
-    ProviderError,
     State,
     Status,
 )
@@ -83,8 +91,6 @@ class OpenWhiskProvider(Provider):
             split_auth(config.auth)
         except ValueError:
             raise AuthError(cluster, f"providers.openwhisk.{cluster}.auth must be uuid:key") from None
-        from fedkeeper import __version__
-
         self.client = OpenWhiskClient(
             cluster, api_host=config.api_host, namespace=config.namespace, auth=config.auth,
             verify_tls=config.verify_tls, request_timeout_s=config.request_timeout_s,
@@ -141,6 +147,10 @@ class OpenWhiskProvider(Provider):
         current = self._get_action(spec.name)
         if current is not None:
             have = _annotations_dict(current.get("annotations"))
+            owner, ours = have.get(LABEL_EXPERIMENT), spec.labels.get(LABEL_EXPERIMENT)
+            if owner != ours:  # never overwrite an action someone else made under the same name
+                raise InvocationFailed(self.cluster, f"action {spec.name!r} exists but does not belong to experiment "
+                                                     f"{ours!r} ({LABEL_EXPERIMENT}={owner!r}); remove or rename it")
             if (have.get(LABEL_DIGEST) == spec.digest
                     and have.get(ANNOTATION_SETTINGS) == wanted[ANNOTATION_SETTINGS]):
                 log.info("%s: %s unchanged (digest %s)", self.cluster, spec.name, spec.digest[:12])
@@ -220,24 +230,20 @@ class OpenWhiskProvider(Provider):
         return Invocation(cluster=self.cluster, name=name, activation_id=str(activation_id), submitted=submitted)
 
     def poll(self, inv: Invocation) -> Status:
-        """One GET. 404 means "not written yet" (PENDING); the tracker's deadline decides when that becomes lost.
+        """One GET, no retry loop (the tracker polls again anyway). 404 means "not written yet" → PENDING; the
+        tracker's deadline decides when that becomes a timeout.
 
-        A transient failure of the poll itself (connection error, 5xx, 429) also reads as PENDING: the activation
-        is not known to have failed, and raising here would turn a controller hiccup into a client failure.
-        Rejected credentials do raise AuthError, since no later poll can succeed.
+        A failed poll raises PlatformError (connection error, 5xx), which the tracker answers by polling again
+        and, at the deadline, reports with this message. A 429 on a poll reads as PENDING instead: a Throttled
+        from poll would look like a throttled *invocation* and be re-invoked, running the client twice.
+        Rejected credentials raise AuthError, since no later poll can succeed.
         """
         path = self.client.activation_path(inv.activation_id)
         try:
-            response = self.client.send("GET", path, passthrough=(404,), retry=False)
+            response = self.client.send("GET", path, passthrough=(404, 429), retry=False)
         except requests.exceptions.RequestException as exc:
-            log.debug("%s: poll of %s failed: %s", self.cluster, inv.activation_id, type(exc).__name__)
-            return Status(State.PENDING, activation_id=inv.activation_id)
-        except AuthError:
-            raise
-        except ProviderError as exc:
-            log.debug("%s: poll of %s: %s", self.cluster, inv.activation_id, exc.message)
-            return Status(State.PENDING, activation_id=inv.activation_id)
-        if response.status_code == 404:
+            raise self.client.transport_error("GET", path, exc) from None
+        if response.status_code in (404, 429):
             return Status(State.PENDING, activation_id=inv.activation_id)
         return activation_status(self._json(response, "GET", path), inv.activation_id)
 
@@ -247,7 +253,8 @@ class OpenWhiskProvider(Provider):
         try:
             return response.json()
         except ValueError:
-            raise PlatformError(self.cluster, f"{method} {path} -> {response.status_code}: answer is not JSON") from None
+            raise PlatformError(self.cluster,
+                                f"{method} {path} -> {response.status_code}: answer is not JSON") from None
 
     def close(self) -> None:
         if not self._closed:

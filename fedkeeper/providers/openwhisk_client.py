@@ -193,7 +193,8 @@ class OpenWhiskClient:
         if status == 404:
             return FunctionMissing(self.cluster, where)
         if status == 429:
-            return Throttled(self.cluster, where, retry_after_s=retry_after_seconds(response.headers.get("Retry-After")))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            return Throttled(self.cluster, where, retry_after_s=retry_after)
         if status >= 500:
             return PlatformError(self.cluster, where)
         return InvocationFailed(self.cluster, where)

@@ -326,10 +326,11 @@ class BlobStore:
         """Store a client's update; the first accepted write wins, later ones get it back with ``duplicate: True``."""
         _check_run_id(run_id)
         key = f"{run_id}:{round}:{client_id}"
-        existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
-        if existing is not None:
-            return _public(existing, duplicate=True)
         blob = W.encode(weights)
+        if len(blob) > self.inline_limit:  # look first only when a GridFS upload would be wasted
+            existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
+            if existing is not None:
+                return _public(existing, duplicate=True)
         write_id = uuid.uuid4().hex
         doc = {
             "_id": key, "run_id": run_id, "round": int(round), "client_id": client_id,

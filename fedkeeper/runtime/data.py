@@ -48,6 +48,7 @@ DIGITS_SPLIT_SEED = 20240501
 DOWNLOAD_TIMEOUT_S = 60.0
 DOWNLOAD_ATTEMPTS = 4
 BACKOFF_S = 0.5
+_PICKLE_REFUSED = "refused (set data.allow_pickle: true only for files you trust)"
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 20
 
@@ -81,7 +82,8 @@ class DataSpec:
             if dataset not in BUNDLED:
                 raise DataError(f"{path}.dataset must be one of {', '.join(BUNDLED)}, got {dataset!r}")
             if given:
-                raise DataError(f"{path}: give either dataset or the four file keys, not both (found {', '.join(given)})")
+                found = ", ".join(given)
+                raise DataError(f"{path}: give either dataset or the four file keys, not both (found {found})")
             values["dataset"] = dataset
         else:
             missing = [k for k in FILE_KEYS if k not in given]
@@ -178,7 +180,14 @@ def load_split(spec: DataSpec, split: str) -> Split:
     """The ``train`` or ``test`` split of a data set, cached in the process across warm invocations."""
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, got {split!r}")
-    return _SPLITS.get_or((spec.source_key, split), lambda: _load_split(spec, split))
+    return _SPLITS.get_or((spec.source_key, split), lambda: _frozen(_load_split(spec, split)))
+
+
+def _frozen(split: Split) -> Split:
+    """Cached arrays are shared by every later invocation in the process: make accidental writes fail loudly."""
+    split.x.flags.writeable = False
+    split.y.flags.writeable = False
+    return split
 
 
 def _load_split(spec: DataSpec, split: str) -> Split:
@@ -250,7 +259,7 @@ def _parse(key: str, display: str, raw: bytes, member: str | None, spec: DataSpe
         return _from_idx(what, raw)
     if raw[:1] == b"\x80":
         if not spec.allow_pickle:
-            raise DataError(f"{what} is a Python pickle: refused (set data.allow_pickle: true only for files you trust)")
+            raise DataError(f"{what} is a Python pickle: {_PICKLE_REFUSED}")
         return np.asarray(_numpy_load(what, raw, True))
     raise DataError(f"{what}: unknown format (expected .npz, .npy or MNIST IDX, optionally gzipped)")
 
@@ -260,7 +269,7 @@ def _numpy_load(what: str, raw: bytes, allow_pickle: bool) -> Any:
         return np.load(io.BytesIO(raw), allow_pickle=allow_pickle)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(f"{what} holds pickled objects: refused (set data.allow_pickle: true only for files you trust)") from exc
+            raise DataError(f"{what} holds pickled objects: {_PICKLE_REFUSED}") from exc
         raise DataError(f"{what}: not a valid .npy file ({exc})") from exc
     except (OSError, EOFError) as exc:
         raise DataError(f"{what}: not a valid .npy file ({exc})") from exc
@@ -281,7 +290,7 @@ def _from_npz(what: str, raw: bytes, member: str | None, allow_pickle: bool) -> 
         raise
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(f"{what} holds pickled objects: refused (set data.allow_pickle: true only for files you trust)") from exc
+            raise DataError(f"{what} holds pickled objects: {_PICKLE_REFUSED}") from exc
         raise DataError(f"{what}: not a valid .npz file ({exc})") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{what}: not a valid .npz file ({exc})") from exc
@@ -300,7 +309,8 @@ def _from_idx(what: str, raw: bytes) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     count = int(np.prod(dims))
     if len(raw) != header + count * dtype.itemsize:
-        raise DataError(f"{what}: IDX header says {dims} of {dtype.name} but the file has {len(raw) - header} data bytes")
+        got = len(raw) - header
+        raise DataError(f"{what}: IDX header says {dims} of {dtype.name} but the file has {got} data bytes")
     return np.frombuffer(raw, dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -325,7 +335,8 @@ def _images_to_float(key: str, x: np.ndarray) -> np.ndarray:
     x = _from_objects(key, x)
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(f"data.{key}: integer pixels must be 0..255, got {x.min()}..{x.max()} (store floats instead)")
+            span = f"{x.min()}..{x.max()}"
+            raise DataError(f"data.{key}: integer pixels must be 0..255, got {span} (store floats instead)")
         return x.astype(np.float32) / np.float32(255.0)
     if x.dtype.kind == "f":
         if not np.all(np.isfinite(x)):

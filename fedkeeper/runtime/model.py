@@ -256,27 +256,34 @@ class Conv2D(Layer):
 
 
 class MaxPool2(Layer):
-    """2×2 max pooling, stride 2 (an odd last row/column is dropped, like Keras 'valid')."""
+    """2×2 max pooling, stride 2 (an odd last row/column is dropped, like Keras 'valid').
+
+    Works on the four strided corner views of each window, so nothing is transposed or copied whole; the
+    backward pass routes each gradient to the first maximal corner (as an argmax would).
+    """
+
+    @staticmethod
+    def _corners(x: np.ndarray) -> list[np.ndarray]:
+        h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+        return [x[:, i : 2 * h2 : 2, j : 2 * w2 : 2, :] for i in (0, 1) for j in (0, 1)]
 
     def forward(self, w, x):
-        n, h, wd, c = x.shape
-        h2, w2 = h // 2, wd // 2
-        blocks = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-        blocks = blocks.reshape(n, h2, w2, c, 4)
-        idx = blocks.argmax(axis=-1)[..., None]
-        out = np.take_along_axis(blocks, idx, axis=-1)[..., 0]
-        return out, (idx, x.shape)
+        a, b, c, d = self._corners(x)
+        out = np.maximum(np.maximum(a, b), np.maximum(c, d))
+        taken = a == out
+        masks = [taken]
+        for corner in (b, c):
+            hit = (corner == out) & ~taken
+            masks.append(hit)
+            taken = taken | hit
+        masks.append(~taken)
+        return out, (masks, x.shape)
 
     def backward(self, w, cache, dout, need_dx):
-        idx, (n, h, wd, c) = cache
-        h2, w2 = h // 2, wd // 2
-        dblocks = np.zeros((n, h2, w2, c, 4), dtype=dout.dtype)
-        np.put_along_axis(dblocks, idx, dout[..., None], axis=-1)
-        dx_core = dblocks.reshape(n, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(n, 2 * h2, 2 * w2, c)
-        if (2 * h2, 2 * w2) == (h, wd):
-            return dx_core, {}
-        dx = np.zeros((n, h, wd, c), dtype=dout.dtype)
-        dx[:, : 2 * h2, : 2 * w2, :] = dx_core
+        masks, shape = cache
+        dx = np.zeros(shape, dtype=dout.dtype)
+        for view, mask in zip(self._corners(dx), masks):
+            np.multiply(dout, mask, out=view)
         return dx, {}
 
 
@@ -355,9 +362,8 @@ class Model:
         for name, (shape, dtype) in want.items():
             arr = weights[name]
             if tuple(arr.shape) != shape or arr.dtype != dtype:
-                raise ModelError(
-                    f"{what}[{name!r}] is {arr.dtype}{list(arr.shape)}, model {self.spec.model} needs {dtype}{list(shape)}"
-                )
+                have, need = f"{arr.dtype}{list(arr.shape)}", f"{dtype}{list(shape)}"
+                raise ModelError(f"{what}[{name!r}] is {have}, model {self.spec.model} needs {need}")
 
     def init(self, seed: int | np.random.SeedSequence) -> Weights:
         rng = np.random.default_rng(as_seed_sequence(seed))
@@ -404,9 +410,11 @@ class Model:
         return LossAndGrads(loss, {name: grads[name] for name in self.param_names}, correct)
 
     def predict(self, weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [self.forward(weights, x[i : i + self.eval_batch]).argmax(axis=1) for i in range(0, len(x), self.eval_batch)]
-        ) if len(x) else np.zeros(0, np.int64)
+        """Predicted class per sample, in batches of ``eval_batch``."""
+        if len(x) == 0:
+            return np.zeros(0, np.int64)
+        step = self.eval_batch
+        return np.concatenate([self.forward(weights, x[i : i + step]).argmax(axis=1) for i in range(0, len(x), step)])
 
     def evaluate(self, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """(mean cross-entropy, accuracy) in batches, so a 10,000-image cnn evaluation stays within memory."""
@@ -468,16 +476,27 @@ def build_model(spec: ModelSpec | Mapping[str, Any]) -> Model:
 
 
 class Optimizer:
-    """Updates a dict of writable arrays in place. State is per local training (reset every round)."""
+    """Updates a dict of writable arrays in place. State is per local training (reset every round).
+
+    Every step works in preallocated per-weight buffers: a 1.6M-parameter cnn would otherwise allocate (and
+    page-fault) a dozen model-sized temporaries per minibatch, which cost more than the gradients themselves.
+    """
 
     def __init__(self, lr: float) -> None:
         self.lr = lr
         self.t = 0
+        self._scratch: Weights = {}
 
     def step(self, weights: Weights, grads: Mapping[str, np.ndarray]) -> None:
         self.t += 1
         for name, w in weights.items():
             self._update(name, w, grads[name])
+
+    def _buf(self, name: str, like: np.ndarray) -> np.ndarray:
+        buf = self._scratch.get(name)
+        if buf is None:
+            buf = self._scratch[name] = np.empty_like(like)
+        return buf
 
     def _update(self, name: str, w: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
@@ -485,7 +504,8 @@ class Optimizer:
 
 class SGD(Optimizer):
     def _update(self, name, w, g):
-        w -= self.lr * g
+        tmp = np.multiply(g, self.lr, out=self._buf(name, w))
+        w -= tmp
 
 
 class Momentum(Optimizer):
@@ -503,7 +523,7 @@ class Momentum(Optimizer):
             v = self.v[name] = np.zeros_like(w)
         v *= self.beta
         v += g
-        w -= self.lr * v
+        w -= np.multiply(v, self.lr, out=self._buf(name, w))
 
 
 class Adam(Optimizer):
@@ -516,6 +536,7 @@ class Adam(Optimizer):
         super().__init__(lr)
         self.m: Weights = {}
         self.v: Weights = {}
+        self._num: Weights = {}
 
     def _update(self, name, w, g):
         m = self.m.get(name)
@@ -524,16 +545,32 @@ class Adam(Optimizer):
             self.v[name] = np.zeros_like(w)
         v = self.v[name]
         b1, b2, t = self.beta1, self.beta2, self.t
+        tmp = self._buf(name, w)
         m *= b1
-        m += (1 - b1) * g
+        m += np.multiply(g, 1 - b1, out=tmp)
         v *= b2
-        v += (1 - b2) * (g * g)
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
+        # denominator sqrt(v / (1 - b2^t)) + eps, in tmp
+        np.sqrt(v, out=tmp)
+        tmp *= 1 / math.sqrt(1 - b2**t)
+        tmp += self.eps
         if self.nesterov:  # Dozat's Nadam, as in optax: look one momentum step ahead
-            m_hat = (b1 / (1 - b1 ** (t + 1))) * m + ((1 - b1) / (1 - b1**t)) * g
+            c1, c2 = b1 / (1 - b1 ** (t + 1)), (1 - b1) / (1 - b1**t)
+            num = self._num.get(name)
+            if num is None:
+                num = self._num[name] = np.empty_like(w)
+            np.multiply(g, c2 / c1, out=num)
+            num += m
+            num *= c1 * self.lr  # lr * (c1·m + c2·g)
         else:
-            m_hat = m / (1 - b1**t)
-        v_hat = v / (1 - b2**t)
-        w -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+            num = self._num.get(name)
+            if num is None:
+                num = self._num[name] = np.empty_like(w)
+            np.multiply(m, self.lr / (1 - b1**t), out=num)  # lr * m / (1 - b1^t)
+        np.divide(num, tmp, out=tmp)
+        w -= tmp
 
 
 class Nadam(Adam):

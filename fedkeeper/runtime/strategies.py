@@ -74,7 +74,10 @@ class FedAvg:
         for name, plan in self._plan.items():
             flat = weights[name].reshape(-1)  # a view for contiguous arrays (decoded blobs always are)
             for start, stop, acc, buf in plan:
-                np.multiply(flat[start:stop], n, out=buf)  # into the cache-resident scratch
+                # widen into the cache-resident scratch, scale there, add: measured faster than one mixed-type
+                # multiply, which widens through NumPy's own internal buffer first
+                np.copyto(buf, flat[start:stop])
+                np.multiply(buf, n, out=buf)
                 np.add(acc, buf, out=acc)
         self.total_examples += int(num_examples)
         self.count += 1

@@ -16,8 +16,15 @@ Both modes are idempotent: if the model of ``round`` already exists, the stored 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Mapping
+
+# One BLAS thread: a function gets about one vCPU and trains on small batches, where extra BLAS threads only fight
+# over it (a 10x slowdown measured on a busy 2-core host) and make float results depend on the host's core count.
+# Must be set before numpy loads; a value given in the deployed environment wins.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from fedkeeper.runtime import blobstore, data, model, strategies
 
@@ -139,7 +146,9 @@ def _evaluate(mdl: model.Model, spec: data.DataSpec, weights: Mapping[str, Any])
             f"{FUNCTION}: the test images have {test.x.shape[1]} features, params.model needs {mdl.spec.num_features}"
         )
     if len(test) and test.y.max() >= mdl.spec.output_size:
-        raise ValueError(f"{FUNCTION}: test labels reach {test.y.max()}, params.model.output_size is {mdl.spec.output_size}")
+        raise ValueError(
+            f"{FUNCTION}: test labels reach {test.y.max()}, params.model.output_size is {mdl.spec.output_size}"
+        )
     return mdl.evaluate(weights, test.x, test.y)
 
 

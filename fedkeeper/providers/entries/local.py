@@ -117,7 +117,12 @@ def _log_exception(exc: BaseException, secrets: list[str]) -> None:
 def run_worker() -> int:
     """The worker loop: import the handler once, then serve one call per line until stdin closes."""
     proto_in, out = _private_channels()
-    _apply_limits()
+    try:
+        _apply_limits()
+    except (OSError, ValueError) as exc:  # e.g. a memory limit below what the interpreter already uses
+        _send(out, {"ready": False, "error": f"cannot apply the worker's limits: {type(exc).__name__}: {exc}",
+                    "pid": os.getpid()})
+        return 1
     secrets = _secret_values()
     t0 = time.perf_counter()
     try:

@@ -8,7 +8,8 @@
   runtime puts it, in `__OW_ACTIVATION_ID`, `__OW_ACTION_NAME`, `__OW_NAMESPACE`, `__OW_DEADLINE`; it is also
   copied to `FK_PLATFORM_ACTIVATION_ID` / `FK_DEADLINE_MS` for platform-neutral code.
 - Errors: when the handler raises, `main` returns `{"error": "<Type>: <message>"}` with every `FK_*` value
-  masked. That is the OpenWhisk convention for an application error (the activation's `response.status` becomes
+  masked (settings whose name says URL/PASSWORD/SECRET/TOKEN/KEY/AUTH, values holding a URL, and keys named in
+  `FK_ENV_KEYS`). That is the OpenWhisk convention for an application error (the activation's `response.status` becomes
   "application error", `success: false`), and it is what the runtime itself would return for an uncaught
   exception, except that the runtime would neither name the type nor mask secrets. The traceback goes to stderr,
   i.e. the activation logs, masked as well. A handler that cannot be imported (e.g. numpy missing from the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from typing import Any
@@ -44,10 +46,19 @@ except Exception as _exc:  # reported on every call instead of failing the conta
 ENV_KEYS_PARAMETER = "FK_ENV_KEYS"
 
 
+#: names of settings whose values are masked in errors and logs (plus any value holding a URL)
+_SECRET_NAME = re.compile(r"URL|URI|PASS|SECRET|TOKEN|KEY|AUTH|CRED", re.IGNORECASE)
+#: keys moved into os.environ because FK_ENV_KEYS named them; their secrecy is unknown, so they are masked
+_EXTRA_ENV: set[str] = set()
+
+
 def _secret_values() -> list[str]:
+    """Values to mask: secret-looking FK_* settings (not e.g. FK_MONGO_DB, which would garble every path)."""
     values: set[str] = set()
     for key, value in os.environ.items():
-        if not key.startswith("FK_") or len(value) < 4:
+        if not (key.startswith("FK_") or key in _EXTRA_ENV) or len(value) < 4:
+            continue
+        if not (key in _EXTRA_ENV or _SECRET_NAME.search(key) or "://" in value):
             continue
         values.add(value)
         try:
@@ -72,6 +83,7 @@ def _as_env(value: Any) -> str:
 def split_args(args: dict[str, Any]) -> dict[str, Any]:
     """Move the bound settings into os.environ; return what the handler should see."""
     extra_env = {k for k in str(args.get(ENV_KEYS_PARAMETER) or "").split(",") if k}
+    _EXTRA_ENV.update(extra_env)
     params: dict[str, Any] = {}
     for key, value in args.items():
         if key == ENV_KEYS_PARAMETER:
