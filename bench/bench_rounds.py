@@ -8,8 +8,13 @@ per round, then reads Logs/<run>/ back and prints, per setting:
   on a 2-core machine 100 clients cannot all run at once and their queueing is not orchestration;
 - round time, invocations per second.
 
-Warm rounds (2..N) are reported separately from round 1, which pays the cold starts. Run:
-    python bench/bench_rounds.py [--rounds 4]
+Warm rounds (2..N) are reported separately from round 1, which pays the cold starts.
+
+With `--flower PYTHON` (a Python that has `flwr[simulation]`), the same task (same numpy model, data partitions,
+clients, epochs, rounds; bench/flower_task.py) also runs in Flower's simulation engine with the same 2 CPUs, and
+the wall times are printed side by side: total, and per round (the difference between an N-round and a 1-round
+run, which takes start-up out of both). Run:
+    python bench/bench_rounds.py [--rounds 4] [--flower /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ def make_config(folder: Path, per_round: int, total: int, rounds: int) -> Path:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def flower(python: str, per_round: int, total: int, rounds: int) -> dict[str, float]:
+    result = subprocess.run([python, str(ROOT / "bench" / "flower_task.py"), "--total", str(total),
+                             "--per-round", str(per_round), "--rounds", str(rounds), "--cpus", str(WORKERS)],
+                            capture_output=True, text=True, env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"flower run failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def run(per_round: int, total: int, rounds: int) -> dict[str, float]:
@@ -91,8 +106,11 @@ def run(per_round: int, total: int, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--flower", metavar="PYTHON", default=os.environ.get("FLWR_PYTHON"),
+                        help="a Python with flwr[simulation] installed, for the side-by-side comparison")
     args = parser.parse_args()
     results = [run(20, 100, args.rounds), run(100, 100, args.rounds)]
+    ours_one = {k: run(k, 100, 1)["wall_s"] for k in (20, 100)} if args.flower else {}
     print(f"local platform, {WORKERS} client workers, embedded store, {os.cpu_count()} cores; median of warm rounds\n")
     head = (f"{'clients/round':>13} {'round 1 s':>9} {'warm round s':>12} {'handler ms':>10} "
             f"{'overhead ms/inv (issue)':>23} {'overhead ms/inv (capacity)':>26} {'inv/s':>7} {'accuracy':>8}")
@@ -105,6 +123,24 @@ def main() -> None:
     ratio = results[1]["warm_round_s"] / results[0]["warm_round_s"]
     print(f"\n100 vs 20 clients per round: round time x{ratio:.2f} for x5 the invocations")
     print("target: <= 10 ms overhead per invocation at 100 clients per round (issue definition)")
+    if not args.flower:
+        print("\n(Flower comparison skipped: pass --flower PYTHON or set FLWR_PYTHON)")
+        return
+    print(f"\nside by side with Flower's simulation engine ({WORKERS} CPUs, same task, {args.rounds} rounds)")
+    head = (f"{'clients/round':>13} {'fedkeeper wall s':>16} {'flower wall s':>13} {'ratio':>6} "
+            f"{'fedkeeper s/round':>17} {'flower s/round':>14} {'ratio':>6} {'acc fk':>7} {'acc flwr':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        k = r["per_round"]
+        fl_n, fl_1 = flower(args.flower, k, 100, args.rounds), flower(args.flower, k, 100, 1)
+        ours_round = (r["wall_s"] - ours_one[k]) / max(1, args.rounds - 1)
+        their_round = (fl_n["wall_s"] - fl_1["wall_s"]) / max(1, args.rounds - 1)
+        print(f"{k:>13} {r['wall_s']:>16.2f} {fl_n['wall_s']:>13.2f} {fl_n['wall_s'] / r['wall_s']:>6.2f} "
+              f"{ours_round:>17.3f} {their_round:>14.3f} {their_round / ours_round:>6.2f} "
+              f"{r['accuracy']:>7.4f} {fl_n['accuracy']:>8.4f}")
+    print("ratio = flower / fedkeeper (> 1: fedkeeper is faster). FedKeeper's figures include real worker\n"
+          "processes, the embedded MongoDB-compatible store, every activation tracked and logged.")
 
 
 if __name__ == "__main__":

@@ -131,10 +131,11 @@ def load_text(text: str, *, source: str = "<config>", base_dir: Path | None = No
     """Validate config text; `env` replaces os.environ for ${NAME} references (tests)."""
     env = dict(os.environ) if env is None else env
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
-    raw = _parse_yaml(text, source)
+    raw, issues = _parse_yaml(text, source)
+    for key in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
+        raw.pop(key)  # extension keys, as in docker-compose: a place for YAML anchors (&defaults)
 
     secrets: set[str] = set()
-    issues: list[ConfigIssue] = _duplicate_keys(text)
     env_paths: set[str] = set()
     inline = _inline_secrets(raw)
     raw = _substitute(raw, "", env, secrets, issues, env_paths)
@@ -172,8 +173,8 @@ def _covered(path: str, issues: list[ConfigIssue]) -> bool:
                for i in issues)
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps YAML 1.2 number rules: '1e-3' is a float (YAML 1.1 says string) and
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader (libyaml's parser when available) that keeps YAML 1.2 number rules: '1e-3' is a float (YAML 1.1 says string) and
     '1:30' is a string (YAML 1.1 says sexagesimal 90), so a `uuid:key` or a time never turns into a number."""
 
 
@@ -188,31 +189,58 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """The YAML as data, and the keys given twice (found on the node tree, which still has every key)."""
+    loader = _Loader(text)
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            raise ConfigError([ConfigIssue("", f"{source} expands to more than {MAX_VALUES} values "
+                                               "(through YAML aliases); refused")], source)
+        duplicates = _duplicate_keys(node) if node is not None else []
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
+    finally:
+        loader.dispose()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("", f"the top level of {source} must be a mapping of keys, "
                                            f"not a {type(raw).__name__}")], source)
-    return raw
+    return raw, duplicates
 
 
-def _duplicate_keys(text: str) -> list[ConfigIssue]:
+#: a config is a few hundred values; aliases nested in aliases can expand to billions ("billion laughs")
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values the node becomes once every alias is expanded (memoised: linear in the file)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # guards against recursive aliases
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[id(node)] = min(size, MAX_VALUES + 1)
+    return memo[id(node)]
+
+
+def _duplicate_keys(root: yaml.Node) -> list[ConfigIssue]:
     """YAML silently keeps the last of two equal keys; a repeated key is almost always a mistake."""
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError:
-        return []
     issues: list[ConfigIssue] = []
+    walked: set[int] = set()
 
     def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in walked:  # an alias: its keys were checked where the anchor is
+            return
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for key_node, value_node in node.value:
@@ -229,8 +257,7 @@ def _duplicate_keys(text: str) -> list[ConfigIssue]:
             for i, item in enumerate(node.value):
                 walk(item, f"{path}[{i}]")
 
-    if root is not None:
-        walk(root, "")
+    walk(root, "")
     return issues
 
 
@@ -675,8 +702,8 @@ def _drop_invalid(issues: list[ConfigIssue], invalid: set[str]) -> list[ConfigIs
     for issue in issues:
         if any(issue.path == p or issue.path.startswith(p + ".") or issue.path.startswith(p + "[") for p in invalid):
             continue
-        # a check over a section (e.g. placement adds up) means little when one of its entries is invalid
-        if issue.path.count(".") >= 2 and any(p.startswith(issue.path + ".") for p in invalid):
+        # a check over a scenario section (e.g. placement adds up) means little when one of its entries is invalid
+        if issue.path.startswith("scenarios.") and any(p.startswith(issue.path + ".") for p in invalid):
             continue
         if issue not in out:
             out.append(issue)

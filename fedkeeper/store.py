@@ -264,7 +264,15 @@ def _one_line(exc: BaseException, secrets: Iterable[str] = ()) -> str:
 # --------------------------------------------------------------------------------------------- embedded server
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
+def _free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
+    """`preferred` if it can be bound now, else any free port."""
+    if preferred:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -294,6 +302,7 @@ class NxServer:
     lease_grace_s: float = 5.0
     host: str = "127.0.0.1"
     port: int = 0
+    preferred_port: int | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     startup_s: float | None = field(default=None, init=False)
 
@@ -339,8 +348,8 @@ class NxServer:
         if self.log_file.exists() and self.log_file.stat().st_size > 10 * 1024 * 1024:
             self.log_file.replace(self.log_file.with_suffix(".log.1"))
         t0 = time.perf_counter()
-        for _attempt in range(3):
-            port = self.port or _free_port(self.host)
+        for attempt in range(3):
+            port = self.port or _free_port(self.host, self.preferred_port if attempt == 0 else None)
             self.proc = self._spawn(port)
             try:
                 ready = self._wait_ready(port, t0 + timeout_s, timeout_s)
@@ -517,6 +526,17 @@ class EmbeddedServer:
         for path in (pid_file, self.state_file):
             path.unlink(missing_ok=True)
 
+    @property
+    def _port_file(self) -> Path:
+        return self.home / "port"
+
+    def _last_port(self) -> int | None:
+        try:
+            port = int(self._port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 1024 <= port <= 65535 else None
+
     def open(self) -> EmbeddedServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.lease_dir.mkdir(exist_ok=True)
@@ -531,7 +551,11 @@ class EmbeddedServer:
                 else:
                     self._clear_stale()
                     server = NxServer.in_dir(self.home, lease_dir=self.lease_dir, lease_grace_s=self.lease_grace_s)
+                    # the same port as last time when it is free: the store URL that functions were deployed
+                    # with stays valid, so a later `deploy` or `start` finds them unchanged
+                    server.preferred_port = self._last_port()
                     server.start(self.start_timeout_s)
+                    self._port_file.write_text(str(server.port))
                     self.server, self.port, self.startup_s = server, server.port, server.startup_s
                     assert server.proc is not None
                     self._write_json(self.state_file, {

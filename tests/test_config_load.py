@@ -113,6 +113,23 @@ def test_empty_sections_mean_defaults() -> None:
     assert config.providers.openwhisk == {}
 
 
+def test_anchors_under_extension_keys_and_alias_bombs() -> None:
+    config = load_text(y("""
+        x-fn: &fn {memory: 768, timeout: 90}
+        experiment: unit
+        providers: {local: {laptop: {}}}
+        functions: {fl_client: {local: *fn, aws: *fn}}
+        scenarios:
+          federated_learning:
+            clients_info: {total_num_clients: 4, num_clients_per_round: 2}
+        """), env={})
+    assert cfg.function_limits(config, "fl_client", "aws") == (768, 90.0, 1)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+    issues = errors(bomb)
+    assert "expands to more than 100000 values" in issues[0].message
+
+
 def test_empty_file_says_what_is_missing() -> None:
     assert paths(errors("")) == ["providers"]
 

@@ -44,7 +44,7 @@ def test_every_fault_kind_at_its_rate_over_500_calls(tmp_path: Path) -> None:
               "latency_ms": (0.0, 2.0), "seed": 11}
     p = make_provider(tmp_path, concurrency=4, faults=faults)
     try:
-        name = deploy(p, "echo", timeout_s=0.25)
+        name = deploy(p, "echo", timeout_s=0.4)
         invs = [p.invoke(name, {"i": i}) for i in range(n)]
         statuses = [p.wait(inv, 60) for inv in invs]
     finally:
@@ -57,7 +57,7 @@ def test_every_fault_kind_at_its_rate_over_500_calls(tmp_path: Path) -> None:
         if s.injected == "failure":
             assert s.state is State.FAILED and s.error == "injected failure"
         elif s.injected == "timeout":
-            assert s.state is State.TIMED_OUT and s.error == "The action exceeded its time limits of 250 milliseconds."
+            assert s.state is State.TIMED_OUT and s.error == "The action exceeded its time limits of 400 milliseconds."
         elif s.injected == "crash":
             assert s.state is State.FAILED and s.error.startswith("worker exited with code -9")
         else:

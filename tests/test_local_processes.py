@@ -34,10 +34,11 @@ ORCHESTRATOR = textwrap.dedent("""
     while p.poll(busy).start is None:  # the call is running inside its worker
         time.sleep(0.01)
     pids = p.worker_pids()
-    print(json.dumps({{"pids": pids}}), flush=True)
-    if mode == "exit":
-        sys.exit(0)  # no close(): the atexit safety net must stop the workers
     try:
+        print(json.dumps({{"pids": pids}}), flush=True)
+        if mode == "exit":
+            sys.stdin.readline()  # the test has looked at the workers
+            sys.exit(0)  # no close(): the atexit safety net must stop the workers
         while True:
             time.sleep(0.05)
     except KeyboardInterrupt:
@@ -55,8 +56,8 @@ def orchestrator(tmp_path: Path) -> Iterator[object]:
     def start(mode: str) -> tuple[subprocess.Popen[str], list[int]]:
         script = tmp_path / "orchestrator.py"
         script.write_text(ORCHESTRATOR.format(tests=str(TESTS_DIR)))
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "work"), mode], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "work"), mode], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         started.append(proc)
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
@@ -71,8 +72,11 @@ def orchestrator(tmp_path: Path) -> Iterator[object]:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-            for pipe in (proc.stdout, proc.stderr):
-                pipe.close()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
         for pid in workers:  # if the code under test failed, do not leave its workers behind either
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -81,6 +85,8 @@ def orchestrator(tmp_path: Path) -> Iterator[object]:
 def test_workers_stop_when_the_orchestrator_exits_without_close(orchestrator) -> None:
     proc, pids = orchestrator("exit")
     assert len(pids) == 2 and all(running(pid) for pid in pids)
+    proc.stdin.write("exit now\n")
+    proc.stdin.flush()
     assert proc.wait(30) == 0
     assert not any(running(pid) for pid in pids)
 

@@ -134,8 +134,9 @@ def test_status_json_matches_the_store(runs: dict[str, Any], monkeypatch: pytest
     for f in functions.values():
         assert f["state"] == "deployed" and f["cluster"] == "laptop" and f["limits_match"] is True
         assert f["digest"] is not None
-        # status started the embedded store anew: its port differs from the one the functions got
-        assert f["in_sync"] is False and "embedded store" in f["note"]
+        # status started the embedded store anew on the port it had before (kept per working directory), so the
+        # functions' store URL is still right; only if that port was taken meanwhile would they be out of sync
+        assert f["in_sync"] is True or "embedded store" in f["note"]
 
 
 def test_logs_json_is_events_jsonl(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

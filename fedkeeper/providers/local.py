@@ -43,7 +43,8 @@ from fedkeeper.providers.base import (
     State,
     Status,
 )
-from fedkeeper.providers.local_pool import ENTRY_FILE, MAX_PAYLOAD_BYTES, FunctionRuntime, WorkerPool
+from fedkeeper.providers.local_pool import MAX_PAYLOAD_BYTES, WorkerPool
+from fedkeeper.providers.local_worker import ENTRY_FILE, FunctionRuntime
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 META_FILE = "meta.json"

@@ -24,56 +24,35 @@ import logging
 import math
 import os
 import selectors
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fedkeeper.providers.base import State, Status
 from fedkeeper.providers.local_faults import FaultDecision, FaultPlan
+from fedkeeper.providers.local_worker import (
+    ENTRY_FILE,
+    INIT_TIMEOUT_S,
+    FunctionRuntime,
+    Worker,
+    close_pipes,
+    exit_description,
+    kill_leftovers,
+    kill_quietly,
+    spawn_worker,
+)
 
 log = logging.getLogger("fedkeeper.providers.local")
 
-ENTRY_FILE = "fk_local_entry.py"
-
-#: Address space granted beyond the function's memory, for what the interpreter and its libraries *reserve*
-#: without using. RLIMIT_AS counts virtual memory, FaaS platforms count resident memory. Measured here (Python
-#: 3.11, numpy 2 with OpenBLAS, pymongo 4): after `import numpy, pymongo` and one MongoClient, VmSize is 147 MB
-#: while VmRSS is 51 MB (OPENBLAS_NUM_THREADS=1, MALLOC_ARENA_MAX=1); without those two settings VmSize reaches
-#: 275-340 MB for the same 51 MB resident. 128 MB covers the ~96 MB of reservations with some headroom, so a
-#: function configured with N MB can hold roughly N MB of data before allocations fail, as on a real platform.
-ADDRESS_SPACE_ALLOWANCE_MB = 128
-#: how long a worker may take to start and import its handler (OpenWhisk's init timeout is 60 s too)
-INIT_TIMEOUT_S = 60.0
 #: a retired worker gets this long to exit after its stdin closes, then it is killed
 EXIT_GRACE_S = 2.0
 #: platforms cap request and response bodies at about 1 MB (OpenWhisk 1 MB, Lambda async 1 MB/sync 6 MB)
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_REPLY_BYTES = (1 << 20) + 64 * 1024
-
-#: inherited from the orchestrator's environment; everything else a worker sees is set explicitly
-_INHERITED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV",
-                  "SSL_CERT_FILE", "SSL_CERT_DIR")
-
-
-@dataclass(frozen=True)
-class FunctionRuntime:
-    """What the pool needs to run one deployed function (read from its meta.json by the provider)."""
-
-    name: str
-    digest: str
-    code_dir: Path
-    log_path: Path
-    memory_mb: int
-    timeout_s: float
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-
 
 class _Activation:
     __slots__ = ("id", "fn", "params", "submitted", "fault", "not_before", "state", "result", "error", "start",
@@ -102,45 +81,6 @@ class _Activation:
                       injected=self.injected)
 
 
-class _Worker:
-    """One worker process. States: starting (no ready message yet), busy, idle, dying (waiting for its EOF)."""
-
-    __slots__ = ("fn", "proc", "pid", "in_fd", "out_fd", "rbuf", "wbuf", "state", "act", "running", "ready",
-                 "available_at", "deadline", "kill_at", "last_used", "calls", "init_s", "ready_error")
-
-    def __init__(self, fn: FunctionRuntime, proc: subprocess.Popen[bytes], now: float, cold_start_s: float) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
-        self.fn = fn
-        self.proc = proc
-        self.pid = proc.pid
-        self.in_fd = proc.stdin.fileno()
-        self.out_fd = proc.stdout.fileno()
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.state = "starting"
-        self.act: _Activation | None = None
-        self.running = False
-        self.ready = False
-        self.available_at = now + cold_start_s
-        self.deadline = now + INIT_TIMEOUT_S
-        self.kill_at: float | None = None
-        self.last_used = now
-        self.calls = 0
-        self.init_s: float | None = None
-        self.ready_error: str | None = None
-
-
-def _exit_description(rc: int | None) -> str:
-    if rc is None:
-        return "worker closed its protocol channel"
-    if rc < 0:
-        try:
-            return f"worker exited with code {rc} (killed by {signal.Signals(-rc).name})"
-        except ValueError:
-            return f"worker exited with code {rc}"
-    return f"worker exited with code {rc}"
-
-
 class WorkerPool:
     """All worker processes of one local cluster; see the module docstring for the scheduling rules."""
 
@@ -164,8 +104,8 @@ class WorkerPool:
         self._ready: deque[_Activation] = deque()
         self._delayed: list[tuple[float, int, _Activation]] = []
         self._seq = itertools.count()
-        self._workers: list[_Worker] = []
-        self._idle: dict[tuple[str, str], list[_Worker]] = {}
+        self._workers: list[Worker] = []
+        self._idle: dict[tuple[str, str], list[Worker]] = {}
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -179,10 +119,10 @@ class WorkerPool:
     def submit(self, fn: FunctionRuntime, params_json: bytes) -> _Activation:
         """Queue one activation and return its record at once."""
         with self._cv:
-            if self._stopping:
-                raise RuntimeError(f"local cluster {self.cluster!r} is closed")
             if self._failure is not None:
                 raise RuntimeError(f"local cluster {self.cluster!r} dispatcher failed: {self._failure!r}")
+            if self._stopping:
+                raise RuntimeError(f"local cluster {self.cluster!r} is closed")
             act = _Activation(fn, params_json, self._faults.draw(), time.monotonic())
             self._records[act.id] = act
             self._inbox.append(act)
@@ -235,7 +175,7 @@ class WorkerPool:
         if self._thread.is_alive():  # the dispatcher is stuck: do its shutdown from here
             log.warning("local cluster %s: dispatcher did not stop in %.0f s; killing workers", self.cluster, timeout)
             for w in list(self._workers):
-                _kill_quietly(w.proc)
+                kill_quietly(w.proc)
 
     def _wake(self) -> None:
         if self._wake_w < 0:
@@ -365,36 +305,11 @@ class WorkerPool:
         if not (fn.code_dir / ENTRY_FILE).is_file():
             self._finish(act, State.FAILED, error=f"function {fn.name} is no longer deployed on {self.cluster}")
             return
-        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        env.update(fn.env)
-        env.update({
-            "PYTHONPATH": str(fn.code_dir),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "MALLOC_ARENA_MAX": "1",
-            "FK_PLATFORM": "local",
-            "FK_CLUSTER": self.cluster,
-            "FK_FUNCTION_NAME": fn.name,
-            "FK_MEMORY_LIMIT_MB": str(fn.memory_mb),
-            "FK_LOCAL_PARENT_PID": str(os.getpid()),
-            "FK_LOCAL_AS_LIMIT_BYTES": str((fn.memory_mb + ADDRESS_SPACE_ALLOWANCE_MB) << 20),
-            "FK_LOCAL_MASKED": ",".join(sorted(fn.env)),
-        })
         try:
-            with open(fn.log_path, "ab") as log_file:
-                proc = subprocess.Popen(
-                    [self.python, "-u", ENTRY_FILE], cwd=fn.code_dir, env=env, stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=log_file, close_fds=True, bufsize=0,
-                    process_group=0)  # out of the terminal's process group: Ctrl-C is the orchestrator's to handle
+            w = spawn_worker(self.python, fn, self.cluster, now, self.cold_start_s)
         except OSError as exc:
             self._finish(act, State.FAILED, error=f"cannot start a worker for {fn.name}: {exc}")
             return
-        w = _Worker(fn, proc, now, self.cold_start_s)
-        os.set_blocking(w.in_fd, False)
-        os.set_blocking(w.out_fd, False)
         self._sel.register(w.out_fd, selectors.EVENT_READ, (w, "r"))
         self._workers.append(w)
         w.act = act
@@ -402,7 +317,7 @@ class WorkerPool:
         act.pid = w.pid
         log.debug("local cluster %s: spawned worker %d for %s", self.cluster, w.pid, fn.name)
 
-    def _assign(self, w: _Worker, act: _Activation, now: float, *, cold: bool) -> None:
+    def _assign(self, w: Worker, act: _Activation, now: float, *, cold: bool) -> None:
         w.state = "busy"
         w.act = act
         w.running = False
@@ -411,7 +326,7 @@ class WorkerPool:
         if now >= w.available_at:
             self._start(w, act, now)
 
-    def _start(self, w: _Worker, act: _Activation, now: float) -> None:
+    def _start(self, w: Worker, act: _Activation, now: float) -> None:
         w.running = True
         w.deadline = now + act.fn.timeout_s
         act.start = time.time()
@@ -424,7 +339,7 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ worker I/O
 
-    def _send(self, w: _Worker, data: bytes) -> None:
+    def _send(self, w: Worker, data: bytes) -> None:
         if w.wbuf:
             w.wbuf += data
             return
@@ -438,7 +353,7 @@ class WorkerPool:
             w.wbuf += data[n:]
             self._sel.register(w.in_fd, selectors.EVENT_WRITE, (w, "w"))
 
-    def _flush(self, w: _Worker) -> None:
+    def _flush(self, w: Worker) -> None:
         try:
             n = os.write(w.in_fd, w.wbuf)
         except BlockingIOError:
@@ -449,7 +364,7 @@ class WorkerPool:
         if not w.wbuf:
             self._sel.unregister(w.in_fd)
 
-    def _on_readable(self, w: _Worker) -> None:
+    def _on_readable(self, w: Worker) -> None:
         try:
             chunk = os.read(w.out_fd, 1 << 16)
         except BlockingIOError:
@@ -475,7 +390,7 @@ class WorkerPool:
                 self._finish(act, State.FAILED, error=f"result of {act.fn.name} exceeds {MAX_PAYLOAD_BYTES >> 20} MB; "
                                                        "return small results and keep large data in the store")
 
-    def _on_message(self, w: _Worker, line: bytes) -> None:
+    def _on_message(self, w: Worker, line: bytes) -> None:
         if w.state == "dying":
             return  # killed (timeout, injected crash, eviction): whatever it still says is void
         now = time.monotonic()
@@ -492,6 +407,8 @@ class WorkerPool:
             if msg.get("ready"):
                 w.ready = True
                 w.init_s = msg.get("import_s")
+                log.debug("local cluster %s: worker %d of %s ready (handler import %.3f s)", self.cluster, w.pid,
+                          w.fn.name, w.init_s or 0.0)
                 if w.act is None:  # (its activation was settled meanwhile) a fresh warm worker
                     w.state = "idle"
                     w.last_used = now
@@ -532,7 +449,7 @@ class WorkerPool:
             w.state = "idle"
             self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
 
-    def _on_exit(self, w: _Worker) -> None:
+    def _on_exit(self, w: Worker) -> None:
         self._sel.unregister(w.out_fd)
         if w.wbuf:
             self._sel.unregister(w.in_fd)
@@ -540,16 +457,16 @@ class WorkerPool:
         try:
             rc: int | None = w.proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:  # closed its pipe but lives on: not a worker we can use
-            _kill_quietly(w.proc)
+            kill_quietly(w.proc)
             rc = w.proc.wait()
-        _kill_leftovers(w.pid)
-        _close_pipes(w.proc)
+        kill_leftovers(w.pid)
+        close_pipes(w.proc)
         self._forget(w)
         w.state = "gone"
         act = w.act
         w.act = None
         if act is not None and act.state is State.PENDING:
-            error = w.ready_error or _exit_description(rc)
+            error = w.ready_error or exit_description(rc)
             end = time.time()
             self._finish(act, State.FAILED, error=error, end=end,
                          duration_s=(end - act.start) if act.start else None)
@@ -557,14 +474,14 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ worker lifecycle helpers
 
-    def _forget(self, w: _Worker) -> None:
+    def _forget(self, w: Worker) -> None:
         if w in self._workers:
             self._workers.remove(w)
         idle = self._idle.get((w.fn.name, w.fn.digest))
         if idle and w in idle:
             idle.remove(w)
 
-    def _retire(self, w: _Worker, now: float) -> None:
+    def _retire(self, w: Worker, now: float) -> None:
         """Ask a worker to exit (EOF on its stdin); it is killed if it has not exited after EXIT_GRACE_S."""
         idle = self._idle.get((w.fn.name, w.fn.digest))
         if idle and w in idle:
@@ -579,7 +496,7 @@ class WorkerPool:
         except OSError:
             pass
 
-    def _kill(self, w: _Worker) -> None:
+    def _kill(self, w: Worker) -> None:
         idle = self._idle.get((w.fn.name, w.fn.digest))
         if idle and w in idle:
             idle.remove(w)
@@ -587,7 +504,7 @@ class WorkerPool:
             return
         w.state = "dying"
         w.kill_at = None
-        _kill_quietly(w.proc)
+        kill_quietly(w.proc)
 
     def _finish(self, act: _Activation, state: State, *, result: dict[str, Any] | None = None,
                 error: str | None = None, start: float | None = None, end: float | None = None,
@@ -630,10 +547,10 @@ class WorkerPool:
             try:
                 w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _kill_quietly(w.proc)
+                kill_quietly(w.proc)
                 w.proc.wait()
-            _kill_leftovers(w.pid)
-            _close_pipes(w.proc)
+            kill_leftovers(w.pid)
+            close_pipes(w.proc)
             self._forget(w)
             w.state = "gone"
         self._idle.clear()
@@ -649,33 +566,3 @@ class WorkerPool:
                     pass
             with self._cv:
                 self._cv.notify_all()
-
-
-def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the worker and whatever it started: each worker leads its own process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-    try:
-        proc.kill()
-    except (ProcessLookupError, OSError):
-        pass
-
-
-def _kill_leftovers(pgid: int) -> None:
-    """After the worker is reaped, kill processes it left in its group (the id is not reused while they live)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
-def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
-    for pipe in (proc.stdin, proc.stdout):
-        try:
-            if pipe is not None:
-                pipe.close()
-        except OSError:
-            pass

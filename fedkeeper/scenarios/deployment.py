@@ -7,12 +7,12 @@ from contextlib import ExitStack
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich import box
 from rich.table import Table
 
 from fedkeeper.config_models import Config
 from fedkeeper.errors import UsageProblem
 from fedkeeper.fabric import Deployment, Fabric, Removal
-from fedkeeper.providers import PLATFORM_NAMES
 from fedkeeper.providers.base import DeployResult
 
 
@@ -31,12 +31,11 @@ def progress_bar(app: Any, transient: bool = True) -> Progress:
 
 
 def plan_table(plan: list[Deployment], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for col in ("function", "cluster", "platform", "name", "memory MB", "timeout s", "concurrency"):
-        table.add_column(col)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("name", "cluster", "MB", "timeout", "concurrency"):
+        table.add_column(col, no_wrap=col == "name", justify="right" if col in ("MB", "timeout") else "left")
     for d in plan:
-        table.add_row(d.function, d.cluster, PLATFORM_NAMES[d.kind], d.name, str(d.memory_mb), f"{d.timeout_s:g}",
-                      str(d.concurrency))
+        table.add_row(d.name, f"{d.cluster} ({d.kind})", str(d.memory_mb), f"{d.timeout_s:g}s", str(d.concurrency))
     return table
 
 
@@ -78,12 +77,11 @@ def deploy_command(app: Any, config: Config, *, scenario: str, clusters: list[st
         if as_json:
             app.console.print_json(json.dumps({"deployed": rows}))
         else:
-            table = Table(title=f"deployed ({config.experiment})", title_justify="left")
-            for col in ("function", "cluster", "platform", "name", "memory MB", "timeout s", "action", "s"):
-                table.add_column(col, justify="right" if col == "s" else "left")
+            table = Table(title=f"deployed ({config.experiment})", title_justify="left", box=box.SIMPLE_HEAD)
+            for col in ("name", "cluster", "MB", "timeout", "action"):
+                table.add_column(col, no_wrap=col == "name", justify="right" if col in ("MB", "timeout") else "left")
             for d, r in zip(plan, results):
-                table.add_row(d.function, d.cluster, PLATFORM_NAMES[d.kind], d.name, str(d.memory_mb),
-                              f"{d.timeout_s:g}", r.action, f"{r.seconds:.2f}")
+                table.add_row(d.name, f"{d.cluster} ({d.kind})", str(d.memory_mb), f"{d.timeout_s:g}s", r.action)
             app.console.print(table)
         return rows
 
