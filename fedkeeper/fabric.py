@@ -123,17 +123,7 @@ class Fabric:
 
     def limits(self, function: str, cluster: str) -> tuple[int, float, int]:
         """(memory MB, timeout s, concurrency): function settings for the kind, else the cluster's, else defaults."""
-        kind = self.kind(cluster)
-        memory, timeout, concurrency = cfg.function_limits(self.config, function, kind)
-        settings = self.config.function_settings(function, kind)
-        cluster_cfg: Any = self.clusters[cluster]
-        if settings.memory is None and getattr(cluster_cfg, "memory", None):
-            memory = cluster_cfg.memory
-        if settings.timeout is None and getattr(cluster_cfg, "timeout", None):
-            timeout = cluster_cfg.timeout / 1000.0 if kind == "openwhisk" else float(cluster_cfg.timeout)
-        if settings.concurrency is None and kind != "local" and getattr(cluster_cfg, "concurrency", None):
-            concurrency = cluster_cfg.concurrency
-        return memory, timeout, concurrency
+        return cfg.function_limits(self.config, function, self.kind(cluster), cluster=cluster)
 
     def plan(self, scenario: str = "federated_learning", clusters: Iterable[str] | None = None,
              functions: Iterable[str] | None = None) -> list[Deployment]:

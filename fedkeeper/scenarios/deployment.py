@@ -32,8 +32,8 @@ def progress_bar(app: Any, transient: bool = True) -> Progress:
 
 def plan_table(plan: list[Deployment], title: str) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("name", "cluster", "MB", "timeout", "concurrency"):
-        table.add_column(col, no_wrap=col == "name", justify="right" if col in ("MB", "timeout") else "left")
+    for col in ("name", "cluster", "MB", "timeout", "conc."):
+        table.add_column(col, no_wrap=col in ("name", "cluster"), justify="left" if col in ("name", "cluster") else "right")
     for d in plan:
         table.add_row(d.name, f"{d.cluster} ({d.kind})", str(d.memory_mb), f"{d.timeout_s:g}s", str(d.concurrency))
     return table
@@ -79,7 +79,8 @@ def deploy_command(app: Any, config: Config, *, scenario: str, clusters: list[st
         else:
             table = Table(title=f"deployed ({config.experiment})", title_justify="left", box=box.SIMPLE_HEAD)
             for col in ("name", "cluster", "MB", "timeout", "action"):
-                table.add_column(col, no_wrap=col == "name", justify="right" if col in ("MB", "timeout") else "left")
+                table.add_column(col, no_wrap=col in ("name", "cluster"),
+                                 justify="right" if col in ("MB", "timeout") else "left")
             for d, r in zip(plan, results):
                 table.add_row(d.name, f"{d.cluster} ({d.kind})", str(d.memory_mb), f"{d.timeout_s:g}s", r.action)
             app.console.print(table)
