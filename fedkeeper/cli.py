@@ -154,21 +154,21 @@ def validate(ctx: click.Context, config_path: str, as_json: bool, logs_dir: Path
 # ---------------------------------------------------------------------------------------------- deploy / remove
 
 
-def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def _plan_command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The context and options of `deploy` and `remove`, which plan the same selection of functions."""
+    func = click.pass_context(func)
+    func = common_options(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")(func)
     func = click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")(func)
     func = click.option("--scenario", type=click.Choice(["federated_learning", "smoke"]),
                         default="federated_learning", show_default=True)(func)
     func = click.option("--functions", help="Comma-separated function names (default: all the scenario needs).")(func)
     func = click.option("--clusters", help="Comma-separated cluster names (default: all).")(func)
-    return func
+    return config_option()(func)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@config_option()
-@_plan_options
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-@common_options
-@click.pass_context
+@_plan_command
 def deploy(ctx: click.Context, config_path: str, clusters: str | None, functions: str | None, scenario: str,
            dry_run: bool, as_json: bool, logs_dir: Path, verbose: bool, quiet: bool) -> None:
     """Create or update the functions the experiment needs (repeating it is safe)."""
@@ -181,11 +181,7 @@ def deploy(ctx: click.Context, config_path: str, clusters: str | None, functions
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@config_option()
-@_plan_options
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-@common_options
-@click.pass_context
+@_plan_command
 def remove(ctx: click.Context, config_path: str, clusters: str | None, functions: str | None, scenario: str,
            dry_run: bool, as_json: bool, logs_dir: Path, verbose: bool, quiet: bool) -> None:
     """Delete every function this experiment created (found by label, orphans included)."""

@@ -1,5 +1,5 @@
 """Process entry of the embedded nx-27017 server (``python -m fedkeeper.nxserve <nx-27017 options>``), and the
-lease bookkeeping it shares with ``store.py``.
+lease bookkeeping it shares with ``store_embedded.py``.
 
 Why a module of its own: the server process should import nx-27017 and little else (importing ``store.py``
 would pull in the pymongo client, numpy and tenacity and add about half a second to every start), and

@@ -32,8 +32,11 @@ def test_json_summary(run_cli) -> None:  # type: ignore[no-untyped-def]
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["experiment"] == "digits-fedavg"
-    assert data["clusters"] == [{"name": "laptop", "kind": "local", "platform": "local", "endpoint": "this machine",
-                                 "clients": 20, "server": True}]
+    assert data["clusters"] == [
+        {"name": "laptop", "kind": "local", "platform": "local", "endpoint": "this machine", "clients": 20,
+         "server": False},
+        {"name": "laptop-server", "kind": "local", "platform": "local", "endpoint": "this machine", "clients": 0,
+         "server": True}]
     assert data["functions"]["fl_client"] == [{"cluster": "laptop", "memory_mb": 512, "timeout_s": 120.0,
                                                "concurrency": 1}]
     assert data["store"] == {"url": "embedded", "db": "fedkeeper"}

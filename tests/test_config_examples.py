@@ -76,7 +76,7 @@ def test_example_documents_and_needs_its_env_vars(path: Path) -> None:
 def test_config_sample_is_the_embedded_default() -> None:
     config = load(ROOT / "config-sample.yaml", env={})
     assert config.mongo_config.embedded
-    assert [c.kind for c in config.clusters().values()] == ["local"]
+    assert [c.kind for c in config.clusters().values()] == ["local", "local"]  # clients, and a warm aggregator
     text = (ROOT / "config-sample.yaml").read_text()
     for platform in ("openwhisk:", "google:", "aws:"):
         assert f"# {platform}" in text, f"the sample should show how to add {platform}"

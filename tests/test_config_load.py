@@ -59,7 +59,7 @@ def test_sample_config_is_valid_and_places_every_client() -> None:
     config = load(Path(__file__).parent.parent / "config-sample.yaml", env={})
     assert config.experiment == "digits-fedavg"
     assert cfg.placement(config) == {"laptop": 20}
-    assert cfg.server_cluster(config) == "laptop"
+    assert cfg.server_cluster(config) == "laptop-server"
     assert config.warnings == []
     assert config.secrets() == []
 

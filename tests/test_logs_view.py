@@ -5,26 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
-import pytest
 from rich.text import Text
 
-from fedkeeper.cli import main
 from fedkeeper.logs_view import EventFilter, follow_events, format_event
 
 
 def plain(markup: str) -> str:
     return Text.from_markup(markup).plain
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def events_of(path: Path) -> list[dict]:
@@ -74,23 +63,22 @@ def test_filters() -> None:
 
 
 def test_cli_json_lines_are_the_matching_events(tmp_path: Path, make_run_folder,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                run_cli: Any) -> None:
     run = make_run_folder(tmp_path, "r1", rounds=3)
-    code, out, _ = run_cli(["logs", "r1", "--state", "failed", "--json", "--logs-dir", str(tmp_path)], capsys)
+    code, out, _ = run_cli("logs", "r1", "--state", "failed", "--json", "--logs-dir", str(tmp_path))
     assert code == 0
     got = [json.loads(line) for line in out.splitlines()]
     expected = [e for e in events_of(run["dir"] / "events.jsonl") if e.get("state") == "failed"]
     assert got == expected and len(got) == 3  # client 1 fails once per round
 
-    code, out, _ = run_cli(["logs", "r1", "--round", "2", "--client", "2", "--json", "--logs-dir", str(tmp_path)],
-                           capsys)
+    code, out, _ = run_cli("logs", "r1", "--round", "2", "--client", "2", "--json", "--logs-dir", str(tmp_path))
     got = [json.loads(line) for line in out.splitlines()]
     assert [(e["event"], e["state"]) for e in got] == [("activation", "timed_out")]
 
 
-def test_cli_stream_of_latest_run(tmp_path: Path, make_run_folder, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_stream_of_latest_run(tmp_path: Path, make_run_folder, run_cli: Any) -> None:
     run = make_run_folder(tmp_path, "r1", rounds=2)
-    code, out, _ = run_cli(["logs", "--logs-dir", str(tmp_path)], capsys)
+    code, out, _ = run_cli("logs", "--logs-dir", str(tmp_path))
     assert code == 0
     lines = out.splitlines()
     assert len(lines) == len(events_of(run["dir"] / "events.jsonl"))
@@ -98,15 +86,15 @@ def test_cli_stream_of_latest_run(tmp_path: Path, make_run_folder, capsys: pytes
     assert any(" r2 c02 laptop activation timed_out" in line for line in lines)
 
 
-def test_cli_unknown_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["logs", "nope", "--logs-dir", str(tmp_path)], capsys)
+def test_cli_unknown_run_exits_2(tmp_path: Path, run_cli: Any) -> None:
+    code, _, err = run_cli("logs", "nope", "--logs-dir", str(tmp_path))
     assert code == 2 and "no run 'nope'" in err
 
 
 def test_cli_follow_of_a_finished_run_ends_by_itself(tmp_path: Path, make_run_folder,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     run_cli: Any) -> None:
     run = make_run_folder(tmp_path, "r1", rounds=1)
-    code, out, _ = run_cli(["logs", "r1", "-f", "--json", "--logs-dir", str(tmp_path)], capsys)
+    code, out, _ = run_cli("logs", "r1", "-f", "--json", "--logs-dir", str(tmp_path))
     assert code == 0
     assert len(out.splitlines()) == len(events_of(run["dir"] / "events.jsonl"))
 

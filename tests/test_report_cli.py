@@ -7,20 +7,9 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from fedkeeper.cli import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def png_pixels(path: Path):  # type: ignore[no-untyped-def]
@@ -47,8 +36,8 @@ def two_runs(tmp_path: Path, make_run_folder) -> Path:
     return logs
 
 
-def test_json_of_one_run_matches_its_rounds_csv(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["report", "run-adam", "--json", "--logs-dir", str(two_runs)], capsys)
+def test_json_of_one_run_matches_its_rounds_csv(two_runs: Path, run_cli: Any) -> None:
+    code, out, _ = run_cli("report", "run-adam", "--json", "--logs-dir", str(two_runs))
     assert code == 0
     doc = json.loads(out)
     with open(two_runs / "run-adam" / "rounds.csv", newline="") as handle:
@@ -58,8 +47,8 @@ def test_json_of_one_run_matches_its_rounds_csv(two_runs: Path, capsys: pytest.C
     assert doc["optimizer"] == "adam"
 
 
-def test_two_optimizers_side_by_side(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["report", "run-adam", "run-sgd", "--logs-dir", str(two_runs)], capsys)
+def test_two_optimizers_side_by_side(two_runs: Path, run_cli: Any) -> None:
+    code, out, _ = run_cli("report", "run-adam", "run-sgd", "--logs-dir", str(two_runs))
     assert code == 0
     side = out[out.index("runs side by side"):]
     header = next(line for line in side.splitlines() if "run-adam (adam)" in line)
@@ -70,52 +59,50 @@ def test_two_optimizers_side_by_side(two_runs: Path, capsys: pytest.CaptureFixtu
 
 
 def test_json_of_several_runs_is_a_list_in_the_order_given(two_runs: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["report", "run-sgd", "run-adam", "--json", "--logs-dir", str(two_runs)], capsys)
+                                                           run_cli: Any) -> None:
+    code, out, _ = run_cli("report", "run-sgd", "run-adam", "--json", "--logs-dir", str(two_runs))
     assert code == 0
     assert [d["run_id"] for d in json.loads(out)] == ["run-sgd", "run-adam"]
 
 
-def test_csv_output(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["report", "run-adam", "run-sgd", "--csv", "--logs-dir", str(two_runs)], capsys)
+def test_csv_output(two_runs: Path, run_cli: Any) -> None:
+    code, out, _ = run_cli("report", "run-adam", "run-sgd", "--csv", "--logs-dir", str(two_runs))
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["run_id"] for r in rows] == ["run-adam"] * 4 + ["run-sgd"] * 4
 
 
-def test_latest_is_the_default(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_latest_is_the_default(two_runs: Path, run_cli: Any) -> None:
     import os
 
     os.utime(two_runs / "run-adam" / "summary.json", (2_000_000_000, 2_000_000_000))
-    code, out, _ = run_cli(["report", "--json", "--logs-dir", str(two_runs)], capsys)
+    code, out, _ = run_cli("report", "--json", "--logs-dir", str(two_runs))
     assert code == 0 and json.loads(out)["run_id"] == "run-adam"
 
 
-def test_usage_errors_exit_2(two_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["report", "nope", "--logs-dir", str(two_runs)], capsys)
+def test_usage_errors_exit_2(two_runs: Path, run_cli: Any) -> None:
+    code, _, err = run_cli("report", "nope", "--logs-dir", str(two_runs))
     assert code == 2 and "no run 'nope'" in err and "run-adam" in err
-    code, _, err = run_cli(["report", "run-adam", "--json", "--csv", "--logs-dir", str(two_runs)], capsys)
+    code, _, err = run_cli("report", "run-adam", "--json", "--csv", "--logs-dir", str(two_runs))
     assert code == 2 and "exclusive" in err
 
 
 def test_pricing_overrides_from_the_config(tmp_path: Path, make_run_folder,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           run_cli: Any) -> None:
     make_run_folder(tmp_path / "Logs", "r1", clusters={"laptop": "local"})
     config = tmp_path / "c.yaml"
     config.write_text("experiment: synth\nproviders: {local: {laptop: {}}}\n"
                       "pricing: {local: {gb_second: 0.5, per_million_invocations: 0}}\n")
-    code, out, err = run_cli(["report", "r1", "-c", str(config), "--json", "--logs-dir", str(tmp_path / "Logs")],
-                             capsys)
+    code, out, err = run_cli("report", "r1", "-c", str(config), "--json", "--logs-dir", str(tmp_path / "Logs"))
     assert code == 0, err
     cost = json.loads(out)["cost"]
     assert cost["platforms"][0]["gb_second_usd"] == 0.5
     assert cost["total_usd"] == pytest.approx(cost["platforms"][0]["gb_seconds"] * 0.5)
 
 
-def test_plot_of_two_runs_overlays_both(two_runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plot_of_two_runs_overlays_both(two_runs: Path, tmp_path: Path, run_cli: Any) -> None:
     png = tmp_path / "plots" / "compare.png"
-    code, _, err = run_cli(["report", "run-adam", "run-sgd", "--plot", str(png), "--logs-dir", str(two_runs)],
-                           capsys)
+    code, _, err = run_cli("report", "run-adam", "run-sgd", "--plot", str(png), "--logs-dir", str(two_runs))
     assert code == 0, err
     pixels = png_pixels(png)
     height, width = pixels.shape[:2]
@@ -129,9 +116,9 @@ def test_plot_of_two_runs_overlays_both(two_runs: Path, tmp_path: Path, capsys: 
 
 
 def test_plot_of_one_run_stacks_the_round_time(two_runs: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               run_cli: Any) -> None:
     png = tmp_path / "one.png"
-    code, _, err = run_cli(["report", "run-adam", "--plot", str(png), "--logs-dir", str(two_runs)], capsys)
+    code, _, err = run_cli("report", "run-adam", "--plot", str(png), "--logs-dir", str(two_runs))
     assert code == 0, err
     pixels = png_pixels(png)
     time_panel = pixels[:, 2 * pixels.shape[1] // 3:]
@@ -141,12 +128,12 @@ def test_plot_of_one_run_stacks_the_round_time(two_runs: Path, tmp_path: Path,
 
 def test_plot_without_matplotlib_says_what_to_install(two_runs: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                      run_cli: Any) -> None:
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     png = tmp_path / "x.png"
-    code, _, err = run_cli(["report", "run-adam", "--plot", str(png), "--logs-dir", str(two_runs)], capsys)
+    code, _, err = run_cli("report", "run-adam", "--plot", str(png), "--logs-dir", str(two_runs))
     assert code == 2
     assert "fedkeeper[plot]" in err
     assert not png.exists()

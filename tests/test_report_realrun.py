@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from fedkeeper.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -63,24 +62,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "activations": activations}
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
 def test_report_json_matches_the_csvs_and_the_store(runs: dict[str, Any],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["report", "run-adam", "run-sgd", "--json", "--logs-dir", str(runs["logs"])], capsys)
+                                                    run_cli: Any) -> None:
+    code, out, err = run_cli("report", "run-adam", "run-sgd", "--json", "--logs-dir", str(runs["logs"]))
     assert code == 0, err
     docs = {d["run_id"]: d for d in json.loads(out)}
     assert {d["optimizer"] for d in docs.values()} == {"adam", "sgd"}
@@ -119,9 +108,9 @@ def test_report_json_matches_the_csvs_and_the_store(runs: dict[str, Any],
 
 
 def test_status_json_matches_the_store(runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                       run_cli: Any) -> None:
     monkeypatch.chdir(runs["work"])
-    code, out, err = run_cli(["status", "-c", "adam.yaml", "--json"], capsys)
+    code, out, err = run_cli("status", "-c", "adam.yaml", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["experiment"] == EXPERIMENT
@@ -139,23 +128,22 @@ def test_status_json_matches_the_store(runs: dict[str, Any], monkeypatch: pytest
         assert f["in_sync"] is True or "embedded store" in f["note"]
 
 
-def test_logs_json_is_events_jsonl(runs: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["logs", "run-sgd", "--json", "--logs-dir", str(runs["logs"])], capsys)
+def test_logs_json_is_events_jsonl(runs: dict[str, Any], run_cli: Any) -> None:
+    code, out, _ = run_cli("logs", "run-sgd", "--json", "--logs-dir", str(runs["logs"]))
     assert code == 0
     raw = (runs["logs"] / "run-sgd" / "events.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in out.splitlines()] == [json.loads(line) for line in raw]
-    code, out, _ = run_cli(["logs", "run-sgd", "--event", "round_finished", "--logs-dir", str(runs["logs"])],
-                           capsys)
+    code, out, _ = run_cli("logs", "run-sgd", "--event", "round_finished", "--logs-dir", str(runs["logs"]))
     assert [line.split()[1] for line in out.splitlines()] == [f"r{n}" for n in range(1, ROUNDS + 1)]
 
 
 def test_two_optimizers_side_by_side_and_in_one_plot(runs: dict[str, Any], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     run_cli: Any) -> None:
     from test_report_cli import colour_share, png_pixels
 
     png = tmp_path / "adam-vs-sgd.png"
-    code, out, err = run_cli(["report", "run-adam", "run-sgd", "--plot", str(png), "--logs-dir",
-                              str(runs["logs"])], capsys)
+    code, out, err = run_cli("report", "run-adam", "run-sgd", "--plot", str(png), "--logs-dir",
+                             str(runs["logs"]))
     assert code == 0, err
     side = out[out.index("runs side by side"):]
     assert "run-adam (adam)" in side and "run-sgd (sgd)" in side
@@ -166,11 +154,11 @@ def test_two_optimizers_side_by_side_and_in_one_plot(runs: dict[str, Any], tmp_p
 
 
 def test_a_copied_results_folder_reports_the_same(runs: dict[str, Any], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+                                                  run_cli: Any) -> None:
     copy = tmp_path / "results" / "run-adam"
     shutil.copytree(runs["logs"] / "run-adam", copy)
-    code, here, _ = run_cli(["report", "run-adam", "--json", "--logs-dir", str(runs["logs"])], capsys)
-    code2, there, _ = run_cli(["report", str(copy), "--json"], capsys)
+    code, here, _ = run_cli("report", "run-adam", "--json", "--logs-dir", str(runs["logs"]))
+    code2, there, _ = run_cli("report", str(copy), "--json")
     assert code == code2 == 0
     a, b = json.loads(here), json.loads(there)
     a.pop("path"), b.pop("path")

@@ -36,12 +36,11 @@ import hashlib
 import io
 import json
 import math
-import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -74,6 +73,7 @@ from fedkeeper.providers.base import (
     Status,
     Throttled,
 )
+from fedkeeper.providers.threaded import CallPool, settled_status
 
 HANDLER = "lambda_function.handler"
 ENTRY_FILE = "lambda_function.py"
@@ -96,10 +96,8 @@ class LambdaProvider(Provider):
     def __init__(self, cluster: str, config: LambdaCluster, *, workdir: Path) -> None:
         super().__init__(cluster, config, workdir=workdir)
         self._clients = LambdaClients(cluster, config)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._calls = CallPool(cluster, config.max_inflight, f"fk-lambda-{cluster}")
         self._timeouts: dict[str, int] = {}   # function name -> Lambda timeout (s), for the invoke read timeout
-        self._closed = False
         fast = config.is_loopback           # emulators answer at once: poll their state quickly
         self._wait_delay_s = 0.05 if fast else 1.0
         self._wait_max_s = 30.0 if fast else 600.0
@@ -330,21 +328,12 @@ class LambdaProvider(Provider):
 
     # ------------------------------------------------------------------ invocation
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._closed:
-                raise ProviderError(self.cluster, "provider is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.config.max_inflight,
-                                                thread_name_prefix=f"fk-lambda-{self.cluster}")
-            return self._pool
-
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         if len(body) > MAX_SYNC_PAYLOAD_BYTES:
             raise InvocationFailed(self.cluster, f"invoke {name!r}: payload of {len(body)} bytes is above Lambda's "
                                                  "6 MB synchronous limit (pass data by reference through the store)")
-        future = self._executor().submit(self._invoke_now, name, body)
+        future = self._calls.submit(self._invoke_now, name, body)
         return Invocation(self.cluster, name, uuid.uuid4().hex, time.time(), handle=future)
 
     def _function_timeout(self, name: str) -> int:
@@ -410,26 +399,16 @@ class LambdaProvider(Provider):
                       end=end, duration_s=end - start)
 
     def poll(self, inv: Invocation) -> Status:
-        future: Future[Status] | None = inv.handle
-        if future is None:
-            return Status(State.LOST, error="synchronous Lambda call not made by this process (no record to query)")
-        if not future.done():
-            return Status(State.PENDING)
-        if future.cancelled():
-            return Status(State.LOST, error="the call was cancelled before it was sent (provider closed)")
-        exc = future.exception()
-        if exc is None:
-            return future.result()
-        if isinstance(exc, (Throttled, FunctionMissing, AuthError)):
-            raise exc  # the tracker decides: back off, redeploy, stop the run
-        if isinstance(exc, ProviderError):
+        try:
+            return settled_status(inv, lost="synchronous Lambda call not made by this process (no record to query)",
+                                  cancelled="the call was cancelled before it was sent (provider closed)")
+        except (Throttled, FunctionMissing, AuthError):
+            raise  # the tracker decides: back off, redeploy, stop the run
+        except ProviderError as exc:
             return Status(State.FAILED, error=exc.message)
-        return Status(State.FAILED, error=f"invoke {inv.name!r}: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            return Status(State.FAILED, error=f"invoke {inv.name!r}: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        with self._pool_lock:
-            self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._calls.close()
         self._clients.close()

@@ -35,7 +35,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,6 +60,7 @@ from fedkeeper.providers.base import (
 )
 from fedkeeper.providers.gcf_auth import IdTokenCache, admin_credentials, id_token_fetcher
 from fedkeeper.providers.gcf_http import Target, TokenRejected, classify, post
+from fedkeeper.providers.threaded import CallPool, settled_status
 
 if TYPE_CHECKING:
     from fedkeeper.config_models import GcfCluster
@@ -124,8 +124,7 @@ class GcfProvider(Provider):
         self._client: Any = None
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._closed = False
+        self._calls = CallPool(cluster, config.max_inflight, f"gcf-{cluster}", closed_error=PlatformError)
         self._session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=config.max_inflight)
         self._session.mount("https://", adapter)
@@ -383,19 +382,10 @@ class GcfProvider(Provider):
             raise PlatformError(self.cluster, f"{name} has no URL yet (state {function.state.name})")
         return target
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._closed:
-                raise PlatformError(self.cluster, "provider is closed")
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.config.max_inflight,
-                                                thread_name_prefix=f"gcf-{self.cluster}")
-            return self._pool
-
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         target = self._target(name)
         activation_id = uuid.uuid4().hex
-        future = self._executor().submit(self._run_call, target, payload, activation_id)
+        future = self._calls.submit(self._run_call, target, payload, activation_id)
         return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
                           handle=future)
 
@@ -423,17 +413,11 @@ class GcfProvider(Provider):
             raise
 
     def poll(self, inv: Invocation) -> Status:
-        future: Future[Status] | None = inv.handle
-        if future is None:
-            return Status(State.LOST, error=f"{inv.name}: submitted by an earlier process; an HTTP call to a "
-                                            "function URL cannot be resumed", activation_id=inv.activation_id)
-        if not future.done():
-            return Status(State.PENDING, activation_id=inv.activation_id)
-        if future.cancelled():
-            return Status(State.LOST, error=f"{inv.name}: cancelled before it was sent (provider closed)",
-                          activation_id=inv.activation_id)
         try:
-            return future.result()
+            return settled_status(inv, activation_id=inv.activation_id,
+                                  lost=f"{inv.name}: submitted by an earlier process; an HTTP call to a function "
+                                       "URL cannot be resumed",
+                                  cancelled=f"{inv.name}: cancelled before it was sent (provider closed)")
         except (Throttled, FunctionMissing, AuthError):
             raise  # the tracker backs off, redeploys, or stops the run
         except ProviderError as exc:
@@ -443,14 +427,10 @@ class GcfProvider(Provider):
                           activation_id=inv.activation_id)
 
     def close(self) -> None:
+        if not self._calls.close():
+            return
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            pool, self._pool = self._pool, None
             client, self._client = self._client, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
         self._session.close()
         self._upload_session.close()
         if client is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import Any, Mapping
 
 # One BLAS thread: a function gets about one vCPU and trains on small batches, where extra BLAS threads only fight
@@ -32,8 +33,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from fedkeeper.runtime import blobstore, data, model
+from fedkeeper.runtime.params import required
 
 FUNCTION = "fl_client"
+
+_field = partial(required, FUNCTION)  # _field(params, key, kind, *, minimum=None)
 
 # The global model of a round never changes once written, and a warm worker trains many clients of the same round:
 # keep the last one read (weights are read-only views) instead of fetching it from the store for every client.
@@ -50,19 +54,6 @@ def _global_model(store: blobstore.BlobStore, run_id: str, rnd: int, expected: A
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = weights
     return weights
-
-
-def _field(params: Mapping[str, Any], key: str, kind: type | tuple[type, ...], *, minimum: int | None = None) -> Any:
-    if key not in params or params[key] is None:
-        raise ValueError(f"{FUNCTION}: params.{key} is required")
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"{FUNCTION}: params.{key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{FUNCTION}: params.{key} must be >= {minimum}, got {value!r}")
-    if kind is str and not value:
-        raise ValueError(f"{FUNCTION}: params.{key} must not be empty")
-    return value
 
 
 def handle(params: dict, *, db: Any = None) -> dict:

@@ -21,47 +21,22 @@ import os
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 # The function folder first on sys.path: the zip's own `fedkeeper/runtime` must win over anything installed.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if not sys.path or os.path.abspath(sys.path[0] or os.getcwd()) != _HERE:
     sys.path.insert(0, _HERE)
 
-_IMPORT_ERROR: str | None = None
-try:
-    import handler as function_handler  # the function's handler.py, at the zip root
-except Exception as _exc:  # reported on every call, with a hint
-    function_handler = None
-    _IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
-    if isinstance(_exc, ModuleNotFoundError) and _exc.name in ("numpy", "pymongo", "bson", "gridfs"):
-        _IMPORT_ERROR += (" (Lambda's python runtime has no numpy/pymongo: set vendor_wheels: true on the cluster, "
-                          "or list a layer that provides them for the function's architecture)")
+# what every entry file shares, packaged with the rest of the runtime
+from fedkeeper.runtime.entry_support import load_handler, mask_settings  # noqa: E402 - after sys.path
+
+function_handler, _LOAD_ERROR = load_handler(
+    "Lambda's python runtime has no numpy/pymongo: set vendor_wheels: true on the cluster, "
+    "or list a layer that provides them for the function's architecture")
 
 
 class HandlerError(Exception):
     """The handler's exception with secret values masked; the message starts with the original type."""
-
-
-def _secret_values() -> list[str]:
-    values: set[str] = set()
-    for key, value in os.environ.items():
-        if not key.startswith("FK_") or len(value) < 4:
-            continue
-        values.add(value)
-        try:
-            password = urlsplit(value).password if "://" in value else None
-        except ValueError:
-            password = None
-        if password and len(password) >= 3:
-            values.add(password)
-    return sorted(values, key=len, reverse=True)
-
-
-def _masked(message: str) -> str:
-    for value in _secret_values():
-        message = message.replace(value, "***")
-    return message
 
 
 def _params(event: Any) -> dict[str, Any]:
@@ -88,13 +63,13 @@ def _note_context(context: Any) -> None:
 def handler(event: Any, context: Any) -> dict[str, Any]:
     _note_context(context)
     if function_handler is None:
-        raise HandlerError(_masked(f"cannot load the function's handler: {_IMPORT_ERROR}"))
+        raise HandlerError(mask_settings(_LOAD_ERROR))
     params = _params(event)
     try:
         result = function_handler.handle(params)
     except Exception as exc:
         text = str(exc)
-        masked = _masked(text)
+        masked = mask_settings(text)
         if masked == text:
             raise
         raise HandlerError(f"{type(exc).__name__}: {masked}") from None

@@ -25,44 +25,20 @@ import threading
 import time
 import traceback
 from typing import Any
-from urllib.parse import urlsplit
 
 # The function folder first on sys.path: the zip's own `fedkeeper/runtime` must win over anything installed.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path[:1]:
     sys.path.insert(0, _HERE)
 
-_IMPORT_ERROR: str | None = None
-try:
-    import handler as function_handler  # the function's handler.py, at the zip root
-except Exception as _exc:  # answered on every call instead of failing the instance's start opaquely
-    function_handler = None
-    _IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
+# what every entry file shares, packaged with the rest of the runtime
+from fedkeeper.runtime.entry_support import describe, load_handler, mask_settings  # noqa: E402 - after sys.path
+
+function_handler, _LOAD_ERROR = load_handler()
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _cold = True
 _cold_lock = threading.Lock()
-
-
-def _secret_values() -> list[str]:
-    values: set[str] = set()
-    for key, value in os.environ.items():
-        if not key.startswith("FK_") or len(value) < 4:
-            continue
-        values.add(value)
-        try:
-            password = urlsplit(value).password if "://" in value else None
-        except ValueError:
-            password = None
-        if password and len(password) >= 3:
-            values.add(password)
-    return sorted(values, key=len, reverse=True)
-
-
-def _masked(message: str) -> str:
-    for value in _secret_values():
-        message = message.replace(value, "***")
-    return message
 
 
 def _first_call() -> bool:
@@ -84,7 +60,7 @@ def entry(request: Any) -> tuple[str, int, dict[str, str]]:
     cold = _first_call()
     started = time.perf_counter()
     if function_handler is None:
-        return _answer({"error": _masked(f"cannot load the function's handler: {_IMPORT_ERROR}")}, 500, cold, started)
+        return _answer({"error": mask_settings(_LOAD_ERROR)}, 500, cold, started)
     params = request.get_json(silent=True)
     if params is None:
         params = {}
@@ -97,5 +73,5 @@ def entry(request: Any) -> tuple[str, int, dict[str, str]]:
             raise TypeError(f"the handler returned {type(result).__name__}, not a dict")
         return _answer(result, 200, cold, started)
     except Exception as exc:
-        print(_masked(traceback.format_exc()), file=sys.stderr, flush=True)
-        return _answer({"error": _masked(f"{type(exc).__name__}: {exc}")}, 500, cold, started)
+        print(mask_settings(traceback.format_exc()), file=sys.stderr, flush=True)
+        return _answer({"error": mask_settings(describe(exc))}, 500, cold, started)

@@ -24,7 +24,8 @@ Per call, `FK_ACTIVATION_ID` and `FK_DEADLINE_MS` (unix ms) are set in the envir
 `__OW_ACTIVATION_ID` and `__OW_DEADLINE`. The values of the deploy-time settings named in `FK_LOCAL_MASKED` (they
 may hold the store URL with a password) are masked in every error message and traceback this worker writes.
 
-Standard library only, and nothing from the orchestrator: this file runs inside the function.
+Standard library and the function folder only (masking is `fedkeeper/runtime/entry_support.py`, packaged with the
+rest of the runtime), and nothing from the orchestrator: this file runs inside the function.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import sys
 import time
 import traceback
 from typing import Any, BinaryIO
+
+from fedkeeper.runtime.entry_support import mask  # this file's folder (the unpacked zip) is sys.path[0]
 
 _MAX_ERROR_CHARS = 2000
 _TRACEBACK_LINES = 6
@@ -84,12 +87,6 @@ def _secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def _mask(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
-
-
 def _describe(exc: BaseException, secrets: list[str]) -> tuple[str, str]:
     """("<ExcType>: message (at file:line in func)", last lines of the traceback), both masked."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -99,7 +96,7 @@ def _describe(exc: BaseException, secrets: list[str]) -> tuple[str, str]:
         message += f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
     lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
     tail = "\n".join(lines[-_TRACEBACK_LINES:])
-    return _mask(message, secrets)[:_MAX_ERROR_CHARS], _mask(tail, secrets)[:_MAX_ERROR_CHARS]
+    return mask(message, secrets)[:_MAX_ERROR_CHARS], mask(tail, secrets)[:_MAX_ERROR_CHARS]
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -111,7 +108,7 @@ def _send(fd: int, message: dict[str, Any]) -> None:
 
 def _log_exception(exc: BaseException, secrets: list[str]) -> None:
     text = "".join(traceback.format_exception(exc))
-    sys.stderr.write(_mask(text, secrets))
+    sys.stderr.write(mask(text, secrets))
 
 
 def run_worker() -> int:

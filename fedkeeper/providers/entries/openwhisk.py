@@ -26,22 +26,18 @@ import re
 import sys
 import traceback
 from typing import Any
-from urllib.parse import urlsplit
 
 # The action folder first on sys.path: the zip's own `fedkeeper/runtime` must win over anything installed.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if not sys.path or os.path.abspath(sys.path[0] or os.getcwd()) != _HERE:
     sys.path.insert(0, _HERE)
 
-_IMPORT_ERROR: str | None = None
-try:
-    import handler as function_handler  # the function's handler.py, at the zip root
-except Exception as _exc:  # reported on every call instead of failing the container's init opaquely
-    function_handler = None
-    _IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
-    if isinstance(_exc, ModuleNotFoundError) and _exc.name in ("numpy", "pymongo", "bson", "gridfs"):
-        _IMPORT_ERROR += (" (OpenWhisk's python kinds ship without numpy/pymongo: set vendor_wheels: true on the "
-                          "cluster, or docker_image to an image that has them)")
+# what every entry file shares, packaged with the rest of the runtime
+from fedkeeper.runtime.entry_support import describe, load_handler, mask_settings  # noqa: E402 - after sys.path
+
+function_handler, _LOAD_ERROR = load_handler(
+    "OpenWhisk's python kinds ship without numpy/pymongo: set vendor_wheels: true on the cluster, "
+    "or docker_image to an image that has them")
 
 ENV_KEYS_PARAMETER = "FK_ENV_KEYS"
 
@@ -52,28 +48,15 @@ _SECRET_NAME = re.compile(r"URL|URI|PASS|SECRET|TOKEN|KEY|AUTH|CRED", re.IGNOREC
 _EXTRA_ENV: set[str] = set()
 
 
-def _secret_values() -> list[str]:
-    """Values to mask: secret-looking FK_* settings (not e.g. FK_MONGO_DB, which would garble every path)."""
-    values: set[str] = set()
-    for key, value in os.environ.items():
-        if not (key.startswith("FK_") or key in _EXTRA_ENV) or len(value) < 4:
-            continue
-        if not (key in _EXTRA_ENV or _SECRET_NAME.search(key) or "://" in value):
-            continue
-        values.add(value)
-        try:
-            password = urlsplit(value).password if "://" in value else None
-        except ValueError:
-            password = None
-        if password and len(password) >= 3:
-            values.add(password)
-    return sorted(values, key=len, reverse=True)
+def _is_secret(key: str, value: str) -> bool:
+    """Secret-looking FK_* settings (not e.g. FK_MONGO_DB, which would garble every path) and FK_ENV_KEYS ones."""
+    if key in _EXTRA_ENV:
+        return True
+    return key.startswith("FK_") and bool(_SECRET_NAME.search(key) or "://" in value)
 
 
 def _masked(message: str) -> str:
-    for value in _secret_values():
-        message = message.replace(value, "***")
-    return message
+    return mask_settings(message, _is_secret)
 
 
 def _as_env(value: Any) -> str:
@@ -104,12 +87,12 @@ def split_args(args: dict[str, Any]) -> dict[str, Any]:
 def main(args: dict[str, Any]) -> dict[str, Any]:
     params = split_args(dict(args or {}))
     if function_handler is None:
-        return {"error": _masked(f"cannot load the function's handler: {_IMPORT_ERROR}")}
+        return {"error": _masked(_LOAD_ERROR)}
     try:
         result = function_handler.handle(params)
     except Exception as exc:
         print(_masked(traceback.format_exc()), file=sys.stderr, flush=True)
-        return {"error": _masked(f"{type(exc).__name__}: {exc}")}
+        return {"error": _masked(describe(exc))}
     if not isinstance(result, dict):
         return {"error": f"the handler returned {type(result).__name__}, not a dict"}
     return result
