@@ -212,3 +212,31 @@ def _updates_from_store(workdir: Path, run_id: str) -> list[tuple[int, int]]:
     with open_store(MongoConfig(), workdir=workdir) as store:
         docs = store.db["updates"].find({"run_id": run_id}, {"round": 1, "client_id": 1})
         return [(int(d["round"]), int(d["client_id"])) for d in docs]
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130_and_the_run_resumes(tmp_path: Path) -> None:
+    config = small_config(tmp_path, rounds=4, faults={"latency_ms": [40, 80], "seed": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "fedkeeper.cli", "start", "-c", str(config)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            events = list((tmp_path / "Logs").glob("*/events.jsonl"))
+            if events and '"event": "round_started", "round": 2' in events[0].read_text():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    summary = summary_of(tmp_path)
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] < 4
+    assert wait_gone(tmp_path) == []
+    resumed = fedkeeper(tmp_path, "start", "-c", str(config), "--resume", summary["run_id"], "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    done = summary_of(tmp_path, summary["run_id"])
+    assert done["status"] == "completed" and done["rounds_completed"] == 4
+    assert wait_gone(tmp_path) == []
