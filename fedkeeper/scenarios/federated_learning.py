@@ -100,28 +100,32 @@ class Experiment:
     def _aggregate(self, round_number: int, mode: str, client_ids: list[int] | None) -> dict[str, Any]:
         job = self._job(round_number, None, aggregator_payload(
             self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models, client_ids))
-        outcome = self.tracker.run([job], adopt=self._in_flight(round_number, [None]))
+        records = self.store.find_activations(self.run_id, round=round_number)
+        job.attempt_base = self._attempt_base(records).get(None, 0)
+        outcome = self.tracker.run([job], adopt=self._in_flight(records, [None]))
         if job.state != "succeeded" or not job.result:
             raise RunFailed(f"round {round_number}: the aggregator failed after {job.attempts} attempt(s): {job.error}")
         return job.result
 
-    def _in_flight(self, round_number: int, client_ids: list[int | None]) -> dict[tuple[int, int | None, str], dict]:
+    def _in_flight(self, records: list[dict[str, Any]],
+                   client_ids: list[int | None]) -> dict[tuple[int, int | None, str], dict]:
         """Activations an interrupted orchestrator left 'invoked' (to poll by id before re-invoking)."""
         wanted = set(client_ids)
         latest: dict[tuple[int, int | None, str], dict] = {}
-        for record in self.store.find_activations(self.run_id, round=round_number):
+        for record in records:
             client = record.get("client_id")
             if client not in wanted:
                 continue
-            function = record.get("function", "fl_client")
-            key = (round_number, client, function)
+            key = (int(record["round"]), client, record.get("function", "fl_client"))
             if key not in latest or int(record.get("attempt") or 0) > int(latest[key].get("attempt") or 0):
                 latest[key] = record
         return {k: r for k, r in latest.items() if r.get("state") == "invoked"}
 
-    def _attempt_base(self, round_number: int) -> dict[int | None, int]:
+    @staticmethod
+    def _attempt_base(records: list[dict[str, Any]]) -> dict[int | None, int]:
+        """Highest attempt number used so far per client, so new attempts never reuse one."""
         base: dict[int | None, int] = {}
-        for record in self.store.find_activations(self.run_id, round=round_number):
+        for record in records:
             client = record.get("client_id")
             base[client] = max(base.get(client, 0), int(record.get("attempt") or 0))
         return base
@@ -148,7 +152,8 @@ class Experiment:
             selected = select_clients(fl.seed, r, total, selected_count)
             self.runlog.event("round_started", round=r, selected=selected)
             stored = {int(u["client_id"]) for u in self.store.blobs.list_updates(self.run_id, r)}
-            base = self._attempt_base(r)
+            records = self.store.find_activations(self.run_id, round=r)  # left by an interrupted run, if any
+            base = self._attempt_base(records)
             jobs = []
             for client_id in selected:
                 if client_id in stored:
@@ -168,7 +173,7 @@ class Experiment:
             satisfied = (lambda js: ok(js) >= per_round) if selected_count > per_round else None
             try:
                 outcome = self.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
-                                           satisfied=satisfied, adopt=self._in_flight(r, list(selected)))
+                                           satisfied=satisfied, adopt=self._in_flight(records, list(selected)))
             finally:
                 self.tracker.listeners.remove(listener)
             invoke_s = time.perf_counter() - t0
