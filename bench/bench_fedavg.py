@@ -27,7 +27,7 @@ from fedkeeper.runtime import blobstore, data
 from fedkeeper.runtime import weights as W
 from fedkeeper.runtime.strategies import FedAvg
 
-AGGREGATOR = Path(__file__).resolve().parents[1] / "fedkeeper" / "functions" / "fl_server_aggregator" / "handler.py"
+AGGREGATOR = Path(__file__).resolve().parents[1] / "functions" / "fl_server_aggregator" / "handler.py"
 MODEL = {"model": "mlp", "input_size": 784, "hidden_size": 500, "output_size": 10}
 
 SHAPES = {"w1": (784, 500), "b1": (500,), "w2": (500, 10), "b2": (10,)}

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fake_gcf import FakeGcf, loopback_only  # noqa: E402
 
 from fedkeeper import packaging  # noqa: E402
-from fedkeeper.config_models import GcfCluster  # noqa: E402
+from fedkeeper.config.models import GcfCluster  # noqa: E402
 from fedkeeper.providers.base import (  # noqa: E402
     LABEL_DIGEST,
     LABEL_EXPERIMENT,
@@ -35,8 +35,8 @@ from fedkeeper.providers.base import (  # noqa: E402
     State,
     spec_digest,
 )
-from fedkeeper.providers.gcf import GcfProvider  # noqa: E402
-from fedkeeper.providers.gcf_auth import IdTokenCache  # noqa: E402
+from fedkeeper.providers.google.provider import GcfProvider  # noqa: E402
+from fedkeeper.providers.google.auth import IdTokenCache  # noqa: E402
 
 NAME = "fk-bench-nodeinfo"
 

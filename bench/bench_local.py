@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from fedkeeper import packaging
-from fedkeeper.config_models import LocalCluster
+from fedkeeper.config.models import LocalCluster
 from fedkeeper.providers.base import DeploySpec, State
-from fedkeeper.providers.local import LocalProvider
+from fedkeeper.providers.local.provider import LocalProvider
 
 NOOP = "def handle(params):\n    return {}\n"
 NUMPY = "import numpy\nimport pymongo\n\n\ndef handle(params):\n    return {'numpy': numpy.__version__}\n"

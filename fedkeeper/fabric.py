@@ -14,7 +14,7 @@ from typing import Any
 
 from fedkeeper import config as cfg
 from fedkeeper import providers
-from fedkeeper.config_models import Config
+from fedkeeper.config.models import Config
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
     LABEL_EXPERIMENT,

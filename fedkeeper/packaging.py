@@ -34,11 +34,20 @@ __all__ = [
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-FUNCTIONS_DIR = _PACKAGE_DIR / "functions"
-RUNTIME_DIR = _PACKAGE_DIR / "runtime"
-ENTRIES_DIR = _PACKAGE_DIR / "providers" / "entries"
 
-#: provider kind -> name of the entry file inside the zip (its source is ENTRIES_DIR / f"{kind}.py")
+
+def _functions_dir() -> Path:
+    """The top-level `functions/` folder, installed as the `fedkeeper.functions` package (pyproject package-dir)."""
+    import fedkeeper.functions
+
+    return Path(fedkeeper.functions.__file__).resolve().parent
+
+
+FUNCTIONS_DIR = _functions_dir()
+RUNTIME_DIR = _PACKAGE_DIR / "runtime"
+ENTRIES_DIR = _PACKAGE_DIR / "providers"
+
+#: provider kind -> name of the entry file inside the zip (its source is ENTRIES_DIR / kind / "entry.py")
 ENTRIES: dict[str, str] = {
     "local": "fk_local_entry.py",
     "openwhisk": "__main__.py",
@@ -190,7 +199,7 @@ def _collect_sources(folder: Path, name: str, kind: str) -> dict[str, Path]:
         raise PackagingError(f"{name} ({kind}): runtime folder missing: {RUNTIME_DIR}")
     for path in _walk(RUNTIME_DIR):
         sources["fedkeeper/runtime/" + path.relative_to(RUNTIME_DIR).as_posix()] = path
-    entry = ENTRIES_DIR / f"{kind}.py"
+    entry = ENTRIES_DIR / kind / "entry.py"
     if not entry.is_file():
         raise PackagingError(f"{name} ({kind}): entry file missing: {entry}")
     sources[ENTRIES[kind]] = entry

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from fedkeeper.config_models import Resilience
+from fedkeeper.config.models import Resilience
 from fedkeeper.errors import RunFailed
 from fedkeeper.fabric import Fabric
 from fedkeeper.providers.base import (

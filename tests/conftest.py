@@ -75,7 +75,7 @@ from fake_openwhisk import fake_openwhisk  # noqa: E402,F401
 
 # ------------------------------------------------------------------------------------- synthetic Logs/<run_id>/ folders
 #
-# `make_run_folder(logs_dir, run_id, ...)` writes a run folder through fedkeeper.runlog.RunLog (so the formats are
+# `make_run_folder(logs_dir, run_id, ...)` writes a run folder through fedkeeper.results.runlog.RunLog (so the formats are
 # the real ones) with deterministic rounds and activations — some failed, timed out, cold, on several clusters —
 # and returns {"dir", "rounds", "activations"} (the rows written). `finished=False` leaves a run in progress.
 
@@ -84,7 +84,8 @@ from fake_openwhisk import fake_openwhisk  # noqa: E402,F401
 def make_run_folder():  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from fedkeeper.runlog import Redactor, RunLog
+    from fedkeeper.results.runlog import RunLog
+    from fedkeeper.secrets import Redactor
 
     def make(logs_dir: Path, run_id: str, *, optim: str = "adam", rounds: int = 3, clients: int = 4,
              clusters: dict[str, str] | None = None, finished: bool = True, t0: float = 1_700_000_000.0,

@@ -9,9 +9,9 @@ from typing import Any
 import psutil
 
 from fedkeeper import packaging
-from fedkeeper.config_models import Faults, LocalCluster
+from fedkeeper.config.models import Faults, LocalCluster
 from fedkeeper.providers.base import LABEL_EXPERIMENT, LABEL_FUNCTION, DeploySpec, spec_digest
-from fedkeeper.providers.local import LocalProvider
+from fedkeeper.providers.local.provider import LocalProvider
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 

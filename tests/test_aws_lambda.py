@@ -24,9 +24,9 @@ from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 from moto.moto_api._internal.models import moto_api_backend
 
-from fedkeeper.config_models import LambdaCluster
-from fedkeeper.providers import aws_client, aws_lambda
-from fedkeeper.providers.aws_lambda import LambdaProvider, code_sha256
+from fedkeeper.config.models import LambdaCluster
+from fedkeeper.providers.aws import client as aws_client, provider as aws_lambda
+from fedkeeper.providers.aws.provider import LambdaProvider, code_sha256
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
     LABEL_EXPERIMENT,
@@ -513,7 +513,7 @@ def test_error_mapping_table() -> None:
     """Every code class maps to its typed error (what deploy/list/remove raise, and what poll builds on)."""
     from botocore.exceptions import ClientError
 
-    from fedkeeper.providers.aws_errors import map_client_error
+    from fedkeeper.providers.aws.errors import map_client_error
 
     def err(code: str, status: int, message: str = "m") -> ClientError:
         return ClientError({"Error": {"Code": code, "Message": message},

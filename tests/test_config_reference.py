@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from fedkeeper import config_legacy
+from fedkeeper.config import legacy as config_legacy
 from fedkeeper.config import _unwrap
-from fedkeeper.config_models import Config
+from fedkeeper.config.models import Config
 
 DOC = (Path(__file__).parent.parent / "docs" / "config-reference.md").read_text(encoding="utf-8")
 
@@ -52,7 +52,7 @@ def test_every_legacy_key_is_documented() -> None:
 
 
 def test_platform_limits_in_the_doc_match_the_code() -> None:
-    from fedkeeper.config_models import GCF_MEMORY_MB, GCF_TIMEOUT_S, LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S
+    from fedkeeper.config.models import GCF_MEMORY_MB, GCF_TIMEOUT_S, LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S
 
     assert f"| AWS Lambda | {LAMBDA_MEMORY_MB[0]}–{LAMBDA_MEMORY_MB[1]} MB | ≤ {LAMBDA_TIMEOUT_S} s |" in DOC
     assert f"{GCF_MEMORY_MB[0]}–{GCF_MEMORY_MB[1]} MB | ≤ {GCF_TIMEOUT_S} s |" in DOC

@@ -206,7 +206,7 @@ def _server_retries(acts: list[dict[str, str]]) -> int:
 
 def _updates_from_store(workdir: Path, run_id: str) -> list[tuple[int, int]]:
     """Read the updates collection through the embedded server, started by the store module itself."""
-    from fedkeeper.config_models import MongoConfig
+    from fedkeeper.config.models import MongoConfig
     from fedkeeper.store import open_store
 
     with open_store(MongoConfig(), workdir=workdir) as store:

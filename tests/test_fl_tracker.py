@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedkeeper.config_models import Resilience
+from fedkeeper.config.models import Resilience
 from fedkeeper.errors import RunFailed
 from fedkeeper.providers.base import (
     AuthError,
@@ -20,7 +20,8 @@ from fedkeeper.providers.base import (
     Status,
     Throttled,
 )
-from fedkeeper.runlog import Redactor, RunLog
+from fedkeeper.results.runlog import RunLog
+from fedkeeper.secrets import Redactor
 from fedkeeper.store import Store
 from fedkeeper.tracker import Job, Tracker, select_clients
 

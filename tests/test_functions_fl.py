@@ -13,7 +13,7 @@ import pytest
 
 from fedkeeper.runtime import blobstore, model, weights as W
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "fedkeeper" / "functions"
+FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 
 
 def _load(name: str):

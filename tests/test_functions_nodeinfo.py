@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-HANDLER = Path(__file__).resolve().parents[1] / "fedkeeper" / "functions" / "nodeinfo" / "handler.py"
+HANDLER = Path(__file__).resolve().parents[1] / "functions" / "nodeinfo" / "handler.py"
 
 
 def _load():

@@ -13,7 +13,7 @@ import pytest
 
 from fake_gcf import FakeGcf, loopback_only
 from fedkeeper import packaging
-from fedkeeper.config_models import GcfCluster
+from fedkeeper.config.models import GcfCluster
 from fedkeeper.providers import create as create_provider
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
@@ -27,8 +27,8 @@ from fedkeeper.providers.base import (
     Throttled,
     spec_digest,
 )
-from fedkeeper.providers.gcf import DeployFailed, GcfProvider
-from fedkeeper.providers.gcf_resources import LABEL_DIGEST_TAIL, LABEL_SETTINGS
+from fedkeeper.providers.google.provider import DeployFailed, GcfProvider
+from fedkeeper.providers.google.resources import LABEL_DIGEST_TAIL, LABEL_SETTINGS
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from fedkeeper.config_models import GcfCluster
-from fedkeeper.providers import gcf_resources as res
+from fedkeeper.config.models import GcfCluster
+from fedkeeper.providers.google import resources as res
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
     AuthError,
@@ -23,14 +23,14 @@ from fedkeeper.providers.base import (
     State,
     Throttled,
 )
-from fedkeeper.providers.gcf_auth import (
+from fedkeeper.providers.google.auth import (
     DEFAULT_TOKEN_LIFETIME_S,
     IdTokenCache,
     admin_credentials,
     id_token_fetcher,
     token_expiry,
 )
-from fedkeeper.providers.gcf_http import Target, classify
+from fedkeeper.providers.google.http import Target, classify
 
 DIGEST = "0123456789abcdef" * 4
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper.config_models import Faults
+from fedkeeper.config.models import Faults
 from fedkeeper.providers.base import State
-from fedkeeper.providers.local_faults import FaultPlan
+from fedkeeper.providers.local.faults import FaultPlan
 from local_support import deploy, make_provider
 
 pytestmark = pytest.mark.integration

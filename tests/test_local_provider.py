@@ -20,7 +20,7 @@ from fedkeeper.providers.base import (
     PlatformError,
     State,
 )
-from fedkeeper.providers.local import LocalProvider
+from fedkeeper.providers.local.provider import LocalProvider
 from local_support import deploy, local_spec, make_provider, running, wait_until
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.text import Text
 
-from fedkeeper.logs_view import EventFilter, follow_events, format_event
+from fedkeeper.results.logs_view import EventFilter, follow_events, format_event
 
 
 def plain(markup: str) -> str:

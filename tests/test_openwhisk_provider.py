@@ -18,9 +18,9 @@ import requests
 
 from fake_openwhisk import FakeOpenWhisk
 from fedkeeper import packaging
-from fedkeeper.config_models import OpenWhiskCluster
+from fedkeeper.config.models import OpenWhiskCluster
 from fedkeeper.providers import create
-from fedkeeper.providers import openwhisk as ow_module
+from fedkeeper.providers.openwhisk import provider as ow_module
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
     LABEL_EXPERIMENT,
@@ -35,8 +35,8 @@ from fedkeeper.providers.base import (
     Throttled,
     spec_digest,
 )
-from fedkeeper.providers.openwhisk import OpenWhiskProvider
-from fedkeeper.providers.openwhisk_client import RetryPolicy
+from fedkeeper.providers.openwhisk.provider import OpenWhiskProvider
+from fedkeeper.providers.openwhisk.client import RetryPolicy
 
 MONGO_URL = "mongodb://fkuser:Pa55w0rd-not-for-logs@127.0.0.1:1/fk"
 FAST_RETRY = RetryPolicy(attempts=3, wait_initial_s=0.01, wait_max_s=0.05, throttle_wait_max_s=0.05)

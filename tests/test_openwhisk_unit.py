@@ -16,10 +16,10 @@ import requests
 
 from fake_openwhisk import FakeOpenWhisk
 from fedkeeper import config as cfg
-from fedkeeper.config_models import OpenWhiskCluster
+from fedkeeper.config.models import OpenWhiskCluster
 from fedkeeper.providers.base import AuthError, State
-from fedkeeper.providers.openwhisk import OpenWhiskProvider, activation_status
-from fedkeeper.providers.openwhisk_client import retry_after_seconds, split_auth
+from fedkeeper.providers.openwhisk.provider import OpenWhiskProvider, activation_status
+from fedkeeper.providers.openwhisk.client import retry_after_seconds, split_auth
 
 AUTH = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
 
@@ -172,7 +172,7 @@ def load_entry(tmp_path: Path, handler_source: str) -> Any:
     folder = tmp_path / "action"
     folder.mkdir()
     (folder / "handler.py").write_text(textwrap.dedent(handler_source), encoding="utf-8")
-    entry = Path(__file__).resolve().parents[1] / "fedkeeper" / "providers" / "entries" / "openwhisk.py"
+    entry = Path(__file__).resolve().parents[1] / "fedkeeper" / "providers" / "openwhisk" / "entry.py"
     (folder / "main__.py").write_bytes(entry.read_bytes())
     sys.modules.pop("handler", None)
     spec = importlib.util.spec_from_file_location("main__", folder / "main__.py")

@@ -40,7 +40,7 @@ def fake_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     entries = tmp_path / "entries"
     entries.mkdir()
     for kind in ENTRIES:
-        (entries / f"{kind}.py").write_text(f"# entry for {kind}\n")
+        ((entries / kind).mkdir() or entries / kind / "entry.py").write_text(f"# entry for {kind}\n")
     monkeypatch.setattr(packaging, "ENTRIES_DIR", entries)
     return entries
 
@@ -54,7 +54,7 @@ def test_local_zip_layout_and_fixed_metadata() -> None:
     assert {"handler.py", "fk_local_entry.py", "fedkeeper/__init__.py", "fedkeeper/runtime/__init__.py",
             "fedkeeper/runtime/data/digits.npz"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
-    assert zf.read("fk_local_entry.py") == (REPO_PACKAGE / "providers" / "entries" / "local.py").read_bytes()
+    assert zf.read("fk_local_entry.py") == (REPO_PACKAGE / "providers" / "local" / "entry.py").read_bytes()
     assert zf.read("handler.py") == (FUNCTIONS / "echo" / "handler.py").read_bytes()
     init = zf.read("fedkeeper/__init__.py")
     assert init == packaging.MINIMAL_INIT and init != (REPO_PACKAGE / "__init__.py").read_bytes()
@@ -73,7 +73,7 @@ def test_local_zip_layout_and_fixed_metadata() -> None:
 def test_build_by_name_uses_the_shipped_function_folder() -> None:
     art = packaging.build("nodeinfo", "local")
     assert art.function == "nodeinfo"
-    assert open_zip(art.data).read("handler.py") == (REPO_PACKAGE / "functions" / "nodeinfo" / "handler.py").read_bytes()
+    assert open_zip(art.data).read("handler.py") == (REPO_PACKAGE.parent / "functions" / "nodeinfo" / "handler.py").read_bytes()
 
 
 def test_same_inputs_give_byte_identical_zips(tmp_path: Path) -> None:
@@ -133,8 +133,8 @@ def test_packaging_errors_name_what_is_wrong(tmp_path: Path, fake_entries: Path)
         packaging.build(clash, "google")
     with pytest.raises(ValueError, match="vendor_wheels"):
         packaging.build(FUNCTIONS / "echo", "local", PackagingOptions(vendor_wheels=True))
-    (fake_entries / "aws.py").unlink()
-    with pytest.raises(PackagingError, match=r"entry file missing: .*aws\.py"):
+    (fake_entries / "aws" / "entry.py").unlink()
+    with pytest.raises(PackagingError, match=r"entry file missing: .*aws/entry\.py"):
         packaging.build(FUNCTIONS / "echo", "aws")
 
 

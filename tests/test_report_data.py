@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper import pricing
-from fedkeeper.report import build_report, comparison, load_reports, report_document, write_rounds_csv
-from fedkeeper.report_io import RunNotFound, load_run, resolve_run, resolve_runs
-from fedkeeper.report_stats import activation_stats, percentile
+from fedkeeper.results import pricing
+from fedkeeper.results.report import build_report, comparison, load_reports, report_document, write_rounds_csv
+from fedkeeper.results.run_folders import RunNotFound, load_run, resolve_run, resolve_runs
+from fedkeeper.results.stats import activation_stats, percentile
 
 PRICES = pricing.price_table()
 
@@ -87,7 +87,7 @@ def test_cost_is_gb_seconds_times_unit_price_plus_requests(tmp_path: Path, make_
 
 
 def test_config_pricing_overrides_the_default_table(tmp_path: Path, make_run_folder) -> None:
-    from fedkeeper.config_models import PlatformPrice
+    from fedkeeper.config.models import PlatformPrice
 
     run = make_run_folder(tmp_path, "r1", clusters={"laptop": "local"})
     prices = pricing.price_table({"local": PlatformPrice(gb_second=0.001, per_million_invocations=1000.0)})
@@ -170,7 +170,8 @@ def test_a_run_in_progress_has_no_summary_and_status_running(tmp_path: Path, mak
 
 
 def test_a_resumed_run_counts_each_round_once_and_is_running_again(tmp_path: Path, make_run_folder) -> None:
-    from fedkeeper.runlog import Redactor, RunLog
+    from fedkeeper.results.runlog import RunLog
+    from fedkeeper.secrets import Redactor
 
     run = make_run_folder(tmp_path, "res", rounds=2)
     with RunLog(tmp_path, "res", Redactor()) as log:  # interrupted, then resumed: round 2 recorded again
@@ -186,7 +187,8 @@ def test_a_resumed_run_counts_each_round_once_and_is_running_again(tmp_path: Pat
 
 
 def test_failed_run_without_summary(tmp_path: Path, make_run_folder) -> None:
-    from fedkeeper.runlog import Redactor, RunLog
+    from fedkeeper.results.runlog import RunLog
+    from fedkeeper.secrets import Redactor
 
     run = make_run_folder(tmp_path, "bad", rounds=1, finished=False)
     with RunLog(tmp_path, "bad", Redactor()) as log:

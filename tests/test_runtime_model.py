@@ -304,7 +304,8 @@ def test_evaluate_batches_give_the_same_answer_as_one_pass():
     whole = mdl.evaluate(w, x, y)
     mdl.eval_batch = 7
     parts = mdl.evaluate(w, x, y)
-    assert parts[1] == whole[1] and parts[0] == pytest.approx(whole[0], rel=1e-9)
+    # float32 per-batch sums round differently from one pass: equal to float32 precision, not bit for bit
+    assert parts[1] == whole[1] and parts[0] == pytest.approx(whole[0], rel=1e-6)
     assert np.array_equal(mdl.predict(w, x), mdl.forward(w, x).argmax(axis=1))
 
 
@@ -316,7 +317,7 @@ def test_function_code_imports_only_numpy_pymongo_and_the_standard_library():
 
     root = Path(M.__file__).resolve().parents[1]
     files = [root / "runtime" / f for f in ("model.py", "data.py", "strategies.py")]
-    files += [root / "functions" / name / "handler.py" for name in ("fl_client", "fl_server_aggregator", "nodeinfo")]
+    files += [root.parent / "functions" / name / "handler.py" for name in ("fl_client", "fl_server_aggregator", "nodeinfo")]
     allowed = set(sys.stdlib_module_names) | {"__future__", "numpy", "pymongo", "bson", "gridfs"}
     for path in files:
         tree = ast.parse(path.read_text())

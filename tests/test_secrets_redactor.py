@@ -1,4 +1,4 @@
-"""The redactor that every printed and logged line goes through (fedkeeper.runlog.Redactor).
+"""The redactor that every printed and logged line goes through (fedkeeper.results.runlog.Redactor).
 
 Known secrets are replaced wherever they appear — raw, JSON-escaped, percent-encoded, base64 in a Basic auth
 header — and credential shapes are removed even when the value was never registered (a URL's password, a
@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from fedkeeper.runlog import RedactingFilter, RedactingStream, Redactor
+from fedkeeper.secrets import RedactingFilter, RedactingStream, Redactor
 
 OW_KEY = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:CANARYowKEY123zO3xZCLrMN6v2BKK1dXYFp"
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqCANARYpem\nline2CANARY\n-----END PRIVATE KEY-----\n"

@@ -15,7 +15,7 @@ from fedkeeper import config as cfg
 from fedkeeper.errors import UsageProblem
 from fedkeeper.fabric import Fabric
 from fedkeeper.providers.base import PlatformError
-from fedkeeper.status import STALE_STORE_NOTE, collect_status, render_status
+from fedkeeper.scenarios.status import STALE_STORE_NOTE, collect_status, render_status
 from fedkeeper.store import Store
 
 STORE_ENV = {"FK_MONGO_URL": "mongodb://127.0.0.1:27999", "FK_MONGO_DB": "fk"}

@@ -10,10 +10,10 @@ from fedkeeper.providers.base import Provider
 
 #: provider kind (the key under `providers:` in the config) -> "module:class"
 PROVIDER_CLASSES: dict[str, str] = {
-    "local": "fedkeeper.providers.local:LocalProvider",
-    "openwhisk": "fedkeeper.providers.openwhisk:OpenWhiskProvider",
-    "aws": "fedkeeper.providers.aws_lambda:LambdaProvider",
-    "google": "fedkeeper.providers.gcf:GcfProvider",
+    "local": "fedkeeper.providers.local.provider:LocalProvider",
+    "openwhisk": "fedkeeper.providers.openwhisk.provider:OpenWhiskProvider",
+    "aws": "fedkeeper.providers.aws.provider:LambdaProvider",
+    "google": "fedkeeper.providers.google.provider:GcfProvider",
 }
 
 #: human names of the platforms, for tables and reports

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich import box
 from rich.table import Table
 
-from fedkeeper.config_models import Config
+from fedkeeper.config.models import Config
 from fedkeeper.errors import UsageProblem
 from fedkeeper.fabric import Deployment, Fabric, Removal
 from fedkeeper.providers.base import DeployResult

@@ -21,10 +21,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from fedkeeper import config as cfg
-from fedkeeper.config_models import Config, FederatedLearning
+from fedkeeper.config.models import Config, FederatedLearning
 from fedkeeper.errors import RunFailed, UsageProblem
 from fedkeeper.fabric import Fabric
-from fedkeeper.runlog import RunLog
+from fedkeeper.results.runlog import RunLog
 from fedkeeper.scenarios.deployment import deploy_plan, store_env_for
 from fedkeeper.tracker import Attempt, Job, Tracker, select_clients
 

@@ -1,0 +1,303 @@
+"""Where a config's raw data comes from: YAML text, ${ENV} references, and credential files named in it.
+
+Its own module because reading is the part that touches the outside (the file, the environment, key files)
+and collects the secrets met on the way, before any model sees the data. Every step collects `ConfigIssue`s
+instead of stopping at the first; a YAML syntax error or a non-mapping document raises `ConfigError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+
+from fedkeeper.config import legacy as config_legacy
+from fedkeeper.config.errors import ConfigError, ConfigIssue, is_secret_key
+
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_ENV_NAME = re.compile(r"(auth|key|secret|password|passwd|token|credential|pass\b|pwd)", re.IGNORECASE)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """A safe loader (libyaml's parser when available) that keeps YAML 1.2 number rules: '1e-3' is a float (YAML 1.1 says string) and
+    '1:30' is a string (YAML 1.1 says sexagesimal 90), so a `uuid:key` or a time never turns into a number."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.?[0-9]+(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*\.(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    """The YAML as data, and the keys given twice (found on the node tree, which still has every key)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+            raise ConfigError([ConfigIssue("", f"{source} expands to more than {MAX_VALUES} values "
+                                               "(through YAML aliases); refused")], source)
+        duplicates = _duplicate_keys(node) if node is not None else []
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
+    finally:
+        loader.dispose()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigIssue("", f"the top level of {source} must be a mapping of keys, "
+                                           f"not a {type(raw).__name__}")], source)
+    return raw, duplicates
+
+
+#: a config is a few hundred values; aliases nested in aliases can expand to billions ("billion laughs")
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values the node becomes once every alias is expanded (memoised: linear in the file)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # guards against recursive aliases
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[id(node)] = min(size, MAX_VALUES + 1)
+    return memo[id(node)]
+
+
+def _duplicate_keys(root: yaml.Node) -> list[ConfigIssue]:
+    """YAML silently keeps the last of two equal keys; a repeated key is almost always a mistake."""
+    issues: list[ConfigIssue] = []
+    walked: set[int] = set()
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if id(node) in walked:  # an alias: its keys were checked where the anchor is
+            return
+        walked.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                child = f"{path}.{key}" if path else key
+                if key == "<<":
+                    continue
+                if key in seen:
+                    issues.append(ConfigIssue(child, f"key given twice (lines {seen[key]} and "
+                                                     f"{key_node.start_mark.line + 1}); keep one"))
+                seen[key] = key_node.start_mark.line + 1
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+
+    walk(root, "")
+    return issues
+
+
+def _substitute(node: Any, path: str, env: dict[str, str], secrets: set[str],
+                issues: list[ConfigIssue], env_paths: set[str]) -> Any:
+    """Replace ${NAME} references; `env_paths` collects the key paths whose value came from the environment."""
+    if isinstance(node, dict):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            child = f"{path}.{key}" if path else str(key)
+            out[key] = _substitute(value, child, env, secrets, issues, env_paths)
+        return out
+    if isinstance(node, list):
+        return [_substitute(v, f"{path}[{i}]", env, secrets, issues, env_paths) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        key = path.rsplit(".", 1)[-1]
+        missing: list[str] = []
+
+        def repl(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                value = env[name]
+            elif default is not None:
+                value = default
+            else:
+                missing.append(name)
+                return ""
+            if is_secret_key(key) or _SECRET_ENV_NAME.search(name):
+                secrets.add(value)
+            return value
+
+        value = _ENV_REF.sub(repl, node)
+        for name in missing:
+            issues.append(ConfigIssue(path, f"environment variable {name} is not set "
+                                            f"(export it, or write ${{{name}:-default}})"))
+        if "${" in _ENV_REF.sub("", node):
+            issues.append(ConfigIssue(path, "malformed ${...} reference; use ${NAME} with letters, digits, '_'"))
+        env_paths.add(path)
+        return value
+    return node
+
+
+def _inline_secrets(raw: dict[str, Any]) -> list[ConfigIssue]:
+    """Warnings for secrets written into the file itself (they end up in copies, backups, repositories)."""
+    out: list[ConfigIssue] = []
+    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
+    openwhisk = providers.get("openwhisk") if isinstance(providers.get("openwhisk"), dict) else {}
+    for name, cluster in openwhisk.items():
+        auth = cluster.get("auth") if isinstance(cluster, dict) else None
+        if isinstance(auth, str) and auth and "${" not in auth:
+            out.append(ConfigIssue(f"providers.openwhisk.{name}.auth",
+                                   "the key is written into the config file; better auth: ${OW_AUTH} or auth_file"))
+    scenarios = raw.get("scenarios") if isinstance(raw.get("scenarios"), dict) else {}
+    fl = scenarios.get("federated_learning") if isinstance(scenarios.get("federated_learning"), dict) else {}
+    for path, mongo in (("mongo_config", raw.get("mongo_config")),
+                        ("scenarios.federated_learning.mongo_config", fl.get("mongo_config"))):
+        if not isinstance(mongo, dict):
+            continue
+        url, password = mongo.get("url"), mongo.get("password")
+        if isinstance(url, str) and "${" not in url and url_passwords(url):
+            out.append(ConfigIssue(f"{path}.url", "holds a password written into the config file; better put "
+                                                  "${MONGO_PASSWORD} in its place, or use password_file"))
+        if isinstance(password, (str, int)) and not isinstance(password, bool) and "${" not in str(password):
+            out.append(ConfigIssue(f"{path}.password", "written into the config file; better "
+                                                       "password: ${MONGO_PASSWORD} or password_file"))
+    return out
+
+
+def _expand(base_dir: Path, name: str) -> Path:
+    path = Path(os.path.expanduser(name))
+    return path if path.is_absolute() else base_dir / path
+
+
+def _read_credential_files(raw: dict[str, Any], base_dir: Path, secrets: set[str],
+                           issues: list[ConfigIssue]) -> None:
+    """Credential files named in the config: read now so that a missing file is a config error."""
+    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
+    openwhisk = providers.get("openwhisk") if isinstance(providers.get("openwhisk"), dict) else {}
+    for name, cluster in openwhisk.items():
+        if not isinstance(cluster, dict) or not cluster.get("auth_file"):
+            continue
+        path = f"providers.openwhisk.{name}.auth_file"
+        if cluster.get("auth"):
+            issues.append(ConfigIssue(path, "give auth or auth_file, not both"))
+            continue
+        props = _read_wskprops(_expand(base_dir, str(cluster["auth_file"])), path, issues)
+        if props is None:
+            continue
+        if props.get("AUTH"):
+            cluster["auth"] = props["AUTH"]
+            secrets.add(props["AUTH"])
+            if ":" in props["AUTH"]:
+                secrets.add(props["AUTH"].split(":", 1)[1])
+        else:
+            issues.append(ConfigIssue(path, "the file has no AUTH=uuid:key line"))
+        if props.get("APIHOST") and not cluster.get("api_host"):
+            host = props["APIHOST"]
+            cluster["api_host"] = host if "://" in host else f"https://{host}"
+    google = providers.get("google") if isinstance(providers.get("google"), dict) else {}
+    for name, cluster in google.items():
+        creds = cluster.get("credentials") if isinstance(cluster, dict) else None
+        if not isinstance(creds, str) or creds == "anonymous":
+            continue
+        path = f"providers.google.{name}.credentials"
+        if not creds.strip():
+            issues.append(ConfigIssue(path, "empty; give a service-account key file, or leave the key out "
+                                            "for application default credentials"))
+            continue
+        file = _expand(base_dir, creds)
+        try:
+            info = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            issues.append(ConfigIssue(path, f"service-account file not found: {file}"))
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            issues.append(ConfigIssue(path, f"cannot read service-account file {file}: {type(exc).__name__}"))
+            continue
+        except ValueError:
+            issues.append(ConfigIssue(path, f"{file} is not JSON (expected a service-account key file)"))
+            continue
+        if not isinstance(info, dict) or "client_email" not in info or "private_key" not in info:
+            issues.append(ConfigIssue(path, f"{file} is not a service-account key file "
+                                            "(needs client_email and private_key)"))
+            continue
+        for field in config_legacy.SECRET_SA_FIELDS:
+            if info.get(field):
+                secrets.add(str(info[field]))
+        cluster["credentials"] = str(file.resolve())
+    mongo = raw.get("mongo_config")
+    if isinstance(mongo, dict) and mongo.get("password_file"):
+        path = "mongo_config.password_file"
+        if mongo.get("password"):
+            issues.append(ConfigIssue(path, "give password or password_file, not both"))
+            return
+        file = _expand(base_dir, str(mongo["password_file"]))
+        try:
+            password = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            issues.append(ConfigIssue(path, f"cannot read password file {file}"))
+        else:
+            if not password:
+                issues.append(ConfigIssue(path, f"password file {file} is empty"))
+            mongo["password"] = password
+            secrets.add(password)
+
+
+def _read_wskprops(file: Path, path: str, issues: list[ConfigIssue]) -> dict[str, str] | None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        issues.append(ConfigIssue(path, f"auth file not found: {file}"))
+        return None
+    except (OSError, UnicodeDecodeError):
+        issues.append(ConfigIssue(path, f"cannot read auth file {file}"))
+        return None
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip().upper()] = value.strip().strip('"')
+    return props
+
+
+def _collect_known_secrets(node: Any, secrets: set[str]) -> None:
+    """Values under secret-looking keys, and passwords inside URLs, are secrets wherever they came from."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and is_secret_key(key):
+                text = str(value)
+                secrets.add(text)
+                if ":" in text and str(key) == "auth":
+                    secrets.add(text.split(":", 1)[1])
+            _collect_known_secrets(value, secrets)
+    elif isinstance(node, list):
+        for v in node:
+            _collect_known_secrets(v, secrets)
+    elif isinstance(node, str) and "@" in node:
+        secrets.update(url_passwords(node))
+
+
+def url_passwords(text: str) -> set[str]:
+    """Passwords inside URLs (`scheme://user:password@host`), raw and percent-decoded."""
+    found: set[str] = set()
+    for match in re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]*)@", text):
+        userinfo = match.group(1)
+        if ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            if password:
+                found.update({password, unquote(password)})
+    return found

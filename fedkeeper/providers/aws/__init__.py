@@ -1,0 +1,1 @@
+"""The aws platform: everything FedKeeper knows about it lives in this folder."""

@@ -1,0 +1,1 @@
+"""The local platform: everything FedKeeper knows about it lives in this folder."""

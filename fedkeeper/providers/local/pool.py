@@ -1,0 +1,568 @@
+"""The local platform's scheduler: a pool of worker processes per cluster, driven by one dispatcher thread.
+
+It behaves like a FaaS invoker rather than a function call:
+- `submit` queues an activation and returns at once; one dispatcher thread places it on a warm idle worker of
+  the same function (warm), or spawns a worker if the cluster is below `concurrency` (cold: spawn + import +
+  `cold_start_ms`), or evicts the least recently used idle worker of another function to make room, or waits;
+- a worker that runs past the function's timeout is killed (TIMED_OUT, OpenWhisk's message); one that exits
+  mid-call fails only that activation; idle workers are reaped after `keep_warm_s`;
+- faults drawn per activation (`local_faults`) are applied here: failure without running, a call that holds its
+  worker until the timeout kills it, a worker killed mid-call, added latency.
+
+The dispatcher waits on a selector over the workers' stdout pipes and a wake-up pipe, with the nearest deadline
+as its timeout: there is no polling sleep, no thread per call, and `status()` is a dict lookup. Only the
+dispatcher thread spawns workers, because PR_SET_PDEATHSIG fires when the *thread* that forked a child exits:
+the workers live exactly as long as the dispatcher, which is the pool's lifetime.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from fedkeeper.providers.base import State, Status
+from fedkeeper.providers.local.faults import FaultDecision, FaultPlan
+from fedkeeper.providers.local.worker import (
+    ENTRY_FILE,
+    INIT_TIMEOUT_S,
+    FunctionRuntime,
+    Worker,
+    close_pipes,
+    exit_description,
+    kill_leftovers,
+    kill_quietly,
+    spawn_worker,
+)
+
+log = logging.getLogger("fedkeeper.providers.local.provider")
+
+#: a retired worker gets this long to exit after its stdin closes, then it is killed
+EXIT_GRACE_S = 2.0
+#: platforms cap request and response bodies at about 1 MB (OpenWhisk 1 MB, Lambda async 1 MB/sync 6 MB)
+MAX_PAYLOAD_BYTES = 1 << 20
+MAX_REPLY_BYTES = (1 << 20) + 64 * 1024
+
+class _Activation:
+    __slots__ = ("id", "fn", "params", "submitted", "fault", "not_before", "state", "result", "error", "start",
+                 "end", "duration_s", "cold", "injected", "pid")
+
+    def __init__(self, fn: FunctionRuntime, params: bytes, fault: FaultDecision, now: float) -> None:
+        self.id = uuid.uuid4().hex
+        self.fn = fn
+        self.params = params
+        self.submitted = time.time()
+        self.fault = fault.kind
+        self.not_before = now + fault.latency_s
+        self.injected = fault.label
+        self.state = State.PENDING
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.duration_s: float | None = None
+        self.cold: bool | None = None
+        self.pid: int | None = None
+
+    def status(self) -> Status:
+        return Status(state=self.state, result=self.result, error=self.error, activation_id=self.id,
+                      start=self.start, end=self.end, duration_s=self.duration_s, cold=self.cold,
+                      injected=self.injected)
+
+
+class WorkerPool:
+    """All worker processes of one local cluster; see the module docstring for the scheduling rules."""
+
+    def __init__(self, cluster: str, *, concurrency: int, keep_warm_s: float, cold_start_ms: float = 0.0,
+                 faults: Any = None, python: str | None = None) -> None:
+        self.cluster = cluster
+        self.concurrency = max(1, int(concurrency))
+        self.keep_warm_s = float(keep_warm_s)
+        self.cold_start_s = float(cold_start_ms) / 1000.0
+        self.python = python or sys.executable
+        self._faults = FaultPlan(faults)
+        self._cv = threading.Condition()
+        self._records: dict[str, _Activation] = {}
+        self._inbox: deque[_Activation] = deque()
+        self._retire_names: set[str] = set()
+        self._stopping = False
+        self._closed = False
+        self._wake_pending = False
+        self._failure: BaseException | None = None
+        # dispatcher-only state
+        self._ready: deque[_Activation] = deque()
+        self._delayed: list[tuple[float, int, _Activation]] = []
+        self._seq = itertools.count()
+        self._workers: list[Worker] = []
+        self._idle: dict[tuple[str, str], list[Worker]] = {}
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name=f"fk-local-{cluster}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ caller side (any thread)
+
+    def submit(self, fn: FunctionRuntime, params_json: bytes) -> _Activation:
+        """Queue one activation and return its record at once."""
+        with self._cv:
+            if self._failure is not None:
+                raise RuntimeError(f"local cluster {self.cluster!r} dispatcher failed: {self._failure!r}")
+            if self._stopping:
+                raise RuntimeError(f"local cluster {self.cluster!r} is closed")
+            act = _Activation(fn, params_json, self._faults.draw(), time.monotonic())
+            self._records[act.id] = act
+            self._inbox.append(act)
+            signal_needed = not self._wake_pending  # one wake-up per batch: bursts do not flood the pipe
+            self._wake_pending = True
+        if signal_needed:
+            self._wake()
+        return act
+
+    def status(self, activation_id: str) -> Status | None:
+        with self._cv:
+            act = self._records.get(activation_id)
+            return act.status() if act is not None else None
+
+    def wait(self, activation_id: str, timeout: float | None = None) -> Status | None:
+        """Block until the activation is done (or `timeout` passes); for benchmarks and tests."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            act = self._records.get(activation_id)
+            if act is None:
+                return None
+            while act.state is State.PENDING:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cv.wait(remaining)
+            return act.status()
+
+    def retire(self, name: str) -> None:
+        """Stop the idle workers of a function (after it was redeployed or removed); busy ones finish first."""
+        with self._cv:
+            self._retire_names.add(name)
+        self._wake()
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes (for tests and diagnostics)."""
+        with self._cv:
+            return [w.pid for w in list(self._workers)]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every worker (busy activations become LOST) and the dispatcher; idempotent."""
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._stopping = True
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        if self._thread.is_alive():  # the dispatcher is stuck: do its shutdown from here
+            log.warning("local cluster %s: dispatcher did not stop in %.0f s; killing workers", self.cluster, timeout)
+            for w in list(self._workers):
+                kill_quietly(w.proc)
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (pipe full) or shutting down
+
+    # ------------------------------------------------------------------ dispatcher thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for key, _mask in self._sel.select(self._next_timeout()):
+                    if key.data is None:
+                        try:
+                            while os.read(self._wake_r, 4096):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    worker, what = key.data
+                    if what == "r":
+                        self._on_readable(worker)
+                    else:
+                        self._flush(worker)
+                now = time.monotonic()
+                with self._cv:
+                    if self._stopping:
+                        break
+                    inbox, self._inbox = self._inbox, deque()
+                    self._wake_pending = False
+                    retire, self._retire_names = self._retire_names, set()
+                for act in inbox:
+                    if act.not_before > now:
+                        heapq.heappush(self._delayed, (act.not_before, next(self._seq), act))
+                    else:
+                        self._ready.append(act)
+                while self._delayed and self._delayed[0][0] <= now:
+                    self._ready.append(heapq.heappop(self._delayed)[2])
+                for name in retire:
+                    for w in [w for w in self._workers if w.fn.name == name and w.state == "idle"]:
+                        self._retire(w, now)
+                self._timers(now)
+                self._schedule(now)
+        except BaseException as exc:  # a bug here must not leave workers behind or callers waiting forever
+            log.exception("local cluster %s: dispatcher failed", self.cluster)
+            with self._cv:
+                self._failure = exc
+                self._stopping = True
+        finally:
+            self._shutdown()
+
+    def _next_timeout(self) -> float | None:
+        t = math.inf
+        for w in self._workers:
+            if w.state == "starting":
+                t = min(t, w.deadline)
+            elif w.state == "busy":
+                t = min(t, w.deadline if w.running else w.available_at)
+            elif w.state == "idle":
+                t = min(t, w.last_used + self.keep_warm_s)
+            elif w.kill_at is not None:
+                t = min(t, w.kill_at)
+        if self._delayed:
+            t = min(t, self._delayed[0][0])
+        if t == math.inf:
+            return None
+        return max(0.0, t - time.monotonic())
+
+    def _timers(self, now: float) -> None:
+        for w in list(self._workers):
+            if w.state == "starting" and now >= w.deadline:
+                act = w.act
+                w.act = None
+                self._kill(w)
+                if act is not None:
+                    self._finish(act, State.FAILED, error=f"worker of {w.fn.name} did not start within "
+                                                          f"{INIT_TIMEOUT_S:g} s")
+            elif w.state == "busy" and not w.running and now >= w.available_at and w.act is not None:
+                self._start(w, w.act, now)
+            elif w.state == "busy" and w.running and now >= w.deadline:
+                act = w.act
+                w.act = None
+                self._kill(w)
+                if act is not None:
+                    ms = int(round(act.fn.timeout_s * 1000))
+                    end = time.time()
+                    self._finish(act, State.TIMED_OUT, end=end, duration_s=end - (act.start or end),
+                                 error=f"The action exceeded its time limits of {ms} milliseconds.")
+            elif w.state == "idle" and now >= w.last_used + self.keep_warm_s:
+                self._retire(w, now)
+            elif w.state == "dying" and w.kill_at is not None and now >= w.kill_at:
+                self._kill(w)
+
+    def _schedule(self, now: float) -> None:
+        ready = self._ready
+        while ready:
+            act = ready[0]
+            if act.state is not State.PENDING:
+                ready.popleft()
+                continue
+            if act.fault == "failure":  # fails without occupying a worker, like a rejected request
+                ready.popleft()
+                t = time.time()
+                self._finish(act, State.FAILED, error="injected failure", start=t, end=t, duration_s=0.0)
+                continue
+            idle = self._idle.get((act.fn.name, act.fn.digest))
+            if idle:
+                ready.popleft()
+                worker = idle.pop()  # most recently used: the others age out and get reaped
+                self._assign(worker, act, now, cold=False)
+                continue
+            if len(self._workers) >= self.concurrency:
+                victim = min((w for w in self._workers if w.state == "idle"), key=lambda w: w.last_used,
+                             default=None)
+                if victim is None:
+                    return  # every worker is busy: the next reply or exit wakes us
+                self._kill(victim)  # evicted; it still counts until its exit is seen, then we come back here
+                return
+            ready.popleft()
+            self._spawn(act, now)
+
+    def _spawn(self, act: _Activation, now: float) -> None:
+        fn = act.fn
+        if not (fn.code_dir / ENTRY_FILE).is_file():
+            self._finish(act, State.FAILED, error=f"function {fn.name} is no longer deployed on {self.cluster}")
+            return
+        try:
+            w = spawn_worker(self.python, fn, self.cluster, now, self.cold_start_s)
+        except OSError as exc:
+            self._finish(act, State.FAILED, error=f"cannot start a worker for {fn.name}: {exc}")
+            return
+        self._sel.register(w.out_fd, selectors.EVENT_READ, (w, "r"))
+        self._workers.append(w)
+        w.act = act
+        act.cold = True
+        act.pid = w.pid
+        log.debug("local cluster %s: spawned worker %d for %s", self.cluster, w.pid, fn.name)
+
+    def _assign(self, w: Worker, act: _Activation, now: float, *, cold: bool) -> None:
+        w.state = "busy"
+        w.act = act
+        w.running = False
+        act.cold = cold
+        act.pid = w.pid
+        if now >= w.available_at:
+            self._start(w, act, now)
+
+    def _start(self, w: Worker, act: _Activation, now: float) -> None:
+        w.running = True
+        w.deadline = now + act.fn.timeout_s
+        act.start = time.time()
+        if act.fault == "timeout":
+            return  # holds the worker, runs nothing, and is killed at the deadline like a hung handler
+        deadline_ms = int((act.start + act.fn.timeout_s) * 1000)
+        self._send(w, b'{"id":"%s","deadline_ms":%d,"params":%s}\n' % (act.id.encode(), deadline_ms, act.params))
+        if act.fault == "crash":
+            self._kill(w)  # dies mid-call; its EOF fails the activation like any crash
+
+    # ------------------------------------------------------------------ worker I/O
+
+    def _send(self, w: Worker, data: bytes) -> None:
+        if w.wbuf:
+            w.wbuf += data
+            return
+        try:
+            n = os.write(w.in_fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # the worker is gone: its EOF on stdout reports it
+            return
+        if n < len(data):
+            w.wbuf += data[n:]
+            self._sel.register(w.in_fd, selectors.EVENT_WRITE, (w, "w"))
+
+    def _flush(self, w: Worker) -> None:
+        try:
+            n = os.write(w.in_fd, w.wbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(w.wbuf)
+        del w.wbuf[:n]
+        if not w.wbuf:
+            self._sel.unregister(w.in_fd)
+
+    def _on_readable(self, w: Worker) -> None:
+        try:
+            chunk = os.read(w.out_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._on_exit(w)
+            return
+        w.rbuf += chunk
+        while w.state != "gone":
+            i = w.rbuf.find(b"\n")
+            if i < 0:
+                break
+            line = bytes(w.rbuf[:i])
+            del w.rbuf[:i + 1]
+            self._on_message(w, line)
+        if len(w.rbuf) > MAX_REPLY_BYTES and w.state != "dying":
+            act = w.act
+            w.act = None
+            self._kill(w)
+            if act is not None:
+                self._finish(act, State.FAILED, error=f"result of {act.fn.name} exceeds {MAX_PAYLOAD_BYTES >> 20} MB; "
+                                                       "return small results and keep large data in the store")
+
+    def _on_message(self, w: Worker, line: bytes) -> None:
+        if w.state == "dying":
+            return  # killed (timeout, injected crash, eviction): whatever it still says is void
+        now = time.monotonic()
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            act = w.act
+            w.act = None
+            self._kill(w)
+            if act is not None:
+                self._finish(act, State.FAILED, error="worker broke the protocol (not a JSON line)")
+            return
+        if not w.ready:
+            if msg.get("ready"):
+                w.ready = True
+                w.init_s = msg.get("import_s")
+                log.debug("local cluster %s: worker %d of %s ready (handler import %.3f s)", self.cluster, w.pid,
+                          w.fn.name, w.init_s or 0.0)
+                if w.act is None:  # (its activation was settled meanwhile) a fresh warm worker
+                    w.state = "idle"
+                    w.last_used = now
+                    self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
+                else:
+                    w.state = "busy"
+                    if now >= w.available_at:
+                        self._start(w, w.act, now)
+            else:
+                w.ready_error = str(msg.get("error") or "worker failed to start")
+                act = w.act
+                w.act = None
+                self._retire(w, now)
+                if act is not None:
+                    self._finish(act, State.FAILED, error=w.ready_error)
+            return
+        act = w.act
+        if act is None or msg.get("id") != act.id:
+            log.warning("local cluster %s: worker %d answered an unknown call; ignored", self.cluster, w.pid)
+            return
+        w.act = None
+        w.running = False
+        w.calls += 1
+        w.last_used = now
+        fields = {"start": msg.get("start"), "end": msg.get("end"), "duration_s": msg.get("duration_s")}
+        if msg.get("ok"):
+            result = msg.get("result")
+            self._finish(act, State.SUCCEEDED, result=result if isinstance(result, dict) else {"value": result},
+                         **fields)
+        else:
+            error = str(msg.get("error") or "the function failed")
+            if error.startswith("MemoryError"):
+                error += f" (memory limit {act.fn.memory_mb} MB)"
+            self._finish(act, State.FAILED, error=error, **fields)
+        if msg.get("discard"):
+            self._retire(w, now)
+        else:
+            w.state = "idle"
+            self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
+
+    def _on_exit(self, w: Worker) -> None:
+        self._sel.unregister(w.out_fd)
+        if w.wbuf:
+            self._sel.unregister(w.in_fd)
+            w.wbuf.clear()
+        try:
+            rc: int | None = w.proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:  # closed its pipe but lives on: not a worker we can use
+            kill_quietly(w.proc)
+            rc = w.proc.wait()
+        kill_leftovers(w.pid)
+        close_pipes(w.proc)
+        self._forget(w)
+        w.state = "gone"
+        act = w.act
+        w.act = None
+        if act is not None and act.state is State.PENDING:
+            error = w.ready_error or exit_description(rc)
+            end = time.time()
+            self._finish(act, State.FAILED, error=error, end=end,
+                         duration_s=(end - act.start) if act.start else None)
+        log.debug("local cluster %s: worker %d exited (%s)", self.cluster, w.pid, rc)
+
+    # ------------------------------------------------------------------ worker lifecycle helpers
+
+    def _forget(self, w: Worker) -> None:
+        if w in self._workers:
+            self._workers.remove(w)
+        idle = self._idle.get((w.fn.name, w.fn.digest))
+        if idle and w in idle:
+            idle.remove(w)
+
+    def _retire(self, w: Worker, now: float) -> None:
+        """Ask a worker to exit (EOF on its stdin); it is killed if it has not exited after EXIT_GRACE_S."""
+        idle = self._idle.get((w.fn.name, w.fn.digest))
+        if idle and w in idle:
+            idle.remove(w)
+        if w.state in ("dying", "gone"):
+            return
+        w.state = "dying"
+        w.kill_at = now + EXIT_GRACE_S
+        try:
+            if w.proc.stdin is not None and not w.wbuf:
+                w.proc.stdin.close()
+        except OSError:
+            pass
+
+    def _kill(self, w: Worker) -> None:
+        idle = self._idle.get((w.fn.name, w.fn.digest))
+        if idle and w in idle:
+            idle.remove(w)
+        if w.state == "gone":
+            return
+        w.state = "dying"
+        w.kill_at = None
+        kill_quietly(w.proc)
+
+    def _finish(self, act: _Activation, state: State, *, result: dict[str, Any] | None = None,
+                error: str | None = None, start: float | None = None, end: float | None = None,
+                duration_s: float | None = None) -> None:
+        with self._cv:
+            if act.state is not State.PENDING:
+                return
+            act.result = result
+            act.error = error
+            if start is not None:
+                act.start = start
+            act.end = end if end is not None else time.time()
+            act.duration_s = duration_s
+            act.params = b""  # the payload is not needed any more; keep long runs' memory flat
+            act.state = state
+            self._cv.notify_all()
+
+    def _shutdown(self) -> None:
+        """Stop every worker (runs in the dispatcher thread, the workers' PDEATHSIG parent)."""
+        with self._cv:
+            self._stopping = True
+            leftovers = list(self._inbox) + list(self._ready) + [item[2] for item in self._delayed]
+            self._inbox.clear()
+        self._ready.clear()
+        self._delayed.clear()
+        why = "the local platform was closed before the activation finished"
+        for act in leftovers:
+            self._finish(act, State.LOST, error=why)
+        now = time.monotonic()
+        for w in list(self._workers):
+            act = w.act
+            w.act = None
+            if act is not None:
+                self._kill(w)
+                self._finish(act, State.LOST, error=why)
+            else:
+                self._retire(w, now)
+        deadline = time.monotonic() + 1.0
+        for w in list(self._workers):
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                kill_quietly(w.proc)
+                w.proc.wait()
+            kill_leftovers(w.pid)
+            close_pipes(w.proc)
+            self._forget(w)
+            w.state = "gone"
+        self._idle.clear()
+        try:
+            self._sel.close()
+        finally:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1  # never write into a closed (and maybe reused) fd number
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            with self._cv:
+                self._cv.notify_all()

@@ -1,0 +1,95 @@
+"""`fedkeeper report --plot FILE.png`: accuracy, loss and round time per round, one line per run.
+
+Several runs are overlaid in the same three panels, because comparing optimizers, client counts or
+platforms is what the plot is for. matplotlib is an optional extra (`pip install 'fedkeeper[plot]'`); it is
+driven through its object API and the Agg canvas, so no global pyplot state or display is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedkeeper.results.report import run_label
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+INSTALL_HINT = "install fedkeeper[plot] (pip install 'fedkeeper[plot]') or matplotlib to write plots"
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
+
+
+def _series(rounds: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """Values of one rounds.csv column, NaN where missing (matplotlib breaks the line there)."""
+    return [math.nan if r.get(key) is None else float(r[key]) for r in rounds]
+
+
+def plot_runs(reports: Sequence[Mapping[str, Any]], path: Path | str, *, dpi: int = 110) -> Path:
+    """Write the PNG of one or several runs; returns its path."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise PlotUnavailable() from None
+
+    path = Path(path)
+    fig = Figure(figsize=(16, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss, ax_time = fig.subplots(1, 3)
+    single = len(reports) == 1
+
+    for i, report in enumerate(reports):
+        # colour and marker both differ per run, so runs stay apart in greyscale and where lines coincide
+        style = {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "ms": 5}
+        rounds = report["rounds"]
+        x = [r["round"] for r in rounds]
+        label = run_label(report)
+        ax_acc.plot(x, _series(rounds, "accuracy"), label=label, **style)
+        ax_loss.plot(x, _series(rounds, "loss"), label=label, **style)
+        if single:
+            _stacked_round_time(ax_time, rounds)
+        else:
+            ax_time.plot(x, _series(rounds, "round_s"), label=label, **style)
+            ax_time.plot(x, _series(rounds, "aggregate_s"), ls="--", lw=1, color=style["color"])
+
+    ax_acc.set(title="test accuracy of the global model", xlabel="round", ylabel="accuracy")
+    ax_loss.set(title="test loss of the global model", xlabel="round", ylabel="loss")
+    ax_time.set(title="round time" + ("" if single else " (solid) and its aggregation part (dashed)"),
+                xlabel="round", ylabel="seconds")
+    for ax in (ax_acc, ax_loss, ax_time):
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_time.set_ylim(bottom=0)
+    if single:
+        ax_time.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize="small")
+        fig.suptitle(run_label(reports[0]))
+    else:
+        handles, labels = ax_acc.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize="small")
+        fig.suptitle(f"{len(reports)} runs compared")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _stacked_round_time(ax: Any, rounds: Sequence[Mapping[str, Any]]) -> None:
+    """One run: each round's time stacked as the client phase (invoke until every update is stored or given
+    up: `invoke_s`), aggregation, and the rest (selection, bookkeeping); the slowest client's own duration is
+    marked inside the client phase, so the platform overhead shows as the gap above it."""
+    x = [r["round"] for r in rounds]
+    clients = [0.0 if math.isnan(v) else v for v in _series(rounds, "invoke_s")]
+    aggregate = [0.0 if math.isnan(v) else v for v in _series(rounds, "aggregate_s")]
+    total = _series(rounds, "round_s")
+    rest = [0.0 if math.isnan(t) else max(0.0, t - c - a) for t, c, a in zip(total, clients, aggregate)]
+    ax.bar(x, clients, color="C0", label="invoke + wait for clients")
+    ax.bar(x, aggregate, bottom=clients, color="C2", label="aggregate")
+    ax.bar(x, rest, bottom=[c + a for c, a in zip(clients, aggregate)], color="C7", label="other")
+    ax.plot(x, _series(rounds, "slowest_client_s"), color="k", marker="_", ms=18, mew=2, ls="none",
+            label="slowest client")

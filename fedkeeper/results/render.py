@@ -1,0 +1,202 @@
+"""Rich tables for `fedkeeper report`: what a researcher reads in the terminal.
+
+Only presentation: every figure shown comes from the report dicts of `report.py` (the same ones `--json`
+prints), so the screen and the JSON never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fedkeeper.results.report import comparison
+
+_STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_usd(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return "$0" if value == 0 else f"${value:.6f}" if value < 0.01 else f"${value:.2f}"
+
+
+def fmt_time(value: Any) -> str:
+    """A unix time or an ISO string, as local `YYYY-MM-DD HH:MM:SS`."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(float(value)).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone()
+    return parsed.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_STYLE.get(status, 'magenta')}]{status}[/]"
+
+
+def _table(title: str, **kw: Any) -> Table:
+    """A compact table: the rounds table must fit 80 columns when piped."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
+                 show_edge=False, **kw)
+
+
+def _bad(value: Any) -> str:
+    return f"[red]{value}[/]" if value else str(value if value is not None else "–")
+
+
+def rounds_table(report: Mapping[str, Any]) -> Table:
+    """One row per round: accuracy, loss, clients, failures and the round time split (seconds)."""
+    table = _table("rounds (f/t/l: failed/timed out/lost attempts; times in s)")
+    for title in ("round", "acc", "loss", "ok/sel", "f/t/l", "retry", "rej", "invoke", "slowest", "aggr",
+                  "total"):
+        table.add_column(title, justify="right")
+    for row in report["rounds"]:
+        bad = "/".join(str(row.get(k) if row.get(k) is not None else "–") for k in ("failed", "timed_out", "lost"))
+        any_bad = any(row.get(k) for k in ("failed", "timed_out", "lost"))
+        table.add_row(str(row["round"]), fmt_num(row.get("accuracy"), 4), fmt_num(row.get("loss"), 4),
+                      f"{fmt_num(row.get('succeeded'))}/{fmt_num(row.get('selected'))}",
+                      f"[red]{bad}[/]" if any_bad else bad, fmt_num(row.get("retries")), _bad(row.get("rejected")),
+                      fmt_num(row.get("invoke_s"), 2), fmt_num(row.get("slowest_client_s"), 2),
+                      fmt_num(row.get("aggregate_s"), 2), fmt_num(row.get("round_s"), 2))
+    return table
+
+
+def stats_table(rows: list[dict[str, Any]], keys: list[str], title: str) -> Table:
+    """Per cluster / platform / function statistics from activations.csv (durations in seconds)."""
+    table = _table(f"{title} (durations in s)")
+    table.add_column(" ".join(keys))
+    for col in ("n", "ok", "f/t/l", "fail", "cold", "p50", "p95", "max"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        name = str(row.get(keys[0]) or "–") + "".join(f" ({row.get(k) or '–'})" for k in keys[1:])
+        bad = f"{row['failed']}/{row['timed_out']}/{row['lost']}"
+        table.add_row(name, str(row["activations"]), str(row["succeeded"]),
+                      f"[red]{bad}[/]" if row["failure_rate"] else bad, fmt_pct(row["failure_rate"]),
+                      fmt_pct(row["cold_share"]), fmt_num(row["duration_p50_s"], 2),
+                      fmt_num(row["duration_p95_s"], 2), fmt_num(row["duration_max_s"], 2))
+    return table
+
+
+def _price(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.10f}".rstrip("0").rstrip(".") if value else "0"
+
+
+def cost_table(cost: Mapping[str, Any]) -> Table:
+    table = _table("estimated cost (list prices, USD)", caption=cost.get("note"), caption_justify="left")
+    for col, justify in (("platform", "left"), ("invocations", "right"), ("GB-s", "right"),
+                         ("$/GB-s", "right"), ("$/1M inv.", "right"), ("cost", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for p in cost["platforms"]:
+        table.add_row(p["platform"], str(p["invocations"]), fmt_num(p["gb_seconds"], 2),
+                      _price(p["gb_second_usd"]), _price(p["per_million_invocations_usd"]), fmt_usd(p["total_usd"]))
+    table.add_row("[bold]total[/]", "", "", "", "", f"[bold]{fmt_usd(cost['total_usd'])}[/]")
+    return table
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    final = report.get("final") or {}
+    parts = [f"[bold]{report['run_id']}[/]", f"experiment {report.get('experiment') or '?'}",
+             _status(report["status"]), f"{report['rounds_completed']} rounds",
+             f"accuracy {fmt_num(final.get('accuracy'), 4)}", f"loss {fmt_num(final.get('loss'), 4)}"]
+    if report.get("optimizer"):
+        parts.append(f"optimizer {report['optimizer']}")
+    if report.get("wall_s") is not None:
+        parts.append(f"wall {fmt_num(report['wall_s'], 1)} s")
+    parts.append(f"started {fmt_time(report.get('started'))}")
+    line = " · ".join(parts)
+    if report.get("error"):
+        line += f"\n[red]error:[/] {report['error']}"
+    if report["status"] == "running":
+        line += f"\n[yellow]no summary.json yet (running or interrupted); last event {fmt_time(report.get('last_event_ts'))}[/]"
+    return line
+
+
+def render_run(report: Mapping[str, Any], console: Console) -> None:
+    console.print(headline(report))
+    if report["rounds"]:
+        console.print(rounds_table(report))
+    else:
+        console.print("no completed rounds yet")
+    if report["by_cluster"]:
+        console.print(stats_table(report["by_cluster"], ["cluster", "platform"], "activations per cluster"))
+        if len(report["by_platform"]) > 1:
+            console.print(stats_table(report["by_platform"], ["platform"], "activations per platform"))
+        console.print(stats_table(report["by_function"], ["function"], "activations per function"))
+        console.print(cost_table(report["cost"]))
+
+
+def comparison_tables(reports: list[dict[str, Any]]) -> tuple[Table, Table]:
+    """(key figures per run, accuracy/loss per round per run): several runs side by side."""
+    data = comparison(reports)
+    figures = _table("runs side by side")
+    figures.add_column("")
+    for run in data["runs"]:
+        figures.add_column(run["label"], justify="right")
+    rows = [
+        ("status", lambda r: _status(r["status"])),
+        ("optimizer", lambda r: r["optimizer"] or "–"),
+        ("clients (per round)", lambda r: f"{fmt_num(r['clients'])} ({fmt_num(r['clients_per_round'])})"),
+        ("platforms", lambda r: ", ".join(r["platforms"]) or "–"),
+        ("rounds", lambda r: str(r["rounds"])),
+        ("final accuracy", lambda r: fmt_num(r["final_accuracy"], 4)),
+        ("best accuracy", lambda r: fmt_num(r["best_accuracy"], 4)),
+        ("final loss", lambda r: fmt_num(r["final_loss"], 4)),
+        ("mean round s", lambda r: fmt_num(r["round_s_mean"], 2)),
+        ("wall s", lambda r: fmt_num(r["wall_s"], 1)),
+        ("activations", lambda r: str(r["activations"])),
+        ("failure rate", lambda r: fmt_pct(r["failure_rate"])),
+        ("cold starts", lambda r: fmt_pct(r["cold_share"])),
+        ("duration p50 s", lambda r: fmt_num(r["duration_p50_s"])),
+        ("est. cost", lambda r: fmt_usd(r["cost_usd"])),
+    ]
+    for title, cell in rows:
+        figures.add_row(title, *[cell(run) for run in data["runs"]])
+    per_round = _table("accuracy / loss per round")
+    per_round.add_column("round", justify="right")
+    for run in data["runs"]:
+        per_round.add_column(run["label"], justify="right")
+    for entry in data["per_round"]:
+        per_round.add_row(str(entry["round"]), *[
+            f"{fmt_num(entry[r['run_id']]['accuracy'], 4)} / {fmt_num(entry[r['run_id']]['loss'], 4)}"
+            for r in data["runs"]])
+    return figures, per_round
+
+
+def render_reports(reports: list[dict[str, Any]], console: Console) -> None:
+    for i, report in enumerate(reports):
+        if i:
+            console.rule()
+        render_run(report, console)
+    if len(reports) > 1:
+        console.rule("comparison")
+        for table in comparison_tables(reports):
+            console.print(table)
+

@@ -1,0 +1,170 @@
+"""`fedkeeper report`: one run or several read back from `Logs/` — rounds, per-platform statistics, cost.
+
+Works from the run folders alone (no store, no config needed), so a results folder copied to another machine
+can be inspected there. The output shapes:
+
+- `build_report(run, prices)` → one JSON-ready dict per run (`rounds` are the rows of rounds.csv, the
+  statistics are computed from activations.csv, `summary` is summary.json as written, or None while running);
+- `report_document(reports)` → what `--json` prints: the run's dict for one run, a list of them (in the order
+  given) for several;
+- `write_rounds_csv(reports, stream)` → what `--csv` prints: the rounds table(s), with a leading `run_id`
+  column when there are several runs;
+- `comparison(reports)` → the side-by-side view of several runs.
+
+Rendering for people lives in `report_render`, the PNG in `report_plot`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedkeeper.results.pricing import UnitPrice
+from fedkeeper.providers import PLATFORM_NAMES
+from fedkeeper.results.run_folders import RunFolder, load_run, resolve_runs
+from fedkeeper.results.stats import activation_stats, cost_estimate, group_stats, round_totals, rounds_to_reach
+from fedkeeper.results.runlog import ROUND_COLUMNS
+
+_KIND_BY_NAME = {name: kind for kind, name in PLATFORM_NAMES.items()}
+
+#: settings of the config as run that a comparison of runs lines up (key → path in config.yaml)
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "optim": ("scenarios", "federated_learning", "model_params", "optim"),
+    "lr": ("scenarios", "federated_learning", "model_params", "lr"),
+    "local_epochs": ("scenarios", "federated_learning", "model_params", "local_epochs"),
+    "batch_size": ("scenarios", "federated_learning", "model_params", "batch_size"),
+    "mu": ("scenarios", "federated_learning", "model_params", "mu"),
+    "model": ("scenarios", "federated_learning", "data_sampling", "model"),
+    "partition": ("scenarios", "federated_learning", "data_sampling", "partition"),
+    "total_num_clients": ("scenarios", "federated_learning", "clients_info", "total_num_clients"),
+    "num_clients_per_round": ("scenarios", "federated_learning", "clients_info", "num_clients_per_round"),
+    "seed": ("scenarios", "federated_learning", "seed"),
+    "target_accuracy": ("scenarios", "federated_learning", "target_accuracy"),
+}
+
+
+def platform_kind(platform: Any) -> str:
+    """activations.csv names platforms by kind (`aws`); accept the human names (`AWS Lambda`) as well."""
+    text = str(platform or "unknown")
+    return _KIND_BY_NAME.get(text, text)
+
+
+def _clusters(run: RunFolder) -> dict[str, str]:
+    """cluster name → kind, from summary.json, else the config as run, else the activations."""
+    if run.summary and isinstance(run.summary.get("clusters"), dict):
+        return {str(k): str(v) for k, v in run.summary["clusters"].items()}
+    providers = (run.config or {}).get("providers")
+    if isinstance(providers, dict):
+        found = {name: kind for kind, group in providers.items() if isinstance(group, dict) for name in group}
+        if found:
+            return found
+    return {str(r["cluster"]): platform_kind(r.get("platform")) for r in run.activations if r.get("cluster")}
+
+
+def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, Any]:
+    """The JSON-ready report of one run."""
+    status = run.status
+    # a run that is going again after an interruption still has the summary.json of that interruption
+    summary = (run.summary or {}) if status != "running" else {}
+    activations = [{**row, "platform": platform_kind(row.get("platform"))} for row in run.activations]
+    totals = round_totals(run.rounds)
+    last = run.rounds[-1] if run.rounds else {}
+    final = summary.get("final") if isinstance(summary.get("final"), dict) else \
+        {"accuracy": last.get("accuracy"), "loss": last.get("loss")}
+    settings = {key: run.setting(*path) for key, path in SETTINGS.items()}
+    target = settings.get("target_accuracy")
+    if isinstance(target, (int, float)):
+        totals["rounds_to_target"] = rounds_to_reach(run.rounds, float(target))
+    return {
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "experiment": run.experiment,
+        "status": status,
+        "optimizer": run.optimizer,
+        "settings": settings,
+        "clusters": _clusters(run),
+        "started": (run.summary or {}).get("started", run.started_ts),
+        "finished": summary.get("finished"),
+        "last_event_ts": run.last_event_ts,
+        "wall_s": summary.get("wall_s"),
+        "rounds_completed": summary.get("rounds_completed", max((r["round"] for r in run.rounds), default=0)),
+        "final": final,
+        "error": summary.get("error") or run.failure,
+        "rounds": run.rounds,
+        "totals": totals,
+        "activations": activation_stats(activations),
+        "by_cluster": group_stats(activations, "cluster", "platform"),
+        "by_platform": group_stats(activations, "platform"),
+        "by_function": group_stats(activations, "function"),
+        "cost": cost_estimate(activations, prices),
+        "summary": run.summary,
+    }
+
+
+def load_reports(logs_dir: Path, runs: Sequence[str], prices: Mapping[str, UnitPrice]) -> list[dict[str, Any]]:
+    """Reports of the runs named (ids, `latest`, or folder paths), in the order given."""
+    return [build_report(load_run(path), prices) for path in resolve_runs(logs_dir, list(runs))]
+
+
+def report_document(reports: list[dict[str, Any]]) -> Any:
+    """What `--json` prints: one run's report, or the list of them for several runs."""
+    return reports[0] if len(reports) == 1 else reports
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return format(value, ".12g")
+    return value
+
+
+def write_rounds_csv(reports: list[dict[str, Any]], stream: TextIO) -> None:
+    """The rounds table(s) as CSV (rounds.csv's columns; a leading run_id column when several runs)."""
+    several = len(reports) > 1
+    columns = (["run_id"] if several else []) + ROUND_COLUMNS
+    writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for report in reports:
+        for row in report["rounds"]:
+            out = {c: _csv_value(row.get(c)) for c in ROUND_COLUMNS}
+            if several:
+                out["run_id"] = report["run_id"]
+            writer.writerow(out)
+
+
+def run_label(report: Mapping[str, Any]) -> str:
+    """`<run id> (<optimizer>)`: how plots and comparisons name a run."""
+    optim = report.get("optimizer")
+    return f"{report['run_id']} ({optim})" if optim else str(report["run_id"])
+
+
+def comparison(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs side by side: key figures per run, and accuracy/loss/round time per round per run."""
+    runs = []
+    for r in reports:
+        totals, acts = r["totals"], r["activations"]
+        runs.append({
+            "run_id": r["run_id"], "label": run_label(r), "status": r["status"], "optimizer": r["optimizer"],
+            "clients": r["settings"].get("total_num_clients"),
+            "clients_per_round": r["settings"].get("num_clients_per_round"),
+            "platforms": sorted(set(r["clusters"].values())),
+            "rounds": totals["rounds"], "final_accuracy": totals["final_accuracy"],
+            "best_accuracy": totals["best_accuracy"], "final_loss": totals["final_loss"],
+            "round_s_mean": totals["round_s_mean"], "wall_s": r["wall_s"],
+            "activations": acts["activations"], "failure_rate": acts["failure_rate"],
+            "cold_share": acts["cold_share"], "duration_p50_s": acts["duration_p50_s"],
+            "cost_usd": r["cost"]["total_usd"],
+        })
+    rounds = sorted({row["round"] for r in reports for row in r["rounds"]})
+    per_round = []
+    for n in rounds:
+        entry: dict[str, Any] = {"round": n}
+        for r in reports:
+            row = next((x for x in r["rounds"] if x["round"] == n), {})
+            entry[r["run_id"]] = {"accuracy": row.get("accuracy"), "loss": row.get("loss"),
+                                  "round_s": row.get("round_s")}
+        per_round.append(entry)
+    return {"runs": runs, "per_round": per_round}

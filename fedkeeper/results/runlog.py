@@ -1,0 +1,131 @@
+"""`Logs/<run_id>/` writers; every line goes through `fedkeeper.secrets.Redactor`.
+
+Files are appended to and flushed as events happen, so a killed run leaves a readable record and a resumed
+run continues the same files. Column sets are fixed here (docs/contracts.md) because `report.py` reads them
+back without the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from fedkeeper.secrets import RedactingFilter, RedactingStream, Redactor  # noqa: F401
+
+ROUND_COLUMNS = ["round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
+                 "accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s"]
+ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "activation_id",
+                      "platform_activation_id", "attempt", "state", "cold", "start", "end", "duration_s",
+                      "memory_mb", "injected", "error"]
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if hasattr(value, "value") and not isinstance(value, (str, int, float, bool)):  # enums
+        return value.value
+    return value
+
+
+class RunLog:
+    """The files of one run. Thread-safe: activations may be recorded from several threads."""
+
+    def __init__(self, logs_dir: Path | str, run_id: str, redactor: Redactor) -> None:
+        self.run_id = run_id
+        self.dir = Path(logs_dir) / run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.redact = redactor
+        self._lock = threading.Lock()
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+        self._rounds = self._csv("rounds.csv", ROUND_COLUMNS)
+        self._activations = self._csv("activations.csv", ACTIVATION_COLUMNS)
+        self.logger = logging.getLogger(f"fedkeeper.run.{run_id}")
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = True
+        self._handler = logging.FileHandler(self.dir / "fedkeeper.log", encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
+        self._handler.addFilter(RedactingFilter(redactor))
+        self.logger.addHandler(self._handler)
+
+    def _csv(self, name: str, columns: list[str]) -> tuple[TextIO, csv.DictWriter[str]]:
+        path = self.dir / name
+        new = not path.exists() or path.stat().st_size == 0
+        handle = open(path, "a", encoding="utf-8", newline="")
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+            handle.flush()
+        return handle, writer
+
+    def event(self, event: str, **fields: Any) -> None:
+        record = {"ts": round(time.time(), 6), "run_id": self.run_id, "event": event}
+        record.update({k: _jsonable(v) for k, v in fields.items()})
+        line = self.redact(json.dumps(record, default=str))
+        with self._lock:
+            self._events.write(line + "\n")
+            self._events.flush()
+
+    def activation(self, row: Mapping[str, Any]) -> None:
+        """One activation reached a final state (or was re-invoked): activations.csv and events.jsonl."""
+        clean = {k: self._cell(row.get(k)) for k in ACTIVATION_COLUMNS}
+        with self._lock:
+            handle, writer = self._activations
+            writer.writerow(clean)
+            handle.flush()
+        self.event("activation", **{k: row.get(k) for k in ACTIVATION_COLUMNS})
+
+    def round(self, row: Mapping[str, Any]) -> None:
+        clean = {k: self._cell(row.get(k)) for k in ROUND_COLUMNS}
+        with self._lock:
+            handle, writer = self._rounds
+            writer.writerow(clean)
+            handle.flush()
+        self.event("round_finished", **{k: row.get(k) for k in ROUND_COLUMNS})
+
+    def _cell(self, value: Any) -> Any:
+        value = _jsonable(value)
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float):
+            return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.3f}"
+        if isinstance(value, str):
+            return self.redact(value.replace("\n", " ")[:500])
+        return value
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        path = self.dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.redact(json.dumps(data, indent=2, default=str, sort_keys=False)) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def write_config(self, redacted_config: Mapping[str, Any]) -> Path:
+        path = self.dir / "config.yaml"
+        path.write_text(self.redact(yaml.safe_dump(dict(redacted_config), sort_keys=False)), encoding="utf-8")
+        return path
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in (self._events, self._rounds[0], self._activations[0]):
+                if not handle.closed:
+                    handle.close()
+        self.logger.removeHandler(self._handler)
+        self._handler.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,316 @@
+"""MongoDB state store of the orchestrator, and the embedded nx-27017 server that is its default.
+
+``open_store(mongo, workdir=...)`` gives a ``Store``: typed accessors for runs and activations, ``Store.blobs``
+(``runtime.blobstore.BlobStore``) for models and updates, indexes, and bounded retries of transient network
+errors. With ``mongo_config.url: embedded`` it first starts (or joins) an nx-27017 server that keeps its data
+under ``<workdir>/.fedkeeper/`` (``store_embedded``: the server's files, sharing and lifetime).
+
+The URL handling lives in ``store_connection`` and the typed errors in ``store_errors``; this module re-exports
+both, so ``fedkeeper.store`` stays the one import for users of the store.
+
+nx-27017 0.8.1 gaps worked around here and in ``runtime/blobstore.py`` (the store keeps to plain pymongo):
+
+- datetimes come back as strings and nested exclusion projections are ignored: times are unix floats and
+  listings exclude whole fields; ``$inc`` with a dotted path in an upsert creates a literal dotted key, so
+  counters are only ``$inc``-ed on documents that exist; ``replace_one`` is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pymongo
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, BulkWriteError, ConfigurationError, DuplicateKeyError, OperationFailure
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from fedkeeper.runtime.blobstore import INLINE_LIMIT, BlobStore
+from fedkeeper.store.connection import Connection, MongoSettings, _one_line, display_url, hosts_of, resolve
+from fedkeeper.store.embedded import EmbeddedServer
+from fedkeeper.store.errors import (
+    ActivationConflict,
+    ActivationMissing,
+    RunMissing,
+    StoreAuthError,
+    StoreConfigError,
+    StoreUnavailable,
+)
+
+# Re-exported: what other modules and tests import from here.
+from fedkeeper.store.embedded import HOME, NxServer  # noqa: F401
+from fedkeeper.store.errors import EmbeddedServerError, StoreError  # noqa: F401
+
+T = TypeVar("T")
+
+EMBEDDED = "embedded"
+RUNS, ACTIVATIONS = "runs", "activations"
+
+
+# ------------------------------------------------------------------------------------------------------- store
+
+
+def _plain(value: Any) -> Any:
+    """Enums (e.g. providers.base.State) are stored as their values so every backend compares them alike."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
+    return {**doc, "duplicate": duplicate}
+
+
+class Store:
+    """Typed access to runs and activations, plus ``blobs`` for models and updates.
+
+    ``url`` is what functions get as ``FK_MONGO_URL`` and may contain a password: log ``display_url`` instead.
+    Every operation retries transient network errors (AutoReconnect, NetworkTimeout) a few times and then
+    raises StoreUnavailable; writes are keyed by natural ids, so a retried write cannot duplicate.
+    """
+
+    def __init__(
+        self, db: Database, *, url: str, client: Any = None, secrets: Iterable[str] = (), attempts: int = 3,
+        keep_models: int = 3, inline_limit: int = INLINE_LIMIT, embedded: EmbeddedServer | None = None,
+    ) -> None:
+        self.db = db
+        self.db_name: str = db.name
+        self.url = url
+        self.display_url = display_url(url)
+        self.hosts = hosts_of(url)
+        self.client = client
+        self.keep_models = keep_models
+        self.embedded = embedded
+        self._secrets = tuple(secrets)
+        self._attempts = attempts
+        self.runs = db[RUNS]
+        self.activations = db[ACTIVATIONS]
+        self.blobs = BlobStore(db, inline_limit=inline_limit, retry=self._call)
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    @classmethod
+    def connect(cls, conn: Connection, db_name: str, *, attempts: int = 3, start_attempts: int = 2, **kw: Any) -> Store:
+        """Connect and ping (retrying server selection at start-up); StoreUnavailable if it cannot be reached."""
+        try:
+            client = pymongo.MongoClient(conn.url, **conn.options)
+        except (ConfigurationError, ValueError) as exc:
+            raise StoreConfigError(f"invalid MongoDB URL {conn.display_url}: {_one_line(exc, conn.secrets)}") from None
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(start_attempts), wait=wait_exponential(multiplier=0.2, max=2.0),
+                retry=retry_if_exception_type(AutoReconnect), reraise=True,
+            ):
+                with attempt:
+                    client.admin.command("ping")
+        except AutoReconnect as exc:
+            client.close()
+            raise StoreUnavailable(f"cannot reach MongoDB at {conn.hosts}: {_one_line(exc, conn.secrets)}") from None
+        except OperationFailure as exc:
+            client.close()
+            if exc.code in (18, 13) or "auth" in str(exc).lower():
+                raise StoreAuthError(
+                    f"MongoDB at {conn.hosts} rejected the credentials: {_one_line(exc, conn.secrets)}"
+                ) from None
+            raise StoreUnavailable(f"MongoDB at {conn.hosts} refused ping: {_one_line(exc, conn.secrets)}") from None
+        return cls(client[db_name], url=conn.url, client=client, secrets=conn.secrets, attempts=attempts, **kw)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(self._attempts), wait=wait_exponential(multiplier=0.1, max=1.0),
+                retry=retry_if_exception_type(AutoReconnect), reraise=True,
+            ):
+                with attempt:
+                    return fn()
+        except AutoReconnect as exc:
+            raise StoreUnavailable(f"lost MongoDB at {self.hosts}: {_one_line(exc, self._secrets)}") from None
+        raise AssertionError("unreachable")
+
+    def ensure_indexes(self) -> None:
+        """Indexes the orchestrator's queries rely on; the activation key is unique."""
+        self._call(lambda: self.runs.create_index([("experiment", 1), ("started", 1)], name="experiment_started"))
+        self._call(lambda: self.activations.create_index(
+            [("run_id", 1), ("round", 1), ("client_id", 1), ("attempt", 1)], unique=True, name="activation_key"))
+        self._call(lambda: self.activations.create_index([("run_id", 1), ("state", 1)], name="run_state"))
+        self.blobs.ensure_indexes()
+
+    def ping(self) -> None:
+        self._call(lambda: self.db.command("ping"))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    # ----------------------------------------------------------------------------------------------- runs
+
+    def create_run(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Insert a run (``_id`` is the run id); an existing run is returned unchanged with ``duplicate: True``."""
+        run_id = doc.get("_id", doc.get("run_id"))
+        if not isinstance(run_id, str) or not run_id or ":" in run_id:
+            raise ValueError(f"run doc needs an '_id' without ':', got {run_id!r}")
+        now = time.time()
+        full = {k: _plain(v) for k, v in doc.items()}
+        full.update(_id=run_id, run_id=run_id)
+        full.setdefault("status", "running")
+        full.setdefault("started", now)
+        full.setdefault("updated", now)
+        try:
+            self._call(lambda: self.runs.insert_one(full))
+            return _public(full, duplicate=False)
+        except DuplicateKeyError:
+            existing = self.get_run(run_id)
+            if existing is None:
+                raise
+            return _public(existing, duplicate=True)
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._call(lambda: self.runs.find_one({"_id": run_id}))
+
+    def update_run(self, run_id: str, **fields: Any) -> dict[str, Any]:
+        """``$set`` fields (dotted paths allowed) and return the run after the update."""
+        values = {k: _plain(v) for k, v in fields.items()}
+        values.setdefault("updated", time.time())
+        doc = self._call(lambda: self.runs.find_one_and_update(
+            {"_id": run_id}, {"$set": values}, return_document=pymongo.ReturnDocument.AFTER))
+        if doc is None:
+            raise RunMissing(run_id)
+        return doc
+
+    def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """Runs (optionally of one experiment), oldest first."""
+        query = {} if experiment is None else {"experiment": experiment}
+        return self._call(lambda: list(self.runs.find(query).sort([("started", 1), ("_id", 1)])))
+
+    def latest_run(self, experiment: str) -> dict[str, Any] | None:
+        runs = self._call(lambda: list(
+            self.runs.find({"experiment": experiment}).sort([("started", -1), ("_id", -1)]).limit(1)))
+        return runs[0] if runs else None
+
+    def delete_run(self, run_id: str) -> int:
+        """Remove a run with its activations, models and updates (blobs included); returns docs removed."""
+        removed = self.blobs.delete_run(run_id)
+        removed += self._call(lambda: self.activations.delete_many({"run_id": run_id})).deleted_count
+        removed += self._call(lambda: self.runs.delete_one({"_id": run_id})).deleted_count
+        return removed
+
+    # ----------------------------------------------------------------------------------------- activations
+
+    def insert_activation(self, doc: dict[str, Any]) -> str:
+        """Record an activation (``_id`` defaults to a new uuid); returns its id. Repeating the same insert is a
+        no-op; a different activation for the same (run, round, client, attempt) raises ActivationConflict."""
+        full = {k: _plain(v) for k, v in doc.items()}
+        full.setdefault("_id", uuid.uuid4().hex)
+        for key in ("run_id", "round", "client_id", "attempt"):
+            full.setdefault(key, None)
+        try:
+            self._call(lambda: self.activations.insert_one(full))
+            return str(full["_id"])
+        except DuplicateKeyError:
+            existing = self._call(lambda: self.activations.find_one({"_id": full["_id"]}))
+            same_key = existing is not None and all(
+                existing.get(k) == full[k] for k in ("run_id", "round", "client_id", "attempt"))
+            if same_key:
+                return str(full["_id"])
+            raise ActivationConflict(full["run_id"], full["round"], full["client_id"], full["attempt"]) from None
+
+    def update_activation(self, activation_id: str, **fields: Any) -> dict[str, Any]:
+        values = {k: _plain(v) for k, v in fields.items()}
+        doc = self._call(lambda: self.activations.find_one_and_update(
+            {"_id": activation_id}, {"$set": values}, return_document=pymongo.ReturnDocument.AFTER))
+        if doc is None:
+            raise ActivationMissing(activation_id)
+        return doc
+
+    def record_activations(self, inserts: Iterable[dict[str, Any]] = (),
+                           updates: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Many activation writes in two round trips (the tracker flushes once per polling pass).
+
+        Inserts go first, so an update may follow its own insert in the same batch. Re-inserting the same
+        ``_id`` (a retried flush) is a no-op; any other write error is raised.
+        """
+        docs = []
+        for doc in inserts:
+            full = {k: _plain(v) for k, v in doc.items()}
+            full.setdefault("_id", uuid.uuid4().hex)
+            for key in ("run_id", "round", "client_id", "attempt"):
+                full.setdefault(key, None)
+            docs.append(full)
+        if docs:
+            try:
+                self._call(lambda: self.activations.insert_many(docs, ordered=False))
+            except BulkWriteError as exc:
+                for error in exc.details.get("writeErrors", []):
+                    if error.get("code") != 11000:
+                        raise
+                    doc = docs[error["index"]]
+                    existing = self._call(lambda d=doc: self.activations.find_one({"_id": d["_id"]}))
+                    if existing is None or any(existing.get(k) != doc[k]
+                                               for k in ("run_id", "round", "client_id", "attempt")):
+                        raise ActivationConflict(doc["run_id"], doc["round"], doc["client_id"], doc["attempt"]) \
+                            from None
+        sets = [(activation_id, {"$set": {k: _plain(v) for k, v in fields.items()}}) for activation_id, fields in updates]
+        if not sets:
+            return
+        try:
+            self._call(lambda: self.activations.bulk_write(
+                [pymongo.UpdateOne({"_id": a}, change) for a, change in sets], ordered=True))
+        except TypeError:  # mongomock cannot replay pymongo 4.20's UpdateOne: one by one, same result
+            for activation_id, change in sets:
+                self._call(lambda a=activation_id, c=change: self.activations.update_one({"_id": a}, c))
+
+    def find_activations(
+        self, run_id: str, round: int | None = None, state: Any = None
+    ) -> list[dict[str, Any]]:
+        """Activations of a run (optionally one round, one state or a collection of states), in
+        (round, client_id, attempt) order."""
+        query: dict[str, Any] = {"run_id": run_id}
+        if round is not None:
+            query["round"] = round
+        if state is not None:
+            if isinstance(state, (list, tuple, set, frozenset)):
+                query["state"] = {"$in": [_plain(s) for s in state]}
+            else:
+                query["state"] = _plain(state)
+        return self._call(lambda: list(
+            self.activations.find(query).sort([("round", 1), ("client_id", 1), ("attempt", 1)])))
+
+    # ------------------------------------------------------------------------------------ models / updates
+
+    def get_model_doc(self, run_id: str, round: int) -> dict[str, Any] | None:
+        return self.blobs.get_model_doc(run_id, round)
+
+    def list_model_docs(self, run_id: str) -> list[dict[str, Any]]:
+        return self.blobs.list_model_docs(run_id)
+
+    def collect_garbage(self, run_id: str, last_aggregated_round: int, protect: Iterable[int] = ()) -> dict[str, int]:
+        """Drop blobs a resumed run no longer needs: global models beyond the newest ``keep_models`` (and not
+        protected) and the updates of rounds already aggregated."""
+        return {
+            "models": self.blobs.gc_models(run_id, self.keep_models, protect),
+            "updates": self.blobs.gc_updates(run_id, last_aggregated_round),
+        }
+
+
+@contextlib.contextmanager
+def open_store(
+    mongo: MongoSettings, *, workdir: Path | str, start_timeout_s: float = 30.0, attempts: int = 3
+) -> Iterator[Store]:
+    """Connect to the configured store (starting or joining the embedded server for ``url: embedded``), create
+    the indexes, and clean up on exit, also on Ctrl-C and errors."""
+    with contextlib.ExitStack() as stack:
+        embedded = None
+        if str(mongo.url).strip().lower() == EMBEDDED:
+            embedded = stack.enter_context(EmbeddedServer(Path(workdir), start_timeout_s=start_timeout_s))
+            conn = resolve(mongo, embedded_url=embedded.url)
+        else:
+            conn = resolve(mongo)
+        store = Store.connect(
+            conn, mongo.db, attempts=attempts, keep_models=int(getattr(mongo, "keep_models", 3)), embedded=embedded
+        )
+        stack.callback(store.close)
+        store.ensure_indexes()
+        yield store
