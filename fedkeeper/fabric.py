@@ -14,6 +14,7 @@ from typing import Any
 
 from fedkeeper import config as cfg
 from fedkeeper import providers
+from fedkeeper.providers import registry
 from fedkeeper.config.models import Config
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
@@ -62,6 +63,14 @@ class Fabric:
 
     def kind(self, cluster: str) -> str:
         return self.clusters[cluster].kind
+
+    def max_inflight(self, cluster: str) -> int:
+        """Calls the tracker keeps in flight on a cluster; more would only queue inside the provider."""
+        return int(self.clusters[cluster].max_inflight)
+
+    def poll_max_s(self, cluster: str) -> float | None:
+        """The platform's cap on the pause between two polls, where polling costs no network call."""
+        return registry.get(self.kind(cluster)).poll_max_s
 
     def provider(self, cluster: str) -> Provider:
         if cluster not in self._providers:

@@ -8,9 +8,9 @@ artifact a cloud deploy would upload. The zip is reproducible: entries are sorte
 Contents (docs/contracts.md, "Function artifacts"):
 - the function folder's files at the root (`handler.py`, ...), without `__pycache__` and compiled files;
 - `fedkeeper/__init__.py` (a one-line stand-in, not the orchestrator's) and `fedkeeper/runtime/**`;
-- the provider's entry file, under the name the platform needs (table `ENTRIES`);
-- for `google`, a `requirements.txt` that GCF installs at build time;
-- for `aws`/`openwhisk` with `vendor_wheels`, the manylinux wheels of numpy/pymongo/dnspython for the target
+- the platform's entry file (`providers/<kind>/entry.py`), under the name its `PlatformSpec.entry_name` gives;
+- where the platform installs requirements itself (GCF), a `requirements.txt`;
+- with `vendor_wheels` (platforms that take them: Lambda, OpenWhisk), the manylinux wheels of numpy/pymongo/dnspython for the target
   architecture, unpacked at the root (otherwise a Lambda layer or an OpenWhisk docker image provides them).
 """
 
@@ -26,11 +26,15 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
+
+from fedkeeper.errors import PackagingFailure
+from fedkeeper.providers import registry
+from fedkeeper.providers.base import PackagingOptions
 
 __all__ = [
-    "Artifact", "PackagingOptions", "PackagingError", "ENTRIES", "build", "write_all", "options_for",
-    "clear_cache", "FUNCTIONS_DIR", "RUNTIME_DIR", "ENTRIES_DIR",
+    "Artifact", "PackagingOptions", "PackagingError", "build", "write_all", "options_for",
+    "clear_cache", "FUNCTIONS_DIR", "RUNTIME_DIR",
 ]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -45,19 +49,12 @@ def _functions_dir() -> Path:
 
 FUNCTIONS_DIR = _functions_dir()
 RUNTIME_DIR = _PACKAGE_DIR / "runtime"
-ENTRIES_DIR = _PACKAGE_DIR / "providers"
 
-#: provider kind -> name of the entry file inside the zip (its source is ENTRIES_DIR / kind / "entry.py")
-ENTRIES: dict[str, str] = {
-    "local": "fk_local_entry.py",
-    "openwhisk": "__main__.py",
-    "aws": "lambda_function.py",
-    "google": "main.py",
-}
 
-#: kinds whose platform can take vendored wheels in the zip (GCF installs requirements.txt itself; local uses
-#: the interpreter's own packages)
-VENDOR_KINDS = frozenset({"aws", "openwhisk"})
+def _entry_source(kind: str) -> Path:
+    """The platform's entry file: `entry.py` in its folder (the registry knows where that is)."""
+    return registry.get(kind).entry_source()
+
 
 #: what the functions need at run time; ranges that both the orchestrator and the functions are tested with
 RUNTIME_REQUIREMENTS: tuple[str, ...] = ("numpy>=1.26,<3", "pymongo>=4.6,<5")
@@ -73,27 +70,8 @@ _EXCLUDED_DIRS = frozenset({"__pycache__", ".pytest_cache", ".mypy_cache", ".git
 _EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 
 
-class PackagingError(Exception):
+class PackagingError(PackagingFailure):
     """A function cannot be packaged; the message names the function, the kind and the missing piece."""
-
-
-@dataclass(frozen=True)
-class PackagingOptions:
-    """How to build one artifact beyond (function, kind). Hashable: it is part of the in-process cache key."""
-
-    vendor_wheels: bool = False
-    architecture: Literal["x86_64", "arm64"] = "x86_64"
-    python_version: str = "3.11"
-    wheel_cache_dir: Path | None = None  # default ~/.cache/fedkeeper/wheels
-
-    def cache_dir(self) -> Path:
-        return Path(self.wheel_cache_dir) if self.wheel_cache_dir else Path.home() / ".cache" / "fedkeeper" / "wheels"
-
-    @property
-    def platform_tag(self) -> str:
-        # manylinux2014 (glibc 2.17) runs on Amazon Linux 2, the base of Lambda's python3.11 runtime, and on the
-        # Debian images of OpenWhisk's python runtimes.
-        return "manylinux2014_" + ("aarch64" if self.architecture == "arm64" else "x86_64")
 
 
 @dataclass(frozen=True)
@@ -129,10 +107,10 @@ def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions
     the same artifact many times for the cost of a few stat calls, and an edited file is still picked up.
     """
     options = options or PackagingOptions()
-    if kind not in ENTRIES:
-        raise ValueError(f"unknown provider kind {kind!r}; known: {', '.join(sorted(ENTRIES))}")
-    if options.vendor_wheels and kind not in VENDOR_KINDS:
-        raise ValueError(f"vendor_wheels applies to {', '.join(sorted(VENDOR_KINDS))}, not to {kind!r} "
+    spec = registry.get(kind)  # UnknownPlatform (a ValueError) names the known kinds
+    if options.vendor_wheels and not spec.takes_vendored_wheels:
+        takers = [s.kind for s in registry.platforms() if s.takes_vendored_wheels]
+        raise ValueError(f"vendor_wheels applies to {', '.join(sorted(takers))}, not to {kind!r} "
                          "(GCF installs requirements.txt; the local platform uses this interpreter's packages)")
     folder, name = _resolve_function(function)
     sources = _collect_sources(folder, name, kind)
@@ -143,7 +121,7 @@ def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions
         return hit
     members: dict[str, bytes] = {arc: path.read_bytes() for arc, path in sources.items()}
     members["fedkeeper/__init__.py"] = MINIMAL_INIT
-    if kind == "google":
+    if spec.installs_requirements:
         members["requirements.txt"] = _requirements(folder)  # replaces the function's own, which it includes
     if options.vendor_wheels:
         for arc, data in _vendored_members(options):
@@ -152,7 +130,7 @@ def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions
             members[arc] = data
     data = _zip_bytes(members)
     artifact = Artifact(function=name, kind=kind, data=data, sha256=hashlib.sha256(data).hexdigest(),
-                        entry=ENTRIES[kind], files=sorted(members))
+                        entry=spec.entry_name, files=sorted(members))
     with _cache_lock:
         _cache[key] = artifact
     return artifact
@@ -190,7 +168,8 @@ def _collect_sources(folder: Path, name: str, kind: str) -> dict[str, Path]:
     for path in _walk(folder):
         sources[path.relative_to(folder).as_posix()] = path
     # (a function's own requirements.txt stays a source: for google it is merged into the generated one)
-    reserved = {ENTRIES[kind], "fedkeeper/__init__.py"}
+    entry_name = registry.get(kind).entry_name
+    reserved = {entry_name, "fedkeeper/__init__.py"}
     clash = sorted(reserved & set(sources)) + sorted(a for a in sources if a.startswith("fedkeeper/"))
     if clash:
         raise PackagingError(f"{name} ({kind}): function folder {folder} holds {clash[0]}, which the packager "
@@ -199,10 +178,10 @@ def _collect_sources(folder: Path, name: str, kind: str) -> dict[str, Path]:
         raise PackagingError(f"{name} ({kind}): runtime folder missing: {RUNTIME_DIR}")
     for path in _walk(RUNTIME_DIR):
         sources["fedkeeper/runtime/" + path.relative_to(RUNTIME_DIR).as_posix()] = path
-    entry = ENTRIES_DIR / kind / "entry.py"
+    entry = _entry_source(kind)
     if not entry.is_file():
         raise PackagingError(f"{name} ({kind}): entry file missing: {entry}")
-    sources[ENTRIES[kind]] = entry
+    sources[entry_name] = entry
     return sources
 
 
@@ -302,20 +281,8 @@ def _vendored_members(options: PackagingOptions) -> list[tuple[str, bytes]]:
 
 
 def options_for(cluster: Any) -> PackagingOptions:
-    """Packaging options a cluster's settings ask for (kind-specific; the default for local and google)."""
-    kind = getattr(cluster, "kind", None)
-    if kind == "aws":
-        runtime = str(getattr(cluster, "runtime", "python3.11"))
-        version = runtime.removeprefix("python") if runtime.startswith("python3") else "3.11"
-        vendor = bool(getattr(cluster, "vendor_wheels", False)) and not getattr(cluster, "layers", None)
-        return PackagingOptions(vendor_wheels=vendor, architecture=getattr(cluster, "architecture", "x86_64"),
-                                python_version=version)
-    if kind == "openwhisk":
-        runtime = str(getattr(cluster, "runtime", "python:3.11"))
-        match = re.fullmatch(r"python:(3\.\d+)", runtime)
-        vendor = bool(getattr(cluster, "vendor_wheels", False)) and not getattr(cluster, "docker_image", None)
-        return PackagingOptions(vendor_wheels=vendor, python_version=match.group(1) if match else "3.11")
-    return PackagingOptions()
+    """Packaging options a cluster's settings ask for (its platform decides)."""
+    return registry.of(cluster).packaging_options(cluster)
 
 
 def write_all(config: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -332,7 +299,7 @@ def write_all(config: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
     functions += [f for f in SCENARIO_FUNCTIONS["smoke"] if f not in functions]
     variants: dict[tuple[str, PackagingOptions], None] = {}
     for cluster in config.clusters().values():
-        variants[(cluster.kind, options_for(cluster))] = None
+        variants[(registry.of(cluster).kind, options_for(cluster))] = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

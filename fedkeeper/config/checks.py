@@ -17,25 +17,10 @@ from typing import Any
 
 from fedkeeper.config import legacy as config_legacy
 from fedkeeper.config.errors import ConfigIssue
-from fedkeeper.config.models import (
-    FUNCTION_DEFAULTS,
-    GCF_MEMORY_MB,
-    GCF_TIMEOUT_S,
-    LAMBDA_MEMORY_MB,
-    LAMBDA_TIMEOUT_S,
-    ClusterConfig,
-    Config,
-    FederatedLearning,
-    MongoConfig,
-)
-from fedkeeper.config.sources import _expand
+from fedkeeper.config.base import expand_path as _expand
+from fedkeeper.config.models import FUNCTION_DEFAULTS, ClusterConfig, Config, FederatedLearning, MongoConfig
 from fedkeeper.config.views import _PlacementError, function_limits, hosting_clusters, placement, server_cluster
-
-#: the keys under `providers:` (and under `functions.<fn>:`)
-PROVIDER_KINDS = ("local", "openwhisk", "aws", "google")
-
-#: OpenWhisk timeouts are milliseconds; below this a value was most likely meant as seconds
-OPENWHISK_SUSPICIOUS_TIMEOUT_MS = 1000
+from fedkeeper.providers import registry
 
 
 def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
@@ -47,7 +32,8 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
     # clusters that were in the file but invalid: names that refer to them are not "unknown"
     broken = {p.split(".")[2] for p in invalid if p.startswith("providers.") and p.count(".") >= 2}
     seen: dict[str, str] = {}
-    for kind in PROVIDER_KINDS:
+    kinds = registry.kinds()
+    for kind in kinds:
         for name in getattr(config.providers, kind):
             if name in seen:
                 issues.append(ConfigIssue(f"providers.{kind}.{name}",
@@ -61,8 +47,8 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
         if fn not in FUNCTION_DEFAULTS:
             issues.append(ConfigIssue(f"functions.{fn}", f"unknown function; known: {', '.join(sorted(FUNCTION_DEFAULTS))}"))
     for kind in config.pricing:
-        if kind not in PROVIDER_KINDS:
-            issues.append(ConfigIssue(f"pricing.{kind}", f"unknown platform; use one of {', '.join(PROVIDER_KINDS)}"))
+        if kind not in kinds:
+            issues.append(ConfigIssue(f"pricing.{kind}", f"unknown platform; use one of {', '.join(kinds)}"))
     if not clusters:
         if not broken:
             issues.append(ConfigIssue("providers", "define at least one cluster (e.g. providers.local.laptop: {})"))
@@ -97,45 +83,10 @@ def _drop_invalid(issues: list[ConfigIssue], invalid: set[str]) -> list[ConfigIs
 
 def _check_credentials(config: Config, env_paths: set[str]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
-    for name, ow in config.providers.openwhisk.items():
-        path = f"providers.openwhisk.{name}.auth"
-        if not ow.auth and not ow.auth_file:
-            issues.append(ConfigIssue(path, "required: uuid:key, from ${ENV} (auth: ${OW_AUTH}) or auth_file"))
-        elif ow.auth and (":" not in ow.auth or not all(ow.auth.split(":", 1))):
-            issues.append(ConfigIssue(path, "must be uuid:key (the two parts of an OpenWhisk key, joined by ':')"))
-    for name, aws in config.providers.aws.items():
-        base = f"providers.aws.{name}"
-        for field in ("access_key_id", "secret_access_key", "session_token"):
-            path = f"{base}.{field}"
-            if getattr(aws, field) and path not in env_paths:
-                issues.append(ConfigIssue(path, "inline AWS keys must come from ${ENV} (or use profile / the "
-                                                "default boto3 chain); keys written into a config file leak"))
-        if bool(aws.access_key_id) != bool(aws.secret_access_key):
-            issues.append(ConfigIssue(f"{base}.secret_access_key" if aws.access_key_id else f"{base}.access_key_id",
-                                      "access_key_id and secret_access_key go together"))
-        if aws.profile and aws.access_key_id:
-            issues.append(ConfigIssue(f"{base}.profile", "give profile or access_key_id/secret_access_key, not both"))
-        if aws.endpoint_url and not re.match(r"https?://[^/\s]+", aws.endpoint_url):
-            issues.append(ConfigIssue(f"{base}.endpoint_url", "must be an http(s) URL"))
-    for name, gcf in config.providers.google.items():
-        base = f"providers.google.{name}"
-        if gcf.credentials and gcf.service_account_info:
-            issues.append(ConfigIssue(f"{base}.credentials", "give credentials (a key file) or service_account_info, not both"))
-        info = gcf.service_account_info
-        if info is not None:
-            for field in ("client_email", "private_key"):
-                if not str(info.get(field) or "").strip():
-                    issues.append(ConfigIssue(f"{base}.service_account_info.{field}",
-                                              "required for an inline service account (empty or missing)"))
-            key = str(info.get("private_key") or "")
-            if key.strip() and "PRIVATE KEY" not in key:
-                issues.append(ConfigIssue(f"{base}.service_account_info.private_key",
-                                          "does not look like a PEM private key (-----BEGIN PRIVATE KEY-----)"))
-        if gcf.api_endpoint and not re.match(r"https?://[^/\s]+", gcf.api_endpoint):
-            issues.append(ConfigIssue(f"{base}.api_endpoint", "must be an http(s) URL"))
-        if not re.fullmatch(r"([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]", gcf.project_id) and not gcf.is_loopback:
-            issues.append(ConfigIssue(f"{base}.project_id", "a Google Cloud project id has 6-30 lower-case letters, "
-                                                            "digits and '-', starting with a letter"))
+    for spec in registry.platforms():
+        for name, cluster in getattr(config.providers, spec.kind).items():
+            issues += [ConfigIssue(p, m) for p, m in spec.check_cluster(f"providers.{spec.kind}.{name}", cluster,
+                                                                       env_paths)]
     mongo = config.mongo_config
     if mongo.embedded and (mongo.username or mongo.password):
         issues.append(ConfigIssue("mongo_config.url", "'embedded' takes no username/password; give a mongodb:// URL"))
@@ -220,7 +171,7 @@ def _check_store_reach(mongo: MongoConfig, remote: list[str], clusters: dict[str
     name = remote[0]
     cluster = clusters[name]
     others = f" (and {', '.join(remote[1:])})" if len(remote) > 1 else ""
-    where = f"cluster {name!r}{others} ({cluster.kind} at {cluster.endpoint})"
+    where = f"cluster {name!r}{others} ({cluster.kind} at {cluster.endpoint})"  # type: ignore[attr-defined]
     if mongo.embedded:
         return [ConfigIssue("mongo_config.url",
                             f"'embedded' runs on this machine, but {where} must reach the store; give a MongoDB "
@@ -299,21 +250,20 @@ def _check_limits(config: Config, clusters: dict[str, ClusterConfig]) -> tuple[l
     issues: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
     for fn, settings in config.functions.items():
-        for kind in PROVIDER_KINDS:
-            s = getattr(settings, kind)
-            timeout_s = None if s.timeout is None else (s.timeout / 1000.0 if kind == "openwhisk" else s.timeout)
-            issues += _limit_issues(kind, f"functions.{fn}.{kind}", s.memory, timeout_s, s.timeout)
-            if kind == "openwhisk" and s.timeout is not None and s.timeout < OPENWHISK_SUSPICIOUS_TIMEOUT_MS:
-                warnings.append(ConfigIssue(f"functions.{fn}.openwhisk.timeout",
-                                            f"{s.timeout:g} ms: OpenWhisk timeouts are in milliseconds "
-                                            f"(did you mean {s.timeout * 1000:g}?)"))
-    for name, cluster in config.providers.openwhisk.items():
-        if cluster.timeout is not None and cluster.timeout < OPENWHISK_SUSPICIOUS_TIMEOUT_MS:
-            warnings.append(ConfigIssue(f"providers.openwhisk.{name}.timeout",
-                                        f"{cluster.timeout} ms: OpenWhisk timeouts are in milliseconds "
-                                        f"(did you mean {cluster.timeout * 1000}?)"))
+        for spec in registry.platforms():
+            s = getattr(settings, spec.kind)
+            timeout_s = None if s.timeout is None else spec.timeout_seconds(s.timeout)
+            path = f"functions.{fn}.{spec.kind}"
+            issues += [ConfigIssue(p, m) for p, m in spec.check_limits(path, s.memory, timeout_s, s.timeout)]
+            warnings += [ConfigIssue(p, m) for p, m in spec.setting_warnings(path, s.timeout)]
+    for spec in registry.platforms():
+        for name, cluster in getattr(config.providers, spec.kind).items():
+            raw_timeout = getattr(cluster, "timeout", None)
+            warnings += [ConfigIssue(p, m) for p, m in
+                         spec.setting_warnings(f"providers.{spec.kind}.{name}", raw_timeout)]
     for function, cluster in _hosted(config, clusters):
-        kind = clusters[cluster].kind
+        spec = registry.of(clusters[cluster])
+        kind = spec.kind
         memory, timeout, _ = function_limits(config, function, kind, cluster=cluster)
         explicit = config.function_settings(function, kind)
         cluster_cfg: Any = clusters[cluster]
@@ -324,34 +274,10 @@ def _check_limits(config: Config, clusters: dict[str, ClusterConfig]) -> tuple[l
                       else f"functions.{function}.{kind}.{field}")
             value_memory = memory if field == "memory" else None
             value_timeout = timeout if field == "timeout" else None
-            for issue in _limit_issues(kind, source.rsplit(".", 1)[0], value_memory, value_timeout, None):
+            for path, message in spec.check_limits(source.rsplit(".", 1)[0], value_memory, value_timeout, None):
                 note = "" if source.startswith("providers.") else f" (FedKeeper's default for {function}; set it)"
-                issues.append(ConfigIssue(issue.path, issue.message + note))
+                issues.append(ConfigIssue(path, message + note))
     return issues, warnings
-
-
-def _limit_issues(kind: str, path: str, memory: int | None, timeout_s: float | None,
-                  raw_timeout: float | None) -> list[ConfigIssue]:
-    out: list[ConfigIssue] = []
-    if kind == "aws":
-        lo, hi = LAMBDA_MEMORY_MB
-        if memory is not None and not lo <= memory <= hi:
-            out.append(ConfigIssue(f"{path}.memory", f"AWS Lambda memory must be {lo}..{hi} MB (got {memory})"))
-        if timeout_s is not None and timeout_s > LAMBDA_TIMEOUT_S:
-            out.append(ConfigIssue(f"{path}.timeout",
-                                   f"AWS Lambda timeout must be <= {LAMBDA_TIMEOUT_S} s (got {timeout_s:g} s)"))
-    elif kind == "google":
-        lo, hi = GCF_MEMORY_MB
-        if memory is not None and not lo <= memory <= hi:
-            out.append(ConfigIssue(f"{path}.memory", f"Cloud Functions memory must be {lo}..{hi} MB (got {memory})"))
-        if timeout_s is not None and timeout_s > GCF_TIMEOUT_S:
-            out.append(ConfigIssue(f"{path}.timeout", f"Cloud Functions (2nd gen, HTTP) timeout must be <= "
-                                                      f"{GCF_TIMEOUT_S} s (got {timeout_s:g} s)"))
-    elif kind == "openwhisk":
-        if raw_timeout is not None and raw_timeout < 100:
-            out.append(ConfigIssue(f"{path}.timeout", f"OpenWhisk timeouts are milliseconds and at least 100 "
-                                                      f"(got {raw_timeout:g})"))
-    return out
 
 
 def _hosted(config: Config, clusters: dict[str, ClusterConfig]) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from fedkeeper.config.models import Config
+from fedkeeper.errors import ConfigProblem
 
 _SECRET_KEY = re.compile(r"(auth|key|secret|password|passwd|token|credential)", re.IGNORECASE)
 #: keys that match _SECRET_KEY but hold no secret (file paths, URLs of public endpoints, switches)
@@ -43,7 +44,7 @@ class ConfigIssue:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigProblem):
     """Invalid configuration; carries every issue found (exit code 2)."""
 
     def __init__(self, issues: list[ConfigIssue], source: str | None = None) -> None:

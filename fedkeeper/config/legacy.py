@@ -24,17 +24,11 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 Issue = tuple[str, str]  # (key path, message)
 
 #: keys of clients_info that place clients by platform (still honoured; `placement` is the modern form)
 LEGACY_COUNT_KEYS = ("edge_clients_count", "ow_clients_count", "gcf_clients_count", "lambda_clients_count")
-
-#: service-account fields that are secrets
-SECRET_SA_FIELDS = ("private_key", "private_key_id")
-
-DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 
 #: top-level (or per-cluster) keys of the prototype that no longer do anything
 NOOP_KEYS = {
@@ -62,31 +56,29 @@ NOOP_FUNCTIONS = {
     "fl_invoker_weights_update": "the orchestrator invokes the clients itself",
 }
 
-_KIND_ALIASES = (("gcf", "google"), ("ow", "openwhisk"), ("lambda", "aws"))
 _DATA_URL_KEYS = {f"{k}_url": k for k in ("train_images", "train_labels", "test_images", "test_labels")}
 
 
 def normalise(raw: dict[str, Any], secrets: set[str], errors: list[Issue] | None = None) -> list[Issue]:
     """Rewrite legacy keys in place; returns warnings, appends to `errors` what cannot be translated.
 
-    Adds moved credentials to `secrets`.
+    Adds moved credentials to `secrets`. Platform-specific keys are translated by the platform itself
+    (`PlatformSpec.normalise_legacy`, in its own folder).
     """
+    from fedkeeper.providers import registry
+
     errors = [] if errors is None else errors
     warnings: list[Issue] = []
     _top_level(raw, warnings)
     providers = raw.get("providers")
     if isinstance(providers, dict):
         _aliases(providers, "providers", warnings)
-        _openwhisk(raw, providers, secrets, warnings)
-        _google(providers, secrets, warnings)
-        for kind, clusters in providers.items():
-            if isinstance(clusters, dict) and kind not in ("openwhisk", "google"):
-                for name, cluster in clusters.items():
-                    if isinstance(cluster, dict):
-                        _drop_noop(cluster, f"providers.{kind}.{name}", warnings)
-    elif isinstance(raw.get("auth"), dict):
-        warnings.append(("auth", "legacy OpenWhisk credentials, but no OpenWhisk cluster to apply them to; ignored"))
-        raw.pop("auth")
+    for spec in registry.platforms():
+        if not spec.normalise_legacy(raw, secrets, warnings):
+            clusters = providers.get(spec.kind) if isinstance(providers, dict) else None
+            for name, cluster in (clusters.items() if isinstance(clusters, dict) else ()):
+                if isinstance(cluster, dict):
+                    drop_noop(cluster, f"providers.{spec.kind}.{name}", warnings)
     _scenarios(raw, warnings, errors)
     _server_config(raw, warnings)
     _mongo(raw, warnings)
@@ -103,7 +95,7 @@ def slug(name: str) -> str:
 
 
 def _top_level(raw: dict[str, Any], warnings: list[Issue]) -> None:
-    _drop_noop(raw, "", warnings)
+    drop_noop(raw, "", warnings)
     if "name" in raw:
         name = raw.pop("name")
         if "experiment" in raw:
@@ -115,7 +107,7 @@ def _top_level(raw: dict[str, Any], warnings: list[Issue]) -> None:
             warnings.append(("name", "legacy key with no usable value; ignored"))
 
 
-def _drop_noop(holder: dict[str, Any], path: str, warnings: list[Issue]) -> None:
+def drop_noop(holder: dict[str, Any], path: str, warnings: list[Issue]) -> None:
     for key, why in NOOP_KEYS.items():
         if key in holder:
             holder.pop(key)
@@ -123,196 +115,13 @@ def _drop_noop(holder: dict[str, Any], path: str, warnings: list[Issue]) -> None
 
 
 def _aliases(holder: dict[str, Any], path: str, warnings: list[Issue]) -> None:
-    for old, new in _KIND_ALIASES:
+    """The prototype's short platform names (`ow`, `gcf`, ...) under providers: and functions.<fn>:."""
+    from fedkeeper.providers import registry
+
+    for old, new in ((alias, spec.kind) for spec in registry.platforms() for alias in spec.legacy_aliases):
         if old in holder and new not in holder:
             holder[new] = holder.pop(old)
             warnings.append((f"{path}.{old}", f"renamed to {path}.{new}"))
-
-
-# ---------------------------------------------------------------------------------------------- OpenWhisk
-
-
-def _https(host: str) -> str:
-    host = host.strip().rstrip("/")
-    return host if "://" in host else f"https://{host}"
-
-
-def _openwhisk(raw: dict[str, Any], providers: dict[str, Any], secrets: set[str], warnings: list[Issue]) -> None:
-    clusters = providers.get("openwhisk")
-    top_auth = raw.pop("auth", None)
-    if not isinstance(clusters, dict):
-        if top_auth is not None:
-            warnings.append(("auth", "legacy OpenWhisk credentials, but no OpenWhisk cluster to apply them to; ignored"))
-        return
-    if top_auth is not None and not isinstance(top_auth, dict):
-        raw["auth"] = top_auth  # not the legacy shape: let validation report it as an unknown key
-        top_auth = None
-    for name, cluster in clusters.items():
-        if not isinstance(cluster, dict):
-            continue
-        path = f"providers.openwhisk.{name}"
-        legacy = host_from_auth = False
-        auth = cluster.get("auth")
-        if isinstance(auth, dict):
-            cluster.pop("auth")
-            host_from_auth = _ow_auth(cluster, auth, path, f"{path}.auth", secrets, warnings)
-            legacy = True
-        elif top_auth is not None:
-            host_from_auth = _ow_auth(cluster, top_auth, path, "auth", secrets, warnings)
-            legacy = True
-        if "base_url" in cluster:
-            _split_base_url(cluster, path, secrets, warnings, host_from_auth)
-            legacy = True
-        _drop_noop(cluster, path, warnings)
-        if legacy and "verify_tls" not in cluster:
-            warnings.append((path, "the prototype ran `wsk -i` (no TLS certificate check); FedKeeper checks "
-                                   f"certificates. Only for a self-signed certificate set {path}.verify_tls: false"))
-
-
-def _ow_auth(cluster: dict[str, Any], auth: dict[str, Any], path: str, auth_path: str, secrets: set[str],
-             warnings: list[Issue]) -> bool:
-    """Apply a prototype `auth:` block to one cluster; True when it set api_host."""
-    host_set = False
-    key = auth.get("ow_auth")
-    if key:
-        secrets.add(str(key))
-        if ":" in str(key):
-            secrets.add(str(key).split(":", 1)[1])
-        if not cluster.get("auth") and not cluster.get("auth_file"):
-            cluster["auth"] = str(key)
-            warnings.append((f"{auth_path}.ow_auth", f"legacy key; read as {path}.auth (better: auth: ${{OW_AUTH}})"))
-        else:
-            warnings.append((f"{auth_path}.ow_auth", f"ignored: {path} already has auth"))
-    host = auth.get("ow_api_host")
-    if host:
-        if not cluster.get("api_host"):
-            cluster["api_host"] = _https(str(host))
-            host_set = True
-            warnings.append((f"{auth_path}.ow_api_host", f"legacy key; read as {path}.api_host"))
-        else:
-            warnings.append((f"{auth_path}.ow_api_host", f"ignored: {path}.api_host is given"))
-    token = auth.get("ow_apigw_access_token")
-    if token:
-        secrets.add(str(token))
-    if "ow_apigw_access_token" in auth:
-        warnings.append((f"{auth_path}.ow_apigw_access_token",
-                         "no longer used and ignored: actions are called through the REST API, not the API gateway"))
-    for key_name in sorted(set(auth) - {"ow_auth", "ow_api_host", "ow_apigw_access_token"}):
-        value = auth[key_name]
-        if isinstance(value, str):
-            secrets.add(value)
-        warnings.append((f"{auth_path}.{key_name}", "unknown legacy key; ignored"))
-    return host_set
-
-
-def _split_base_url(cluster: dict[str, Any], path: str, secrets: set[str], warnings: list[Issue],
-                    from_auth: bool = False) -> None:
-    """`https://uuid:key@host:port/api/v1/namespaces/ns/actions/` → api_host, auth, namespace.
-
-    A key never stays in a URL: URLs end up in logs, proxies and shell histories.
-    """
-    base_url = str(cluster.pop("base_url") or "")
-    try:
-        parts = urlsplit(base_url if "://" in base_url else f"https://{base_url}")
-        port = parts.port
-    except ValueError:
-        # e.g. an unfilled placeholder such as https://<ADD OW_AUTH here>@<ADD_IP_HERE>:31001/...
-        warnings.append((f"{path}.base_url", "legacy key that is not a valid URL; ignored (set api_host and auth)"))
-        _secret_userinfo(base_url, secrets)
-        return
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if port:
-        netloc += f":{port}"
-    url_host = f"{parts.scheme}://{netloc}" if host else ""
-    if url_host and not cluster.get("api_host"):
-        cluster["api_host"] = url_host
-    elif url_host and from_auth and cluster["api_host"].rstrip("/") != url_host:
-        warnings.append((f"{path}.base_url", "its host differs from auth.ow_api_host; using ow_api_host "
-                                             "(the prototype called wsk with that one)"))
-    if parts.username is not None or parts.password is not None:
-        key = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        secrets.update({key, unquote(parts.password or ""), parts.password or ""} - {""})
-        if not cluster.get("auth") and not cluster.get("auth_file"):
-            cluster["auth"] = key
-            moved = f"moved it to {path}.auth"
-        elif cluster.get("auth") != key:
-            moved = f"it differs from {path}.auth, which is used"
-        else:
-            moved = f"the same key is in {path}.auth"
-        warnings.append((f"{path}.base_url",
-                         f"contains an OpenWhisk key; keys do not belong in URLs (they end up in logs): {moved}. "
-                         "Better: auth: ${OW_AUTH}, and api_host without the key"))
-    else:
-        warnings.append((f"{path}.base_url", f"legacy key; read as {path}.api_host"))
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if "namespaces" in segments:
-        idx = segments.index("namespaces")
-        if idx + 1 < len(segments) and "namespace" not in cluster:
-            cluster["namespace"] = segments[idx + 1]
-
-
-def _secret_userinfo(url: str, secrets: set[str]) -> None:
-    """Whatever sits before '@' in something URL-like may be a key, even when the URL does not parse."""
-    rest = url.split("://", 1)[-1]
-    if "@" in rest:
-        userinfo = rest.rsplit("@", 1)[0]
-        secrets.add(userinfo)
-        if ":" in userinfo:
-            secrets.add(userinfo.split(":", 1)[1])
-
-
-# ---------------------------------------------------------------------------------------------- Google
-
-
-_GCF_BASE_URL = re.compile(r"^https?://(?P<region>[a-z]+-[a-z]+[0-9]+)-(?P<project>[a-z0-9.:-]+?)\.cloudfunctions\.net/?",
-                           re.IGNORECASE)
-
-
-def _google(providers: dict[str, Any], secrets: set[str], warnings: list[Issue]) -> None:
-    clusters = providers.get("google")
-    if not isinstance(clusters, dict):
-        return
-    for name, cluster in clusters.items():
-        if not isinstance(cluster, dict):
-            continue
-        path = f"providers.google.{name}"
-        _drop_noop(cluster, path, warnings)
-        if "auth" in cluster:
-            auth = cluster.pop("auth")
-            if isinstance(auth, dict):
-                info = dict(auth)
-                for field in SECRET_SA_FIELDS:
-                    if info.get(field):
-                        secrets.add(str(info[field]))
-                if not info.get("token_uri"):
-                    info["token_uri"] = DEFAULT_TOKEN_URI
-                cluster["service_account_info"] = info
-                if info.get("project_id") and not cluster.get("project_id"):
-                    cluster["project_id"] = info["project_id"]
-                warnings.append((f"{path}.auth", "inline service-account fields read as service_account_info; "
-                                                 "better: credentials: <path to the key file>, kept out of the config"))
-            elif isinstance(auth, str):
-                cluster.setdefault("credentials", auth)
-                warnings.append((f"{path}.auth", f"legacy key; read as {path}.credentials"))
-            else:
-                cluster["auth"] = auth  # not a legacy shape: let validation report it
-        if "base_url" in cluster:
-            base_url = str(cluster.pop("base_url") or "")
-            match = _GCF_BASE_URL.match(base_url.strip())
-            if match:
-                read = []
-                if not cluster.get("region"):
-                    cluster["region"] = match["region"].lower()
-                    read.append(f"region: {cluster['region']}")
-                if not cluster.get("project_id"):
-                    cluster["project_id"] = match["project"].lower()
-                    read.append(f"project_id: {cluster['project_id']}")
-                note = f"read as {', '.join(read)}" if read else "region and project_id are given; ignored"
-                warnings.append((f"{path}.base_url", f"legacy key; {note} (2nd gen functions get their own URLs)"))
-            else:
-                warnings.append((f"{path}.base_url", "legacy key; ignored (2nd gen functions get their own URLs; "
-                                                     "set project_id and region)"))
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -486,10 +295,18 @@ def _function_settings(raw: dict[str, Any], fn: str, kind: str, settings: dict[s
     if isinstance(timeout, str):
         seconds = _duration_s(timeout)
         if seconds is not None and not re.fullmatch(r"\s*[0-9.eE+-]+\s*", timeout):
-            value = seconds * 1000 if kind == "openwhisk" else seconds
+            unit_s = _timeout_unit_s(kind)
+            value = round(seconds / unit_s, 9)
             settings["timeout"] = int(value) if float(value).is_integer() else value
-            unit = "ms" if kind == "openwhisk" else "s"
+            unit = {0.001: "ms", 1.0: "s"}.get(unit_s, f"× {unit_s:g} s")
             warnings.append((f"{path}.timeout", f"read as {settings['timeout']} ({unit})"))
+
+
+def _timeout_unit_s(kind: str) -> float:
+    """Seconds per timeout unit in a platform's config sections (1 for a kind no platform registers)."""
+    from fedkeeper.providers import registry
+
+    return registry.get(kind).timeout_unit_s if kind in registry.kinds() else 1.0
 
 
 def _apply_region(raw: dict[str, Any], kind: str, region: Any) -> list[str]:

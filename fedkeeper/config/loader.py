@@ -36,34 +36,7 @@ from fedkeeper.config.sources import (
 )
 from fedkeeper.secrets import Redactor
 
-# Re-exported: the names other modules and tests import from here (the public interface of config loading).
-from fedkeeper.config.checks import OPENWHISK_SUSPICIOUS_TIMEOUT_MS, PROVIDER_KINDS  # noqa: F401
-from fedkeeper.config.errors import _unwrap, is_secret_key  # noqa: F401
-from fedkeeper.config.models import (  # noqa: F401
-    ClusterConfig,
-    FederatedLearning,
-    GcfCluster,
-    LambdaCluster,
-    LocalCluster,
-    MongoConfig,
-    OpenWhiskCluster,
-)
-from fedkeeper.config.sources import MAX_VALUES, url_passwords  # noqa: F401
-from fedkeeper.config.views import (  # noqa: F401
-    config_digest,
-    function_limits,
-    hosting_clusters,
-    placement,
-    redacted,
-    server_cluster,
-)
-
-__all__ = [
-    "Config", "ConfigError", "ConfigIssue", "load", "load_text", "ClusterConfig", "LocalCluster",
-    "OpenWhiskCluster", "LambdaCluster", "GcfCluster", "MongoConfig", "FederatedLearning",
-    "placement", "server_cluster", "hosting_clusters", "function_limits", "redacted", "config_digest",
-    "SCENARIO_FUNCTIONS", "PROVIDER_KINDS",
-]
+__all__ = ["load", "load_text", "SCENARIO_FUNCTIONS"]
 
 #: the functions each scenario deploys, and where: "clients" (every cluster hosting clients), "server", "all"
 SCENARIO_FUNCTIONS: dict[str, dict[str, str]] = {

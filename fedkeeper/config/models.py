@@ -1,255 +1,30 @@
 """Typed shape of a FedKeeper config file (pydantic v2).
 
 Only structure and per-field limits live here; cross-field checks (placement adds up, clusters exist, the
-store is reachable) are in `config.py`, and the translation of the original prototype's keys is in
-`config_legacy.py`. Every model forbids unknown keys so that a typo never passes silently.
+store is reachable) are in `config.checks`, and the translation of the original prototype's keys is in
+`config.legacy`. Every model forbids unknown keys so that a typo never passes silently.
+
+The `providers:` section and the per-platform function settings are assembled from the platform registry:
+each platform brings its own cluster model (`fedkeeper/providers/<kind>/config.py`), so a new platform adds its
+section here without an edit.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import types
-import typing
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
 
-# Platform limits, kept in one place (documented in docs/config-reference.md).
-LAMBDA_MEMORY_MB = (128, 10240)
-LAMBDA_TIMEOUT_S = 900
-GCF_MEMORY_MB = (128, 32768)
-GCF_TIMEOUT_S = 3600
+from fedkeeper.config.base import Model, is_loopback_url  # noqa: F401  (is_loopback_url: re-exported)
+from fedkeeper.providers import registry
 
+#: any platform's cluster model (each is a `Model`; `registry.of(cluster)` tells which platform it belongs to)
+ClusterConfig = Model
 
-def is_loopback_url(url: str | None) -> bool:
-    """True when a URL points at this machine (a local emulator or a test fake)."""
-    if not url:
-        return False
-    host = urlsplit(url if "://" in url else f"//{url}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_int_annotation(annotation: Any) -> bool:
-    """int or int | None (not int | float): the fields where "1e3" should read as 1000."""
-    if annotation is int:
-        return True
-    if get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        return bool(args) and all(_is_int_annotation(a) for a in args)
-    return False
-
-
-def _allows_none(annotation: Any) -> bool:
-    return annotation is None or (get_origin(annotation) in (typing.Union, types.UnionType)
-                                  and type(None) in get_args(annotation))
-
-
-def _is_model_dict(annotation: Any) -> bool:
-    """dict[str, <a config section>] (clusters by name, function settings by function)."""
-    if get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_is_model_dict(a) for a in get_args(annotation))
-    if get_origin(annotation) is not dict:
-        return False
-    value = get_args(annotation)[1]
-    return isinstance(value, type) and issubclass(value, BaseModel)
-
-
-class Model(BaseModel):
-    """Base of every config section: unknown keys are errors; YAML numbers may be quoted ("2048", "1e-3")."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True,
-                              coerce_numbers_to_str=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _lenient_yaml(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML habits that are not mistakes: an empty section (`local:` with its children commented out,
-        `laptop:` with no settings) means "defaults"; numbers may be quoted, "1e3" included."""
-        if not info.field_name:
-            return value
-        field = cls.model_fields[info.field_name]
-        if value is None and not field.is_required() and not _allows_none(field.annotation):
-            return field.get_default(call_default_factory=True)
-        if isinstance(value, dict) and _is_model_dict(field.annotation):
-            return {k: ({} if v is None else v) for k, v in value.items()}
-        # pydantic reads "2048" as an int but not "1e3"; prototype configs quote numbers either way.
-        if isinstance(value, str) and _is_int_annotation(field.annotation):
-            text = value.strip().replace("_", "")
-            if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+|[+-]?\d+\.0*", text):
-                number = float(text)
-                if number.is_integer():
-                    return int(number)
-        return value
-
-
-# ---------------------------------------------------------------------------------------------- clusters
-
-
-class Faults(Model):
-    """Deterministic fault injection on the local platform (per cluster)."""
-
-    failure_rate: float = Field(0.0, ge=0, le=1)
-    timeout_rate: float = Field(0.0, ge=0, le=1)
-    crash_rate: float = Field(0.0, ge=0, le=1)
-    latency_ms: tuple[float, float] = (0.0, 0.0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> "Faults":
-        if self.failure_rate + self.timeout_rate + self.crash_rate > 1:
-            raise ValueError("failure_rate + timeout_rate + crash_rate must be <= 1")
-        lo, hi = self.latency_ms
-        if lo < 0 or hi < lo:
-            raise ValueError("latency_ms must be [lo, hi] with 0 <= lo <= hi")
-        return self
-
-    @property
-    def active(self) -> bool:
-        return bool(self.failure_rate or self.timeout_rate or self.crash_rate or self.latency_ms[1])
-
-
-class LocalCluster(Model):
-    """Worker processes on this machine: the embedded default platform."""
-
-    kind: ClassVar[str] = "local"
-    concurrency: int = Field(2, ge=1, le=256, description="maximum worker processes on this cluster")
-    keep_warm_s: float = Field(60.0, ge=0)
-    cold_start_ms: float = Field(0.0, ge=0)
-    faults: Faults = Field(default_factory=Faults)
-    python: str | None = Field(None, description="interpreter for workers (default: the one running fedkeeper)")
-
-    @property
-    def is_loopback(self) -> bool:
-        return True
-
-    @property
-    def endpoint(self) -> str:
-        return "this machine"
-
-
-class OpenWhiskCluster(Model):
-    kind: ClassVar[str] = "openwhisk"
-    api_host: str
-    namespace: str = "_"
-    auth: str | None = Field(None, repr=False, description="uuid:key; use ${ENV} or auth_file")
-    auth_file: str | None = Field(None, description="a .wskprops-style file with AUTH= (and APIHOST=)")
-    verify_tls: bool = True
-    runtime: str = Field("python:3.11", description="action kind, e.g. python:3.11, python:3.10, python:default")
-    docker_image: str | None = None
-    vendor_wheels: bool = Field(False, description="vendor numpy/pymongo manylinux wheels into the zip (the "
-                                "python kinds' images lack them); ignored with docker_image")
-    memory: int | None = Field(None, gt=0, description="MB")
-    timeout: int | None = Field(None, gt=0, description="milliseconds (OpenWhisk's own unit)")
-    concurrency: int | None = Field(None, ge=1)
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    annotations: dict[str, Any] = Field(default_factory=dict)
-    edge: bool = Field(False, description="hosts the legacy edge_clients_count clients")
-    max_inflight: int = Field(64, ge=1, description="invocations in flight at once from the orchestrator")
-    request_timeout_s: float = Field(30.0, gt=0)
-
-    @field_validator("api_host")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        parts = urlsplit(v if "://" in v else f"https://{v}")
-        if parts.username or parts.password:
-            raise ValueError("must not contain credentials; put the key in auth (use ${ENV})")
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError:
-            raise ValueError("must be an http(s) URL such as https://openwhisk.example.org:443 (bad port)") from None
-        host = parts.hostname or ""
-        if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+", host):
-            raise ValueError("must be an http(s) URL such as https://openwhisk.example.org")
-        return f"{parts.scheme}://{parts.netloc}"
-
-    @field_validator("runtime")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        if v == "python:3":
-            raise ValueError("'python:3' is no longer an OpenWhisk kind; use python:3.11, python:3.10 or python:default")
-        return v
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_url(self.api_host)
-
-    @property
-    def endpoint(self) -> str:
-        return self.api_host
-
-
-class LambdaCluster(Model):
-    kind: ClassVar[str] = "aws"
-    region: str
-    role_arn: str | None = None
-    profile: str | None = None
-    access_key_id: str | None = Field(None, description="only through ${ENV}")
-    secret_access_key: str | None = Field(None, description="only through ${ENV}")
-    session_token: str | None = Field(None, description="only through ${ENV}")
-    endpoint_url: str | None = None
-    architecture: Literal["x86_64", "arm64"] = "x86_64"
-    runtime: str = "python3.11"
-    layers: list[str] = Field(default_factory=list)
-    vendor_wheels: bool = Field(True, description="vendor numpy/pymongo manylinux wheels into the zip")
-    memory: int | None = Field(None, ge=LAMBDA_MEMORY_MB[0], le=LAMBDA_MEMORY_MB[1])
-    timeout: float | None = Field(None, gt=0, le=LAMBDA_TIMEOUT_S, description="seconds")
-    reserved_concurrency: int | None = Field(None, ge=0)
-    max_inflight: int = Field(32, ge=1)
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_url(self.endpoint_url)
-
-    @property
-    def endpoint(self) -> str:
-        return self.endpoint_url or f"lambda.{self.region}.amazonaws.com"
-
-
-class GcfCluster(Model):
-    kind: ClassVar[str] = "google"
-    project_id: str
-    region: str
-    credentials: str | None = Field(
-        None, description="service-account JSON file, 'anonymous' (emulators/tests), or unset for ADC")
-    service_account_info: dict[str, Any] | None = Field(None, description="inline service account (legacy 'auth')",
-                                                        repr=False)  # holds a private key
-    runtime: str = "python311"
-    memory: int | None = Field(None, ge=GCF_MEMORY_MB[0], le=GCF_MEMORY_MB[1], description="MB")
-    timeout: float | None = Field(None, gt=0, le=GCF_TIMEOUT_S, description="seconds")
-    max_instances: int | None = Field(None, ge=1)
-    concurrency: int | None = Field(None, ge=1)
-    environment: dict[str, str] = Field(default_factory=dict)
-    labels: dict[str, str] = Field(default_factory=dict)
-    api_endpoint: str | None = None
-    id_token: bool = True
-    max_inflight: int = Field(32, ge=1)
-
-    @property
-    def is_loopback(self) -> bool:
-        return is_loopback_url(self.api_endpoint)
-
-    @property
-    def endpoint(self) -> str:
-        return self.api_endpoint or f"cloudfunctions.googleapis.com ({self.project_id}/{self.region})"
-
-
-ClusterConfig = LocalCluster | OpenWhiskCluster | LambdaCluster | GcfCluster
-
-
-class Providers(Model):
-    local: dict[str, LocalCluster] = Field(default_factory=dict)
-    openwhisk: dict[str, OpenWhiskCluster] = Field(default_factory=dict)
-    aws: dict[str, LambdaCluster] = Field(default_factory=dict)
-    google: dict[str, GcfCluster] = Field(default_factory=dict)
-
+Providers = create_model(  # type: ignore[call-overload]
+    "Providers", __base__=Model, __doc__="Clusters by platform kind, then by name (unique across platforms).",
+    **{spec.kind: (dict[str, spec.cluster_model], Field(default_factory=dict)) for spec in registry.platforms()})
 
 # ---------------------------------------------------------------------------------------------- store
 
@@ -294,11 +69,10 @@ class FunctionPlatformSettings(Model):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class FunctionSettings(Model):
-    local: FunctionPlatformSettings = Field(default_factory=FunctionPlatformSettings)
-    openwhisk: FunctionPlatformSettings = Field(default_factory=FunctionPlatformSettings)
-    aws: FunctionPlatformSettings = Field(default_factory=FunctionPlatformSettings)
-    google: FunctionPlatformSettings = Field(default_factory=FunctionPlatformSettings)
+FunctionSettings = create_model(  # type: ignore[call-overload]
+    "FunctionSettings", __base__=Model, __doc__="One function's settings, per platform kind.",
+    **{spec.kind: (FunctionPlatformSettings, Field(default_factory=FunctionPlatformSettings))
+       for spec in registry.platforms()})
 
 
 #: what a function gets when the config says nothing: (memory MB, timeout s)
@@ -461,10 +235,10 @@ class Config(Model):
         return sorted(self._secrets, key=len, reverse=True)
 
     def clusters(self) -> dict[str, ClusterConfig]:
-        """All clusters by name (unique across platforms): local, openwhisk, aws, google, each in file order."""
+        """All clusters by name (unique across platforms): platforms in registry order, each in file order."""
         out: dict[str, ClusterConfig] = {}
-        for group in (self.providers.local, self.providers.openwhisk, self.providers.aws, self.providers.google):
-            out.update(group)
+        for spec in registry.platforms():
+            out.update(getattr(self.providers, spec.kind))
         return out
 
     def function_settings(self, function: str, kind: str) -> FunctionPlatformSettings:

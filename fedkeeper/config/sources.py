@@ -16,8 +16,9 @@ from urllib.parse import unquote
 
 import yaml
 
-from fedkeeper.config import legacy as config_legacy
+from fedkeeper.config.base import expand_path as _expand
 from fedkeeper.config.errors import ConfigError, ConfigIssue, is_secret_key
+from fedkeeper.providers import registry
 
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_ENV_NAME = re.compile(r"(auth|key|secret|password|passwd|token|credential|pass\b|pwd)", re.IGNORECASE)
@@ -155,13 +156,8 @@ def _substitute(node: Any, path: str, env: dict[str, str], secrets: set[str],
 def _inline_secrets(raw: dict[str, Any]) -> list[ConfigIssue]:
     """Warnings for secrets written into the file itself (they end up in copies, backups, repositories)."""
     out: list[ConfigIssue] = []
-    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
-    openwhisk = providers.get("openwhisk") if isinstance(providers.get("openwhisk"), dict) else {}
-    for name, cluster in openwhisk.items():
-        auth = cluster.get("auth") if isinstance(cluster, dict) else None
-        if isinstance(auth, str) and auth and "${" not in auth:
-            out.append(ConfigIssue(f"providers.openwhisk.{name}.auth",
-                                   "the key is written into the config file; better auth: ${OW_AUTH} or auth_file"))
+    for spec, name, cluster in _raw_clusters(raw):
+        out += [ConfigIssue(p, m) for p, m in spec.inline_secret_warnings(f"providers.{spec.kind}.{name}", cluster)]
     scenarios = raw.get("scenarios") if isinstance(raw.get("scenarios"), dict) else {}
     fl = scenarios.get("federated_learning") if isinstance(scenarios.get("federated_learning"), dict) else {}
     for path, mongo in (("mongo_config", raw.get("mongo_config")),
@@ -178,66 +174,23 @@ def _inline_secrets(raw: dict[str, Any]) -> list[ConfigIssue]:
     return out
 
 
-def _expand(base_dir: Path, name: str) -> Path:
-    path = Path(os.path.expanduser(name))
-    return path if path.is_absolute() else base_dir / path
+def _raw_clusters(raw: dict[str, Any]) -> list[tuple[Any, str, dict[str, Any]]]:
+    """(platform, name, raw cluster dict) for every cluster of a registered platform in raw YAML data."""
+    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
+    out = []
+    for spec in registry.platforms():
+        clusters = providers.get(spec.kind)
+        if isinstance(clusters, dict):
+            out += [(spec, name, cluster) for name, cluster in clusters.items() if isinstance(cluster, dict)]
+    return out
 
 
 def _read_credential_files(raw: dict[str, Any], base_dir: Path, secrets: set[str],
                            issues: list[ConfigIssue]) -> None:
     """Credential files named in the config: read now so that a missing file is a config error."""
-    providers = raw.get("providers") if isinstance(raw.get("providers"), dict) else {}
-    openwhisk = providers.get("openwhisk") if isinstance(providers.get("openwhisk"), dict) else {}
-    for name, cluster in openwhisk.items():
-        if not isinstance(cluster, dict) or not cluster.get("auth_file"):
-            continue
-        path = f"providers.openwhisk.{name}.auth_file"
-        if cluster.get("auth"):
-            issues.append(ConfigIssue(path, "give auth or auth_file, not both"))
-            continue
-        props = _read_wskprops(_expand(base_dir, str(cluster["auth_file"])), path, issues)
-        if props is None:
-            continue
-        if props.get("AUTH"):
-            cluster["auth"] = props["AUTH"]
-            secrets.add(props["AUTH"])
-            if ":" in props["AUTH"]:
-                secrets.add(props["AUTH"].split(":", 1)[1])
-        else:
-            issues.append(ConfigIssue(path, "the file has no AUTH=uuid:key line"))
-        if props.get("APIHOST") and not cluster.get("api_host"):
-            host = props["APIHOST"]
-            cluster["api_host"] = host if "://" in host else f"https://{host}"
-    google = providers.get("google") if isinstance(providers.get("google"), dict) else {}
-    for name, cluster in google.items():
-        creds = cluster.get("credentials") if isinstance(cluster, dict) else None
-        if not isinstance(creds, str) or creds == "anonymous":
-            continue
-        path = f"providers.google.{name}.credentials"
-        if not creds.strip():
-            issues.append(ConfigIssue(path, "empty; give a service-account key file, or leave the key out "
-                                            "for application default credentials"))
-            continue
-        file = _expand(base_dir, creds)
-        try:
-            info = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            issues.append(ConfigIssue(path, f"service-account file not found: {file}"))
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            issues.append(ConfigIssue(path, f"cannot read service-account file {file}: {type(exc).__name__}"))
-            continue
-        except ValueError:
-            issues.append(ConfigIssue(path, f"{file} is not JSON (expected a service-account key file)"))
-            continue
-        if not isinstance(info, dict) or "client_email" not in info or "private_key" not in info:
-            issues.append(ConfigIssue(path, f"{file} is not a service-account key file "
-                                            "(needs client_email and private_key)"))
-            continue
-        for field in config_legacy.SECRET_SA_FIELDS:
-            if info.get(field):
-                secrets.add(str(info[field]))
-        cluster["credentials"] = str(file.resolve())
+    for spec, name, cluster in _raw_clusters(raw):
+        problems = spec.read_credential_files(f"providers.{spec.kind}.{name}", cluster, base_dir, secrets)
+        issues += [ConfigIssue(p, m) for p, m in problems]
     mongo = raw.get("mongo_config")
     if isinstance(mongo, dict) and mongo.get("password_file"):
         path = "mongo_config.password_file"
@@ -254,24 +207,6 @@ def _read_credential_files(raw: dict[str, Any], base_dir: Path, secrets: set[str
                 issues.append(ConfigIssue(path, f"password file {file} is empty"))
             mongo["password"] = password
             secrets.add(password)
-
-
-def _read_wskprops(file: Path, path: str, issues: list[ConfigIssue]) -> dict[str, str] | None:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        issues.append(ConfigIssue(path, f"auth file not found: {file}"))
-        return None
-    except (OSError, UnicodeDecodeError):
-        issues.append(ConfigIssue(path, f"cannot read auth file {file}"))
-        return None
-    props: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip().upper()] = value.strip().strip('"')
-    return props
 
 
 def _collect_known_secrets(node: Any, secrets: set[str]) -> None:

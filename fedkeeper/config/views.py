@@ -14,6 +14,7 @@ from typing import Any
 from fedkeeper.config import legacy as config_legacy
 from fedkeeper.config.errors import is_secret_key
 from fedkeeper.config.models import FUNCTION_DEFAULTS, Config
+from fedkeeper.providers import registry
 from fedkeeper.secrets import Redactor
 
 
@@ -34,22 +35,15 @@ def placement(config: Config) -> dict[str, int]:
         return dict(info.placement)
     legacy = {k: getattr(info, k) for k in config_legacy.LEGACY_COUNT_KEYS}
     if any(v is not None for v in legacy.values()):
-        ow = config.providers.openwhisk
-        targets = {
-            "edge_clients_count": [n for n, c in ow.items() if c.edge],
-            "ow_clients_count": [n for n, c in ow.items() if not c.edge] or list(ow),
-            "gcf_clients_count": list(config.providers.google),
-            "lambda_clients_count": list(config.providers.aws),
-        }
+        owners = {key: spec for spec in registry.platforms() for key in spec.legacy_count_keys}
         counts: dict[str, int] = {}
         for key, count in legacy.items():
             if not count:
                 continue
-            names = targets[key]
+            spec = owners.get(key)
+            names = spec.legacy_count_targets(key, getattr(config.providers, spec.kind)) if spec else []
             if not names:
-                what = {"edge_clients_count": "OpenWhisk cluster with edge: true",
-                        "ow_clients_count": "OpenWhisk cluster", "gcf_clients_count": "Google Cloud Functions cluster",
-                        "lambda_clients_count": "AWS Lambda cluster"}[key]
+                what = spec.legacy_count_description(key) if spec else "cluster"
                 raise _PlacementError(f"{base}.{key}", f"{count} clients, but no {what} is defined under providers")
             for i, name in enumerate(names):  # spread evenly, earlier clusters take the remainder
                 counts[name] = counts.get(name, 0) + count // len(names) + (1 if i < count % len(names) else 0)
@@ -85,19 +79,22 @@ def function_limits(config: Config, function: str, kind: str, *, cluster: str | 
     """
     memory, timeout = FUNCTION_DEFAULTS.get(function, (256, 60.0))
     concurrency = 1
+    spec = registry.get(kind)
     s = config.function_settings(function, kind)
     cluster_cfg: Any = config.clusters().get(cluster) if cluster else None
+    c_memory, c_timeout, c_concurrency = cluster_cfg.default_limits() if cluster_cfg is not None else (None,) * 3
     if s.memory is not None:
         memory = s.memory
-    elif cluster_cfg is not None and getattr(cluster_cfg, "memory", None):
-        memory = cluster_cfg.memory
-    raw_timeout = s.timeout if s.timeout is not None else (getattr(cluster_cfg, "timeout", None) if cluster_cfg else None)
-    if raw_timeout:
-        timeout = raw_timeout / 1000.0 if kind == "openwhisk" else float(raw_timeout)
+    elif c_memory:
+        memory = c_memory
+    if s.timeout is not None:
+        timeout = spec.timeout_seconds(s.timeout)
+    elif c_timeout:
+        timeout = float(c_timeout)
     if s.concurrency is not None:
         concurrency = s.concurrency
-    elif cluster_cfg is not None and kind != "local" and getattr(cluster_cfg, "concurrency", None):
-        concurrency = cluster_cfg.concurrency
+    elif c_concurrency:
+        concurrency = c_concurrency
     return memory, timeout, concurrency
 
 

@@ -1,7 +1,9 @@
-"""The one interface every FaaS platform implements.
+"""The one interface every FaaS platform implements, and the description each platform registers.
 
 The orchestrator (fabric, tracker, scenarios) only ever talks to `Provider`; each platform lives in its own
-module behind it, as Lithops keeps one backend per platform. Calls that can block for long (waiting for a
+folder behind it, as Lithops keeps one backend per platform. What the rest of FedKeeper needs to know about a
+platform without talking to it — its config model, limits, units, packaging needs, price, human name — is its
+`PlatformSpec`, registered once in `fedkeeper.providers.registry`. Calls that can block for long (waiting for a
 function result) are split into `invoke` (returns at once with an activation id) and `poll`, so that the
 tracker can keep hundreds of activations in flight from one thread and resume them after a crash.
 """
@@ -13,7 +15,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from fedkeeper.errors import PlatformFailure
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 LABEL_EXPERIMENT = "fedkeeper-experiment"
 LABEL_FUNCTION = "fedkeeper-function"
@@ -116,7 +123,7 @@ class Status:
     injected: str | None = None
 
 
-class ProviderError(Exception):
+class ProviderError(PlatformFailure):
     """Base of every platform error; the message must never contain credentials."""
 
     def __init__(self, cluster: str, message: str) -> None:
@@ -190,3 +197,142 @@ class Provider(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------- platform specs
+
+#: (key path, message) of a config problem; paths are dotted from the config's root
+ConfigProblem = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class UnitPrice:
+    """Price of one platform: per GB-second of configured memory and per million invocations (USD)."""
+
+    gb_second: float
+    per_million_invocations: float
+    source: str
+
+    def cost(self, gb_seconds: float, invocations: int) -> tuple[float, float]:
+        """(compute USD, request USD)."""
+        return gb_seconds * self.gb_second, invocations / 1_000_000 * self.per_million_invocations
+
+
+@dataclass(frozen=True)
+class PackagingOptions:
+    """How to build one artifact beyond (function, kind). Hashable: it is part of the in-process cache key."""
+
+    vendor_wheels: bool = False
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    python_version: str = "3.11"
+    wheel_cache_dir: Path | None = None  # default ~/.cache/fedkeeper/wheels
+
+    def cache_dir(self) -> Path:
+        return Path(self.wheel_cache_dir) if self.wheel_cache_dir else Path.home() / ".cache" / "fedkeeper" / "wheels"
+
+    @property
+    def platform_tag(self) -> str:
+        # manylinux2014 (glibc 2.17) runs on Amazon Linux 2, the base of Lambda's python3.11 runtime, and on the
+        # Debian images of OpenWhisk's python runtimes.
+        return "manylinux2014_" + ("aarch64" if self.architecture == "arm64" else "x86_64")
+
+
+class PlatformSpec:
+    """Everything FedKeeper knows about one platform that does not need a connection to it.
+
+    A platform subclasses this in its own folder (`providers/<kind>/spec.py`) and registers one instance; config
+    validation, limits, packaging, pricing, status, report and smoke read it from the registry, so that no code
+    outside the platform's folder compares against its name. Hooks return `ConfigProblem`s with full key paths.
+    """
+
+    #: key under `providers:`, `functions.<fn>:` and `pricing:`
+    kind: ClassVar[str]
+    #: human name for tables and reports
+    title: ClassVar[str]
+    #: pydantic model of one cluster (`providers.<kind>.<name>`)
+    cluster_model: ClassVar[type["BaseModel"]]
+    #: "module:Class" of the Provider, imported only when a cluster is built (its client libraries are heavy)
+    provider_class: ClassVar[str]
+    #: name the platform needs for the entry file inside a function zip (its source is `entry.py` in the folder)
+    entry_name: ClassVar[str]
+    #: list price for cost estimates (a config's `pricing:` overrides it)
+    price: ClassVar[UnitPrice]
+    #: seconds per unit of a timeout written in this platform's config sections (OpenWhisk counts milliseconds)
+    timeout_unit_s: ClassVar[float] = 1.0
+    #: accepted memory (MB) and the largest timeout (s); None where the platform sets no such limit
+    memory_mb: ClassVar[tuple[int, int] | None] = None
+    max_timeout_s: ClassVar[float | None] = None
+    #: whether vendored manylinux wheels can go into the zip
+    takes_vendored_wheels: ClassVar[bool] = False
+    #: whether the platform builds the function by installing the zip's requirements.txt itself
+    installs_requirements: ClassVar[bool] = False
+    #: the longest pause between two polls of one activation; small where polling is free (no network)
+    poll_max_s: ClassVar[float | None] = None
+    #: legacy per-platform client counts this platform hosts (`clients_info.<key>`), see `legacy_count_targets`
+    legacy_count_keys: ClassVar[tuple[str, ...]] = ()
+    #: the prototype's short names for this platform under `providers:` and `functions.<fn>:` (e.g. `ow`)
+    legacy_aliases: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def package(self) -> str:
+        """The platform's package (where its entry.py lives)."""
+        return type(self).__module__.rsplit(".", 1)[0]
+
+    def entry_source(self) -> Path:
+        import importlib
+
+        module = importlib.import_module(self.package)
+        return Path(module.__file__ or "").resolve().parent / "entry.py"
+
+    def packaging_options(self, cluster: Any) -> PackagingOptions:
+        """Packaging options a cluster's settings ask for."""
+        return PackagingOptions()
+
+    def timeout_seconds(self, raw: float) -> float:
+        """A timeout as written in this platform's config sections, in seconds."""
+        return raw * self.timeout_unit_s
+
+    def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
+        """Cross-field checks of one typed cluster (credentials complete, URLs well formed)."""
+        return []
+
+    def check_limits(self, path: str, memory: int | None, timeout_s: float | None,
+                     raw_timeout: float | None) -> list[ConfigProblem]:
+        """Memory and timeout of a function (at `path`.memory / `path`.timeout) against the platform's limits."""
+        out: list[ConfigProblem] = []
+        if self.memory_mb is not None and memory is not None and not self.memory_mb[0] <= memory <= self.memory_mb[1]:
+            lo, hi = self.memory_mb
+            out.append((f"{path}.memory", f"{self.title} memory must be {lo}..{hi} MB (got {memory})"))
+        if self.max_timeout_s is not None and timeout_s is not None and timeout_s > self.max_timeout_s:
+            out.append((f"{path}.timeout",
+                        f"{self.title} timeout must be <= {self.max_timeout_s:g} s (got {timeout_s:g} s)"))
+        return out
+
+    def setting_warnings(self, path: str, raw_timeout: float | None) -> list[ConfigProblem]:
+        """Warnings about a function or cluster setting that is valid but most likely a mistake."""
+        return []
+
+    def inline_secret_warnings(self, path: str, raw_cluster: dict[str, Any]) -> list[ConfigProblem]:
+        """Warnings for secrets written into the config file itself (raw YAML, before validation)."""
+        return []
+
+    def read_credential_files(self, path: str, raw_cluster: dict[str, Any], base_dir: Path,
+                              secrets: set[str]) -> list[ConfigProblem]:
+        """Read credential files a raw cluster names into it (a missing file is a config error); add secrets."""
+        return []
+
+    def normalise_legacy(self, raw: dict[str, Any], secrets: set[str], warnings: list[ConfigProblem]) -> bool:
+        """Translate the original prototype's keys of this platform in raw YAML data, in place (warnings say what
+        was read as what; moved credentials go to `secrets`). False: nothing platform-specific to translate."""
+        return False
+
+    def legacy_count_targets(self, key: str, clusters: dict[str, Any]) -> list[str]:
+        """Clusters of this platform that host the clients of legacy count `key` (one of legacy_count_keys)."""
+        return list(clusters)
+
+    def legacy_count_description(self, key: str) -> str:
+        """What kind of cluster legacy count `key` needs, for the error when there is none."""
+        return f"{self.title} cluster"
+
+    def __repr__(self) -> str:
+        return f"<platform {self.kind}>"

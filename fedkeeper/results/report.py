@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedkeeper.results.pricing import UnitPrice
-from fedkeeper.providers import PLATFORM_NAMES
+from fedkeeper.providers import registry
 from fedkeeper.results.run_folders import RunFolder, load_run, resolve_runs
 from fedkeeper.results.stats import activation_stats, cost_estimate, group_stats, round_totals, rounds_to_reach
 from fedkeeper.results.runlog import ROUND_COLUMNS
-
-_KIND_BY_NAME = {name: kind for kind, name in PLATFORM_NAMES.items()}
 
 #: settings of the config as run that a comparison of runs lines up (key → path in config.yaml)
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -48,7 +46,7 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 def platform_kind(platform: Any) -> str:
     """activations.csv names platforms by kind (`aws`); accept the human names (`AWS Lambda`) as well."""
     text = str(platform or "unknown")
-    return _KIND_BY_NAME.get(text, text)
+    return next((s.kind for s in registry.platforms() if s.title == text), text)
 
 
 def _clusters(run: RunFolder) -> dict[str, str]:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from fedkeeper import config as cfg
 from fedkeeper.config.models import Config
-from fedkeeper.providers import PLATFORM_NAMES
+from fedkeeper.providers import registry
 
 
 def config_summary(config: Config) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def config_summary(config: Config) -> dict[str, Any]:
     mongo = config.mongo_config
     return {
         "experiment": config.experiment,
-        "clusters": [{"name": n, "kind": c.kind, "platform": PLATFORM_NAMES[c.kind], "endpoint": c.endpoint,
+        "clusters": [{"name": n, "kind": c.kind, "platform": registry.of(c).title, "endpoint": c.endpoint,
                       "clients": counts.get(n, 0), "server": n == server} for n, c in clusters.items()],
         "functions": functions,
         "store": {"url": "embedded" if mongo.embedded else _mask_url(mongo.url), "db": mongo.db},

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fedkeeper.providers import PLATFORM_NAMES
+from fedkeeper.providers import registry
 from fedkeeper.providers.base import ProviderError, State
 
 FUNCTION = "nodeinfo"
@@ -66,7 +66,7 @@ def run_smoke(fabric: Any, clusters: list[str] | None = None, *,
 
 def _smoke_one(fabric: Any, cluster: str, progress: Progress) -> SmokeResult:
     kind = fabric.kind(cluster) if hasattr(fabric, "kind") else fabric.config.clusters()[cluster].kind
-    row = SmokeResult(cluster=cluster, platform=PLATFORM_NAMES.get(kind, kind))
+    row = SmokeResult(cluster=cluster, platform=registry.get(kind).title)
     provider = None
     deployed = False
     try:

@@ -1,1 +1,6 @@
-"""The aws platform: everything FedKeeper knows about it lives in this folder."""
+"""The aws platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.aws.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ProfileNotFound
 
-from fedkeeper.config.models import LambdaCluster
+from fedkeeper.providers.aws.config import LambdaCluster
 from fedkeeper.providers.base import AuthError
 
 #: seconds added to the function timeout for the HTTP read of a synchronous invoke

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError, WaiterError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from fedkeeper.config.models import LAMBDA_TIMEOUT_S, LambdaCluster
+from fedkeeper.providers.aws.config import LAMBDA_TIMEOUT_S, LambdaCluster
 from fedkeeper.providers.aws.client import READ_TIMEOUT_SLACK_S, LambdaClients
 from fedkeeper.providers.aws.errors import (
     error_code,

@@ -1,1 +1,6 @@
-"""The google platform: everything FedKeeper knows about it lives in this folder."""
+"""The google platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.google.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fedkeeper.providers.base import AuthError
 
 if TYPE_CHECKING:
-    from fedkeeper.config.models import GcfCluster
+    from fedkeeper.providers.google.config import GcfCluster
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 

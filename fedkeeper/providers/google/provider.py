@@ -63,7 +63,7 @@ from fedkeeper.providers.google.http import Target, TokenRejected, classify, pos
 from fedkeeper.providers.threaded import CallPool, settled_status
 
 if TYPE_CHECKING:
-    from fedkeeper.config.models import GcfCluster
+    from fedkeeper.providers.google.config import GcfCluster
 
 log = logging.getLogger(__name__)
 

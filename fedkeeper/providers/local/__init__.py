@@ -1,1 +1,6 @@
-"""The local platform: everything FedKeeper knows about it lives in this folder."""
+"""The local platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.local.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

@@ -1,1 +1,6 @@
-"""The openwhisk platform: everything FedKeeper knows about it lives in this folder."""
+"""The openwhisk platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.openwhisk.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

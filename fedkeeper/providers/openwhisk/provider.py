@@ -36,7 +36,7 @@ from typing import Any
 import requests
 
 from fedkeeper import __version__
-from fedkeeper.config.models import OpenWhiskCluster
+from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
     LABEL_EXPERIMENT,

@@ -1,0 +1,50 @@
+"""What FedKeeper knows about AWS Lambda: limits, keys only through ${ENV}, runtimes → wheels, list price."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from fedkeeper.providers.aws.config import LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S, LambdaCluster
+from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, UnitPrice
+
+
+class LambdaPlatform(PlatformSpec):
+    kind: ClassVar[str] = "aws"
+    legacy_aliases: ClassVar[tuple[str, ...]] = ("lambda",)
+    title: ClassVar[str] = "AWS Lambda"
+    cluster_model = LambdaCluster
+    provider_class: ClassVar[str] = "fedkeeper.providers.aws.provider:LambdaProvider"
+    #: Handler = lambda_function.handler
+    entry_name: ClassVar[str] = "lambda_function.py"
+    #: x86, first pricing tier (https://aws.amazon.com/lambda/pricing/, checked 2024)
+    price: ClassVar[UnitPrice] = UnitPrice(0.0000166667, 0.20, "AWS Lambda x86 list price, 2024")
+    memory_mb: ClassVar[tuple[int, int] | None] = LAMBDA_MEMORY_MB
+    max_timeout_s: ClassVar[float | None] = LAMBDA_TIMEOUT_S
+    takes_vendored_wheels: ClassVar[bool] = True
+    legacy_count_keys: ClassVar[tuple[str, ...]] = ("lambda_clients_count",)
+
+    def packaging_options(self, cluster: Any) -> PackagingOptions:
+        runtime = str(cluster.runtime)
+        version = runtime.removeprefix("python") if runtime.startswith("python3") else "3.11"
+        vendor = bool(cluster.vendor_wheels) and not cluster.layers
+        return PackagingOptions(vendor_wheels=vendor, architecture=cluster.architecture, python_version=version)
+
+    def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
+        out: list[ConfigProblem] = []
+        for field in ("access_key_id", "secret_access_key", "session_token"):
+            key = f"{path}.{field}"
+            if getattr(cluster, field) and key not in env_paths:
+                out.append((key, "inline AWS keys must come from ${ENV} (or use profile / the default boto3 "
+                                 "chain); keys written into a config file leak"))
+        if bool(cluster.access_key_id) != bool(cluster.secret_access_key):
+            out.append((f"{path}.secret_access_key" if cluster.access_key_id else f"{path}.access_key_id",
+                        "access_key_id and secret_access_key go together"))
+        if cluster.profile and cluster.access_key_id:
+            out.append((f"{path}.profile", "give profile or access_key_id/secret_access_key, not both"))
+        if cluster.endpoint_url and not re.match(r"https?://[^/\s]+", cluster.endpoint_url):
+            out.append((f"{path}.endpoint_url", "must be an http(s) URL"))
+        return out
+
+
+SPEC = LambdaPlatform()
