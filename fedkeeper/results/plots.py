@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedkeeper.errors import UsageProblem
 from fedkeeper.results.report import run_label
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 INSTALL_HINT = "install fedkeeper[plot] (pip install 'fedkeeper[plot]') or matplotlib to write plots"
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailable(UsageProblem, RuntimeError):
     """matplotlib is not installed."""
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from fedkeeper.errors import ResultsFailure, UsageProblem
 from fedkeeper.results.runlog import ACTIVATION_COLUMNS, ROUND_COLUMNS
 
 RUN_FILES = ("events.jsonl", "rounds.csv", "activations.csv", "summary.json")
@@ -33,7 +34,7 @@ _FLOAT_COLUMNS = {"accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate
                   "start", "end", "duration_s"}
 
 
-class RunNotFound(LookupError):
+class RunNotFound(UsageProblem, LookupError):
     """A run id (or `latest`) that names no run folder under the logs directory."""
 
     def __init__(self, run: str, logs_dir: Path, known: list[str]) -> None:
@@ -42,7 +43,7 @@ class RunNotFound(LookupError):
         self.run, self.logs_dir = run, logs_dir
 
 
-class RunFileError(ValueError):
+class RunFileError(ResultsFailure, ValueError):
     """A run file that cannot be read as its format says (names the file and the line)."""
 
 
