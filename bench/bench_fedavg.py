@@ -20,12 +20,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Iterator
 
-import mongomock
 import numpy as np
+import pymongo
 
 from fedkeeper.runtime import blobstore, data
 from fedkeeper.runtime import weights as W
 from fedkeeper.runtime.strategies import FedAvg
+from fedkeeper.store import NxServer
 
 AGGREGATOR = Path(__file__).resolve().parents[1] / "functions" / "fl_server_aggregator" / "handler.py"
 MODEL = {"model": "mlp", "input_size": 784, "hidden_size": 500, "output_size": 10}
@@ -112,7 +113,7 @@ def _load_aggregator():
 
 
 def handler_peak_memory(counts: tuple[int, ...]) -> dict[int, int]:
-    """Peak traced memory of the real aggregator handler (mongomock store, 200 random 28x28 test images)."""
+    """Peak traced memory of the real aggregator handler (embedded nx-27017 store, 200 random 28x28 test images)."""
     aggregator = _load_aggregator()
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,22 +123,28 @@ def handler_peak_memory(counts: tuple[int, ...]) -> dict[int, int]:
         files = {"train_images": f"{tmp}/x.npy", "train_labels": f"{tmp}/y.npy",
                  "test_images": f"{tmp}/x.npy", "test_labels": f"{tmp}/y.npy"}  # fmt: skip
         data.load_split(data.DataSpec.from_params(files), "test")  # cached: not part of the peak
-        for count in counts:
-            db = mongomock.MongoClient()["bench"]
-            store = blobstore.BlobStore(db)
-            store.write_model("b", 0, make_update(10_000)[0], {"accuracy": 0.0, "loss": 0.0})
-            for cid, (w, n) in enumerate(lazy_updates(count)):
-                store.write_update("b", 1, cid, w, base_round=0, num_examples=n)
-            params = {"mode": "aggregate", "run_id": "b", "round": 1, "client_ids": list(range(count)), "seed": 0,
-                      "model": MODEL, "data": files}  # fmt: skip
-            gc.collect()
-            tracemalloc.start()
-            try:
-                result = aggregator.handle(params, db=db)
-                peaks[count] = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
-            assert result["num_updates"] == count, result
+        server = NxServer.in_dir(Path(tmp) / "nx")
+        client: pymongo.MongoClient = pymongo.MongoClient(server.start())
+        try:
+            for count in counts:
+                db = client[f"bench_{count}"]
+                store = blobstore.BlobStore(db)
+                store.write_model("b", 0, make_update(10_000)[0], {"accuracy": 0.0, "loss": 0.0})
+                for cid, (w, n) in enumerate(lazy_updates(count)):
+                    store.write_update("b", 1, cid, w, base_round=0, num_examples=n)
+                params = {"mode": "aggregate", "run_id": "b", "round": 1, "client_ids": list(range(count)),
+                          "seed": 0, "model": MODEL, "data": files}  # fmt: skip
+                gc.collect()
+                tracemalloc.start()
+                try:
+                    result = aggregator.handle(params, db=db)
+                    peaks[count] = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                assert result["num_updates"] == count, result
+        finally:
+            client.close()
+            server.stop()
     return peaks
 
 
@@ -183,8 +190,8 @@ def main() -> None:
     mem_ratio = peak100 / peak10
     print(f"100 / 10 updates: {mem_ratio:.3f}   target within 20%: {'met' if abs(mem_ratio - 1) <= 0.2 else 'MISSED'}")
     hp = handler_peak_memory((10, 100))
-    print(f"aggregator handler (mongomock), 10 updates:  {hp[10] / 2**20:7.2f} MB")
-    print(f"aggregator handler (mongomock), 100 updates: {hp[100] / 2**20:7.2f} MB   ratio {hp[100] / hp[10]:.3f}")
+    print(f"aggregator handler (nx-27017), 10 updates:   {hp[10] / 2**20:7.2f} MB")
+    print(f"aggregator handler (nx-27017), 100 updates: {hp[100] / 2**20:7.2f} MB   ratio {hp[100] / hp[10]:.3f}")
     print(f"(for scale: one float32 update {mb:.2f} MB, the float64 running sums {2 * mb:.2f} MB, "
           f"100 updates held at once {100 * mb:.0f} MB)")
 

@@ -1,4 +1,4 @@
-"""fl_client and fl_server_aggregator handlers, run in-process against mongomock."""
+"""fl_client and fl_server_aggregator handlers, run in-process against the session's nx-27017 server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import mongomock
 import numpy as np
 import pytest
 
@@ -32,8 +31,8 @@ DIGITS = {"dataset": "digits", "partition": "iid"}
 
 
 @pytest.fixture
-def db():
-    return mongomock.MongoClient()["fedkeeper_test"]
+def db(nx_db):
+    return nx_db  # a fresh database per test
 
 
 def _client_params(run_id, rnd, cid, *, seed=42, num_clients=20, model_p=MLP, train=TRAIN, data_p=DIGITS):
@@ -148,12 +147,11 @@ def test_client_errors_name_the_missing_or_mismatched_model(db):
     aggregator.handle(_agg_params("init", "r", 0), db=db)
     with pytest.raises(blobstore.CorruptModel, match="shape"):
         client.handle(_client_params("r", 1, 0, model_p={**MLP, "hidden_size": 16}), db=db)
-    db2 = mongomock.MongoClient()["other"]
-    store = blobstore.BlobStore(db2)
+    store = blobstore.BlobStore(db)  # another run in the same database
     narrow = model.build_model({**MLP, "input_size": 32})
     store.write_model("n", 0, narrow.init(0), {"accuracy": 0.0, "loss": 0.0})
     with pytest.raises(ValueError, match="64 features per sample, params.model needs 32"):
-        client.handle(_client_params("n", 1, 0, model_p={**MLP, "input_size": 32}), db=db2)
+        client.handle(_client_params("n", 1, 0, model_p={**MLP, "input_size": 32}), db=db)
 
 
 def test_handlers_connect_from_the_environment(monkeypatch):

@@ -1,6 +1,6 @@
 """`fedkeeper status` logic: functions on local clusters vs the config, runs and the current round from a store.
 
-The store is the real `Store` class over mongomock; the clusters are real `local` providers in a temp workdir.
+The store is the real `Store` on the session's nx-27017 server; the clusters are real `local` providers in a temp workdir.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def load(memory: int = 256):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def store(mongomock_db) -> Store:  # type: ignore[no-untyped-def]
-    return Store(mongomock_db, url="mongodb://127.0.0.1:27999")
+def store(nx_db) -> Store:  # type: ignore[no-untyped-def]
+    return Store(nx_db, url="mongodb://127.0.0.1:27999")
 
 
 @pytest.fixture

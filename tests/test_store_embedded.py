@@ -17,7 +17,7 @@ import pytest
 
 from fedkeeper.store import EmbeddedServer, EmbeddedServerError, open_store
 
-from test_store_api import settings
+from store_support import settings
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def test_a_second_command_joins_and_the_last_one_out_stops(tmp_path: Path) -> No
         code = textwrap.dedent(f"""
             import sys, types
             sys.path.insert(0, {str(Path(__file__).parent)!r})
-            from test_store_api import settings
+            from store_support import settings
             from fedkeeper.store import open_store
             with open_store(settings(), workdir={str(tmp_path)!r}) as s:
                 assert s.embedded.reused, "expected to join the running server"
@@ -100,7 +100,7 @@ def test_ctrl_c_in_the_terminal_stops_the_server(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_store_api import settings
+        from store_support import settings
         from fedkeeper.store import open_store
         with open_store(settings(), workdir={str(tmp_path)!r}) as s:
             print("ready", flush=True)

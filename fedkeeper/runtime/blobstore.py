@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import bson
@@ -120,15 +120,8 @@ def default_retry(fn: Callable[[], T], attempts: int = 3, first_delay_s: float =
 # ------------------------------------------------------------------------------------------------- file storage
 
 
-class _Files(Protocol):
-    def put(self, data: bytes, metadata: dict[str, Any]) -> Any: ...
-    def get(self, file_id: Any) -> bytes | None: ...
-    def delete(self, file_id: Any) -> bool: ...
-    def find(self, query: dict[str, Any]) -> list[dict[str, Any]]: ...
-
-
-class _BucketFiles:
-    """GridFS through pymongo's GridFSBucket (real MongoDB, nx-27017)."""
+class _GridFiles:
+    """GridFS (the ``fs`` bucket) through pymongo's GridFSBucket; ``find`` lists ``fs.files`` directly."""
 
     def __init__(self, db: Database) -> None:
         self._bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
@@ -159,52 +152,6 @@ class _BucketFiles:
         return list(self._files.find(query, {"_id": 1, "length": 1, "metadata": 1}))
 
 
-class _ChunkedFiles:
-    """The GridFS collection layout written with plain collection operations.
-
-    Only for in-process databases that pymongo's GridFSBucket refuses (mongomock with pymongo 4.x); the layout
-    (``fs.files`` + ``fs.chunks`` with files_id/n/data) is the GridFS spec, so real GridFS can read it.
-    """
-
-    CHUNK = 255 * 1024
-
-    def __init__(self, db: Database) -> None:
-        self._files = db[f"{BUCKET}.files"]
-        self._chunks = db[f"{BUCKET}.chunks"]
-
-    def put(self, data: bytes, metadata: dict[str, Any]) -> Any:
-        file_id = bson.ObjectId()
-        mv = memoryview(data)
-        for n, start in enumerate(range(0, len(mv), self.CHUNK)):
-            self._chunks.insert_one({"files_id": file_id, "n": n, "data": bson.Binary(mv[start : start + self.CHUNK])})
-        self._files.insert_one(
-            {"_id": file_id, "length": len(mv), "chunkSize": self.CHUNK, "filename": metadata.get("key", "blob"),
-             "uploadDate": time.time(), "metadata": metadata}
-        )
-        return file_id
-
-    def get(self, file_id: Any) -> bytes | None:
-        doc = self._files.find_one({"_id": file_id})
-        if doc is None:
-            return None
-        data = b"".join(bytes(c["data"]) for c in self._chunks.find({"files_id": file_id}).sort("n", 1))
-        return data if len(data) == doc["length"] else None
-
-    def delete(self, file_id: Any) -> bool:
-        self._chunks.delete_many({"files_id": file_id})
-        return self._files.delete_one({"_id": file_id}).deleted_count == 1
-
-    def find(self, query: dict[str, Any]) -> list[dict[str, Any]]:
-        return list(self._files.find(query, {"_id": 1, "length": 1, "metadata": 1}))
-
-
-def _open_files(db: Database) -> _Files:
-    try:
-        return _BucketFiles(db)
-    except TypeError:
-        return _ChunkedFiles(db)
-
-
 # --------------------------------------------------------------------------------------------------- blob store
 
 
@@ -230,7 +177,7 @@ class BlobStore:
         self.updates = db[UPDATES]
         self.inline_limit = inline_limit
         self._retry: Retry = retry or default_retry
-        self._files = _open_files(db)
+        self._files = _GridFiles(db)
 
     def ensure_indexes(self) -> None:
         """Secondary indexes for listings; the natural keys are the ``_id``s."""

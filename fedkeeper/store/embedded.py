@@ -55,6 +55,7 @@ from fedkeeper.store.errors import EmbeddedServerError
 log = logging.getLogger("fedkeeper.store")  # the name it logged under before it moved out of store.py
 
 HOME = ".fedkeeper"
+SERVER_MODULE = "fedkeeper.store.nxserve"  # what the server runs as (``python -m``), and how a stale one is recognised
 
 
 def _free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
@@ -123,7 +124,7 @@ class NxServer:
             env["FK_NX_LEASE_DIR"] = str(self.lease_dir)
             env["FK_NX_LEASE_GRACE_S"] = str(self.lease_grace_s)
         cmd = [
-            sys.executable, "-m", "fedkeeper.store.nxserve", "--host", self.host, "-p", str(port),
+            sys.executable, "-m", SERVER_MODULE, "--host", self.host, "-p", str(port),
             "--data-dir", str(self.data_dir), "--log-file", str(self.log_file), "--pid-file", str(self.pid_file),
         ]
         with open(self.out_file, "wb") as out:  # the child keeps its own descriptor
@@ -311,7 +312,8 @@ class EmbeddedServer:
             pid = None
         if pid is not None and _create_time(pid) is not None:
             with contextlib.suppress(psutil.Error):
-                if any("serve_embedded" in part or "nx_27017" in part for part in psutil.Process(pid).cmdline()):
+                if any(part in (SERVER_MODULE, "nx-27017") or "nx_27017" in part
+                       for part in psutil.Process(pid).cmdline()):
                     raise EmbeddedServerError(
                         f"an nx-27017 server (pid {pid}) serves {self.data_dir} but is not recorded in "
                         f"{self.state_file.name}: stop it first"

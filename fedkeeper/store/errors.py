@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedkeeper.errors import StoreFailure
 
-class StoreError(Exception):
+
+class StoreError(StoreFailure):
     """Base of the store's typed errors."""
 
 

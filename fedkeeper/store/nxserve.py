@@ -1,7 +1,7 @@
 """Process entry of the embedded nx-27017 server (``python -m fedkeeper.store.nxserve <nx-27017 options>``), and the
-lease bookkeeping it shares with ``store_embedded.py``.
+lease bookkeeping it shares with ``embedded.py``.
 
-Why a module of its own: the server process should import nx-27017 and little else (importing ``store.py``
+Why a module of its own: the server process should import nx-27017 and little else (importing the repository
 would pull in the pymongo client, numpy and tenacity and add about half a second to every start), and
 ``python -m nx_27017`` does not exist in nx-27017 0.8.1.
 

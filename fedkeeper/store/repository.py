@@ -1,14 +1,12 @@
-"""MongoDB state store of the orchestrator, and the embedded nx-27017 server that is its default.
+"""The repository: ``Store``, the one implementation of the orchestrator's reads and writes, and ``open_store``.
 
 ``open_store(mongo, workdir=...)`` gives a ``Store``: typed accessors for runs and activations, ``Store.blobs``
 (``runtime.blobstore.BlobStore``) for models and updates, indexes, and bounded retries of transient network
 errors. With ``mongo_config.url: embedded`` it first starts (or joins) an nx-27017 server that keeps its data
-under ``<workdir>/.fedkeeper/`` (``store_embedded``: the server's files, sharing and lifetime).
+under ``<workdir>/.fedkeeper/`` (``store.embedded``: the server's files, sharing and lifetime).
 
-The URL handling lives in ``store_connection`` and the typed errors in ``store_errors``; this module re-exports
-both, so ``fedkeeper.store`` stays the one import for users of the store.
-
-nx-27017 0.8.1 gaps worked around here and in ``runtime/blobstore.py`` (the store keeps to plain pymongo):
+The Store speaks plain pymongo to a real server (the embedded nx-27017 or MongoDB) and carries no code for
+in-process fakes. nx-27017 0.8.1 gaps worked around here and in ``runtime/blobstore.py``:
 
 - datetimes come back as strings and nested exclusion projections are ignored: times are unix floats and
   listings exclude whole fields; ``$inc`` with a dotted path in an upsert creates a literal dotted key, so
@@ -42,22 +40,29 @@ from fedkeeper.store.errors import (
     StoreUnavailable,
 )
 
-# Re-exported: what other modules and tests import from here.
-from fedkeeper.store.embedded import HOME, NxServer  # noqa: F401
-from fedkeeper.store.errors import EmbeddedServerError, StoreError  # noqa: F401
-
 T = TypeVar("T")
 
 EMBEDDED = "embedded"
 RUNS, ACTIVATIONS = "runs", "activations"
+ACTIVATION_KEY = ("run_id", "round", "client_id", "attempt")  # unique: one document per attempt
 
 
 # ------------------------------------------------------------------------------------------------------- store
 
 
 def _plain(value: Any) -> Any:
-    """Enums (e.g. providers.base.State) are stored as their values so every backend compares them alike."""
+    """Enums (e.g. providers.base.State) are stored as their values: BSON has no enum type, and queries compare
+    the stored value whether the caller passes the enum or its value."""
     return value.value if isinstance(value, enum.Enum) else value
+
+
+def _activation(doc: dict[str, Any]) -> dict[str, Any]:
+    """An activation as stored: enum values, an ``_id`` (a new uuid unless given) and every key field present."""
+    full = {k: _plain(v) for k, v in doc.items()}
+    full.setdefault("_id", uuid.uuid4().hex)
+    for key in ACTIVATION_KEY:
+        full.setdefault(key, None)
+    return full
 
 
 def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
@@ -68,6 +73,8 @@ class Store:
     """Typed access to runs and activations, plus ``blobs`` for models and updates.
 
     ``url`` is what functions get as ``FK_MONGO_URL`` and may contain a password: log ``display_url`` instead.
+    ``client`` is the MongoClient this Store owns and closes (``connect`` passes it); without one, the caller
+    keeps ownership of ``db``'s client.
     Every operation retries transient network errors (AutoReconnect, NetworkTimeout) a few times and then
     raises StoreUnavailable; writes are keyed by natural ids, so a retried write cannot duplicate.
     """
@@ -134,7 +141,7 @@ class Store:
         """Indexes the orchestrator's queries rely on; the activation key is unique."""
         self._call(lambda: self.runs.create_index([("experiment", 1), ("started", 1)], name="experiment_started"))
         self._call(lambda: self.activations.create_index(
-            [("run_id", 1), ("round", 1), ("client_id", 1), ("attempt", 1)], unique=True, name="activation_key"))
+            [(key, 1) for key in ACTIVATION_KEY], unique=True, name="activation_key"))
         self._call(lambda: self.activations.create_index([("run_id", 1), ("state", 1)], name="run_state"))
         self.blobs.ensure_indexes()
 
@@ -142,6 +149,7 @@ class Store:
         self._call(lambda: self.db.command("ping"))
 
     def close(self) -> None:
+        """Close the client this Store owns (a Store over a caller's ``db`` leaves it open)."""
         if self.client is not None:
             self.client.close()
 
@@ -202,20 +210,9 @@ class Store:
     def insert_activation(self, doc: dict[str, Any]) -> str:
         """Record an activation (``_id`` defaults to a new uuid); returns its id. Repeating the same insert is a
         no-op; a different activation for the same (run, round, client, attempt) raises ActivationConflict."""
-        full = {k: _plain(v) for k, v in doc.items()}
-        full.setdefault("_id", uuid.uuid4().hex)
-        for key in ("run_id", "round", "client_id", "attempt"):
-            full.setdefault(key, None)
-        try:
-            self._call(lambda: self.activations.insert_one(full))
-            return str(full["_id"])
-        except DuplicateKeyError:
-            existing = self._call(lambda: self.activations.find_one({"_id": full["_id"]}))
-            same_key = existing is not None and all(
-                existing.get(k) == full[k] for k in ("run_id", "round", "client_id", "attempt"))
-            if same_key:
-                return str(full["_id"])
-            raise ActivationConflict(full["run_id"], full["round"], full["client_id"], full["attempt"]) from None
+        full = _activation(doc)
+        self._insert_activations([full])
+        return str(full["_id"])
 
     def update_activation(self, activation_id: str, **fields: Any) -> dict[str, Any]:
         values = {k: _plain(v) for k, v in fields.items()}
@@ -230,37 +227,29 @@ class Store:
         """Many activation writes in two round trips (the tracker flushes once per polling pass).
 
         Inserts go first, so an update may follow its own insert in the same batch. Re-inserting the same
-        ``_id`` (a retried flush) is a no-op; any other write error is raised.
+        ``_id`` (a retried flush) is a no-op, a second activation for the same key raises ActivationConflict, and
+        any other write error is raised. An update of an unknown id changes nothing.
         """
-        docs = []
-        for doc in inserts:
-            full = {k: _plain(v) for k, v in doc.items()}
-            full.setdefault("_id", uuid.uuid4().hex)
-            for key in ("run_id", "round", "client_id", "attempt"):
-                full.setdefault(key, None)
-            docs.append(full)
+        docs = [_activation(doc) for doc in inserts]
         if docs:
-            try:
-                self._call(lambda: self.activations.insert_many(docs, ordered=False))
-            except BulkWriteError as exc:
-                for error in exc.details.get("writeErrors", []):
-                    if error.get("code") != 11000:
-                        raise
-                    doc = docs[error["index"]]
-                    existing = self._call(lambda d=doc: self.activations.find_one({"_id": d["_id"]}))
-                    if existing is None or any(existing.get(k) != doc[k]
-                                               for k in ("run_id", "round", "client_id", "attempt")):
-                        raise ActivationConflict(doc["run_id"], doc["round"], doc["client_id"], doc["attempt"]) \
-                            from None
-        sets = [(activation_id, {"$set": {k: _plain(v) for k, v in fields.items()}}) for activation_id, fields in updates]
-        if not sets:
-            return
+            self._insert_activations(docs)
+        sets = [pymongo.UpdateOne({"_id": activation_id}, {"$set": {k: _plain(v) for k, v in fields.items()}})
+                for activation_id, fields in updates]
+        if sets:
+            self._call(lambda: self.activations.bulk_write(sets, ordered=True))
+
+    def _insert_activations(self, docs: list[dict[str, Any]]) -> None:
+        """One unordered insert; duplicate ``_id``s with the same key are retried writes, anything else raises."""
         try:
-            self._call(lambda: self.activations.bulk_write(
-                [pymongo.UpdateOne({"_id": a}, change) for a, change in sets], ordered=True))
-        except TypeError:  # mongomock cannot replay pymongo 4.20's UpdateOne: one by one, same result
-            for activation_id, change in sets:
-                self._call(lambda a=activation_id, c=change: self.activations.update_one({"_id": a}, c))
+            self._call(lambda: self.activations.insert_many(docs, ordered=False))
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                if error.get("code") != 11000:
+                    raise
+                doc = docs[error["index"]]
+                existing = self._call(lambda d=doc: self.activations.find_one({"_id": d["_id"]}))
+                if existing is None or any(existing.get(k) != doc[k] for k in ACTIVATION_KEY):
+                    raise ActivationConflict(doc["run_id"], doc["round"], doc["client_id"], doc["attempt"]) from None
 
     def find_activations(
         self, run_id: str, round: int | None = None, state: Any = None

@@ -1,0 +1,263 @@
+"""Store contract, part 2: global models and client updates through ``Store.blobs`` (``runtime.blobstore.BlobStore``,
+the code the functions run too), inline and through GridFS, validation and garbage collection, on every backend."""
+
+from __future__ import annotations
+
+import time
+
+import bson
+import gridfs
+import numpy as np
+import pytest
+from store_backends import Backend, backend, external_mongo, small_inline, store  # noqa: F401
+
+from fedkeeper.runtime import weights as W
+from fedkeeper.runtime.blobstore import INLINE_LIMIT, BlobStore, CorruptModel, CorruptUpdate, ModelMissing
+from fedkeeper.store import Store
+
+RUN = "run-a"
+
+
+def model(value: float = 0.0, dtype: str = "float32") -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "w1": (rng.standard_normal((16, 8)) + value).astype(dtype),
+        "b1": np.full(8, value, dtype),
+        "w2": (rng.standard_normal((8, 4)) + value).astype(dtype),
+    }
+
+
+SPEC = W.spec_of(model())
+
+
+def file_ids(store: Store) -> set:
+    # find, not count_documents: nx-27017 serves fs.files natively and fails aggregate-based counts on it
+    return {f["_id"] for f in store.db["fs.files"].find({}, {"_id": 1})}
+
+
+def write(blobs: BlobStore, client: str, weights=None, round: int = 1, **kw):
+    args = {"base_round": round - 1, "num_examples": 10, "metrics": {"loss": 0.5}, "activation_id": f"act-{client}"}
+    args.update(kw)
+    return blobs.write_update(RUN, round, client, model() if weights is None else weights, **args)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def test_model_round_trip_inline(store: Store) -> None:
+    doc = store.blobs.write_model(RUN, 0, model(1.0), {"accuracy": 0.5, "loss": 1.2}, num_updates=0)
+    assert doc["_id"] == f"{RUN}:0" and doc["duplicate"] is False and doc["storage"] == "inline"
+    assert "blob" not in doc and doc["num_params"] == 16 * 8 + 8 + 8 * 4 and doc["num_updates"] == 0
+    weights, stored = store.blobs.read_model(RUN, 0, SPEC)
+    for name, arr in model(1.0).items():
+        np.testing.assert_array_equal(weights[name], arr)
+        assert not weights[name].flags.writeable
+    assert stored["metrics"] == {"accuracy": 0.5, "loss": 1.2} and stored["sha256"] == doc["sha256"]
+    assert store.blobs.get_model_doc(RUN, 0)["round"] == 0
+    assert "blob" not in store.blobs.get_model_doc(RUN, 0)
+
+
+def test_model_first_write_wins(store: Store) -> None:
+    first = store.blobs.write_model(RUN, 2, model(1.0), {"accuracy": 0.1})
+    again = store.blobs.write_model(RUN, 2, model(9.0), {"accuracy": 0.9})
+    assert again["duplicate"] is True and again["sha256"] == first["sha256"]
+    assert store.blobs.models.count_documents({"run_id": RUN}) == 1
+    np.testing.assert_array_equal(store.blobs.read_model(RUN, 2)[0]["b1"], np.full(8, 1.0, np.float32))
+
+
+def test_missing_model(store: Store) -> None:
+    with pytest.raises(ModelMissing) as info:
+        store.blobs.read_model(RUN, 7)
+    assert isinstance(info.value, KeyError) and "run-a round 7 does not exist" in str(info.value)
+    assert store.blobs.get_model_doc(RUN, 7) is None
+
+
+def test_gridfs_for_a_20_mb_blob(store: Store) -> None:
+    big = {"w": np.random.default_rng(0).standard_normal(5 * 1024 * 1024).astype(np.float32)}  # 20 MiB
+    doc = store.blobs.write_model(RUN, 1, big, {"accuracy": 0.0})
+    assert doc["storage"] == "gridfs" and doc["size"] > INLINE_LIMIT
+    assert file_ids(store) == {doc["file_id"]}
+    weights, _ = store.blobs.read_model(RUN, 1, {"w": ((5 * 1024 * 1024,), "float32")})
+    np.testing.assert_array_equal(weights["w"], big["w"])
+
+
+def test_inline_limit_is_bounded_by_bson(backend: Backend) -> None:
+    for limit in (INLINE_LIMIT + 1, -1):
+        with pytest.raises(ValueError):
+            Store(backend.db, url=backend.url, inline_limit=limit)
+
+
+def test_run_ids_cannot_collide_with_the_key_separator(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.blobs.write_model("a:1", 0, model(), {})
+    with pytest.raises(ValueError):
+        store.blobs.write_update("a:1", 1, "c1", model(), base_round=0, num_examples=1)
+
+
+def test_corrupt_model_is_typed(small_inline: Store) -> None:
+    small_inline.blobs.write_model(RUN, 3, model(), {})
+    small_inline.blobs.models.update_one({"_id": f"{RUN}:3"}, {"$set": {"sha256": "0" * 64}})
+    with pytest.raises(CorruptModel) as info:
+        small_inline.blobs.read_model(RUN, 3)
+    assert info.value.reason == "checksum" and f"run {RUN} round 3" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------- updates
+
+
+def test_update_first_write_wins_and_keeps_one_document(store: Store) -> None:
+    first = store.blobs.write_update(RUN, 1, "c1", model(1.0), base_round=0, num_examples=10,
+                                     metrics={"loss": 0.5}, activation_id="act-c1")
+    second = store.blobs.write_update(RUN, 1, "c1", model(2.0), base_round=0, num_examples=99, activation_id="retry")
+    assert first["duplicate"] is False and second["duplicate"] is True
+    assert second["activation_id"] == "act-c1" and second["sha256"] == first["sha256"]
+    assert store.blobs.updates.count_documents({"_id": f"{RUN}:1:c1"}) == 1
+    weights, doc = store.blobs.read_update(RUN, 1, "c1", SPEC)
+    np.testing.assert_array_equal(weights["b1"], np.full(8, 1.0, np.float32))
+    for key in ("base_round", "num_examples", "metrics", "sha256", "activation_id", "created"):
+        assert key in doc
+    assert doc["base_round"] == 0 and doc["num_examples"] == 10 and doc["metrics"] == {"loss": 0.5}
+
+
+def test_duplicate_gridfs_update_leaves_no_orphan_file(small_inline: Store) -> None:
+    first = write(small_inline.blobs, "c1")
+    assert first["storage"] == "gridfs"
+    assert write(small_inline.blobs, "c1", model(5.0))["duplicate"] is True
+    assert file_ids(small_inline) == {first["file_id"]}
+    np.testing.assert_array_equal(small_inline.blobs.read_update(RUN, 1, "c1", SPEC)[0]["w1"], model()["w1"])
+
+
+def test_list_updates_sorted_without_bytes(store: Store) -> None:
+    for client in ("c3", "c1", "c2"):
+        write(store.blobs, client)
+    write(store.blobs, "c9", round=2)
+    docs = store.blobs.list_updates(RUN, 1)
+    assert [d["client_id"] for d in docs] == ["c1", "c2", "c3"]
+    assert all("blob" not in d and d["storage"] == "inline" for d in docs)
+    assert store.blobs.list_updates(RUN, 3) == []
+
+
+def tamper(store: Store, client: str, data: bytes) -> None:
+    store.blobs.updates.update_one({"_id": f"{RUN}:1:{client}"}, {"$set": {"blob": {"inline": bson.Binary(data)}}})
+
+
+def rejected(store: Store, client: str, **kw) -> CorruptUpdate:
+    with pytest.raises(CorruptUpdate) as info:
+        store.blobs.read_update(RUN, 1, client, kw.pop("expected", SPEC), **kw)
+    err = info.value
+    assert (err.run_id, err.round, err.client_id) == (RUN, 1, client)
+    assert f"run {RUN} round 1 client {client}" in str(err)
+    assert isinstance(err, W.WeightsError)
+    return err
+
+
+def test_corrupt_updates_are_rejected_naming_run_round_client(store: Store) -> None:
+    good = W.encode(model())
+    write(store.blobs, "trunc")
+    tamper(store, "trunc", good[: len(good) // 2])
+    assert rejected(store, "trunc").reason == "truncated"
+
+    write(store.blobs, "magic")
+    tamper(store, "magic", b"Z" + good[1:])
+    assert rejected(store, "magic").reason == "bad_magic"
+
+    write(store.blobs, "flip")
+    flipped = bytearray(good)
+    flipped[-5] ^= 0xFF
+    tamper(store, "flip", bytes(flipped))
+    assert rejected(store, "flip").reason == "checksum"
+
+    write(store.blobs, "swap")  # a valid blob, but not the one the document describes
+    tamper(store, "swap", W.encode(model(4.0)))
+    assert rejected(store, "swap").reason == "checksum"
+
+    nan = model()
+    nan["w2"][1, 1] = np.nan
+    write(store.blobs, "nan", nan)
+    err = rejected(store, "nan")
+    assert err.reason == "non_finite" and "w2" in str(err)
+
+    inf = model()
+    inf["b1"][0] = -np.inf
+    write(store.blobs, "inf", inf)
+    assert rejected(store, "inf").reason == "non_finite"
+
+    write(store.blobs, "f64", model(dtype="float64"))
+    assert rejected(store, "f64").reason == "dtype"
+
+    shaped = model()
+    shaped["w1"] = shaped["w1"].reshape(8, 16)
+    write(store.blobs, "shape", shaped)
+    assert rejected(store, "shape").reason == "shape"
+
+    renamed = model()
+    renamed["extra"] = np.zeros(1, np.float32)
+    write(store.blobs, "names", renamed)
+    assert rejected(store, "names").reason == "names"
+
+    write(store.blobs, "stale", base_round=-5)
+    assert rejected(store, "stale", base_round=0).reason == "stale_round"
+    assert store.blobs.read_update(RUN, 1, "stale", SPEC)[1]["base_round"] == -5  # no check unless asked
+
+    assert rejected(store, "nobody").reason == "missing"
+
+
+def test_missing_gridfs_file_is_rejected(small_inline: Store) -> None:
+    doc = write(small_inline.blobs, "c1")
+    gridfs.GridFSBucket(small_inline.db).delete(doc["file_id"])
+    assert rejected(small_inline, "c1").reason == "missing"
+
+
+# -------------------------------------------------------------------------------------------------------- gc
+
+
+def test_gc_models_keeps_latest_and_protected(small_inline: Store) -> None:
+    for r in range(6):
+        small_inline.blobs.write_model(RUN, r, model(float(r)), {"accuracy": r / 10})
+    small_inline.blobs.write_model("other", 0, model(), {})
+    assert len(file_ids(small_inline)) == 7
+    assert small_inline.blobs.gc_models(RUN, keep_last=2, protect={0}) == 3
+    assert len(file_ids(small_inline)) == 4
+    for r in (0, 4, 5):
+        np.testing.assert_array_equal(small_inline.blobs.read_model(RUN, r)[0]["b1"], np.full(8, r, np.float32))
+    with pytest.raises(ModelMissing) as info:
+        small_inline.blobs.read_model(RUN, 2)
+    assert info.value.reason == "pruned" and "garbage-collected" in str(info.value)
+    docs = small_inline.blobs.list_model_docs(RUN)
+    assert [d["round"] for d in docs] == [0, 1, 2, 3, 4, 5]  # metadata survives
+    assert [bool(d.get("pruned")) for d in docs] == [False, True, True, True, False, False]
+    assert small_inline.blobs.gc_models(RUN, keep_last=2, protect={0}) == 0
+    small_inline.blobs.read_model("other", 0)
+    with pytest.raises(ValueError):
+        small_inline.blobs.gc_models(RUN, keep_last=0, protect=set())
+
+
+def test_gc_updates_drops_blobs_of_aggregated_rounds(small_inline: Store) -> None:
+    for r in (1, 2, 3):
+        for c in ("c1", "c2"):
+            write(small_inline.blobs, c, round=r)
+    assert small_inline.blobs.gc_updates(RUN, through_round=2) == 4
+    assert len(file_ids(small_inline)) == 2
+    assert len(small_inline.blobs.list_updates(RUN, 1)) == 2  # docs (metadata) stay
+    assert rejected(small_inline, "c1").reason == "missing"
+    small_inline.blobs.read_update(RUN, 3, "c2", SPEC)
+    assert small_inline.blobs.gc_updates(RUN, through_round=2) == 0
+
+
+def test_gc_orphan_files(small_inline: Store) -> None:
+    kept = write(small_inline.blobs, "c1")
+    bucket = gridfs.GridFSBucket(small_inline.db)
+    blob = W.encode(model())
+    orphan = bucket.upload_from_stream("x", blob, metadata={"key": f"{RUN}:1:ghost", "created": time.time() - 7200})
+    fresh = bucket.upload_from_stream("y", blob, metadata={"key": f"{RUN}:1:racing", "created": time.time()})
+    assert small_inline.blobs.gc_orphan_files(older_than_s=3600) == 1
+    assert file_ids(small_inline) == {kept["file_id"], fresh} and orphan not in file_ids(small_inline)
+
+
+def test_blobs_delete_run(small_inline: Store) -> None:
+    small_inline.blobs.write_model(RUN, 0, model(), {})
+    write(small_inline.blobs, "c1")
+    kept = small_inline.blobs.write_model("keep", 0, model(), {})
+    assert small_inline.blobs.delete_run(RUN) == 2
+    assert file_ids(small_inline) == {kept["file_id"]}
+    assert small_inline.blobs.list_model_docs(RUN) == [] and small_inline.blobs.list_updates(RUN, 1) == []
