@@ -1,10 +1,16 @@
-"""Activations in flight: their state machine, their records, and the resilience policy.
+"""Activations in flight: their records, their attempts, resume, and the resilience policy.
 
-`invoked → succeeded | failed | timed_out | lost`, per attempt. One `Job` is one thing that must get done
-(one client's training in one round, or one aggregation); the tracker makes attempts until one succeeds or
-the policy gives up. Throttling is waited out and never counted as an attempt; a missing function is
-redeployed once and retried; credentials that are refused stop everything. Polling is adaptive (fast at
-first, slower for long calls) and due polls of HTTP platforms are issued concurrently.
+One `Job` is one thing that must get done (one client's training in one round, or one aggregation); the
+tracker makes attempts until one succeeds or the policy gives up, and moves every job and every activation
+record only along the tables in `fedkeeper.activations` (docs/reliability.md draws them). Throttling is waited
+out and never counted as an attempt; a missing function is redeployed once and retried; credentials that are
+refused stop everything. Polling is adaptive (fast at first, slower for long calls) and due polls of platforms
+that poll over the network are issued concurrently.
+
+The tracker also owns resume: before it starts a round's jobs it reads that round's records, continues the
+attempt numbering after the highest one used, and adopts an activation an interrupted orchestrator left
+`invoked` (polls it by its platform id) instead of invoking again. It knows no platform by name: what it needs
+per cluster comes from the fabric (`TrackerFabric`).
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from fedkeeper.activations import ActivationState, JobState, check_activation, check_job
 from fedkeeper.config.models import Resilience
 from fedkeeper.errors import RunFailed
-from fedkeeper.fabric import Fabric
 from fedkeeper.providers.base import (
     AuthError,
     FunctionMissing,
@@ -35,8 +41,41 @@ from fedkeeper.providers.base import (
 
 log = logging.getLogger(__name__)
 
-FINAL = {State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.LOST}
-LOCAL_POLL_MAX_S = 0.01
+JobKey = tuple[int, int | None, str]  # (round, client id or None for the aggregator, function)
+
+
+class Invoker(Protocol):
+    """The two calls the tracker makes on a provider."""
+
+    def invoke(self, name: str, payload: dict[str, Any], /) -> Invocation: ...
+
+    def poll(self, invocation: Invocation, /) -> Status: ...
+
+
+@runtime_checkable
+class TrackerFabric(Protocol):
+    """What the tracker needs from a fabric: per-cluster facts and providers, never a platform's name to compare.
+
+    `fedkeeper.fabric.Fabric` implements it; so does any test fabric.
+    """
+
+    def provider(self, cluster: str, /) -> Invoker: ...
+
+    # the platform kind is recorded with each activation; the tracker never compares it
+    def kind(self, cluster: str, /) -> str: ...
+
+    def max_inflight(self, cluster: str, /) -> int: ...
+
+    def poll_max_s(self, cluster: str, /) -> float | None: ...
+
+
+class ActivationStore(Protocol):
+    """The store's activation records: read at the start of a round (resume), written once per polling pass."""
+
+    def find_activations(self, run_id: str, round: int | None = None, state: Any = None) -> list[dict[str, Any]]: ...
+
+    def record_activations(self, inserts: Iterable[dict[str, Any]] = (),
+                           updates: Iterable[tuple[str, dict[str, Any]]] = ()) -> None: ...
 
 
 @dataclass
@@ -54,7 +93,7 @@ class Job:
     memory_mb: int
     # filled while running
     attempts: int = 0
-    state: str = "waiting"  # waiting | running | backoff | succeeded | gave_up | abandoned
+    state: JobState = JobState.WAITING  # changed only through `move`
     result: dict[str, Any] | None = None
     error: str | None = None
     retries: int = 0
@@ -66,12 +105,18 @@ class Job:
     attempt_base: int = 0  # highest attempt number an earlier (interrupted) orchestrator used: numbering only
 
     @property
-    def key(self) -> tuple[int, int | None, str]:
+    def key(self) -> JobKey:
         return (self.round, self.client_id, self.function)
 
     @property
     def done(self) -> bool:
-        return self.state in ("succeeded", "gave_up", "abandoned")
+        return self.state.done
+
+    def move(self, new: JobState) -> None:
+        """Change state along `JOB_TRANSITIONS`; anything else is a tracker bug (`IllegalTransition`)."""
+        who = "aggregator" if self.client_id is None else f"client {self.client_id}"
+        check_job(self.state, new, what=f"job {self.function} round {self.round} {who}")
+        self.state = new
 
 
 @dataclass
@@ -85,6 +130,12 @@ class Attempt:
     next_poll: float
     interval: float
     status: Status | None = None
+    state: ActivationState = ActivationState.INVOKED  # the record's state; changed only through `move`
+
+    def move(self, new: ActivationState) -> None:
+        """Change the record's state along `ACTIVATION_TRANSITIONS` (`IllegalTransition` otherwise)."""
+        check_activation(self.state, new, what=f"activation {self.id} (attempt {self.number})")
+        self.state = new
 
 
 @dataclass
@@ -116,17 +167,40 @@ class WaitOutcome:
 
     @property
     def succeeded(self) -> list[Job]:
-        return [j for j in self.jobs if j.state == "succeeded"]
+        return [j for j in self.jobs if j.state is JobState.SUCCEEDED]
 
 
 Redeploy = Callable[[str, str, str], None]  # (cluster, function, name)
 Listener = Callable[[Job, Attempt | None, str], None]  # (job, attempt, what happened)
 
 
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def attempt_bases(records: Iterable[dict[str, Any]]) -> dict[int | None, int]:
+    """Highest attempt number recorded per client (None: the aggregator), so new attempts never reuse one."""
+    base: dict[int | None, int] = {}
+    for record in records:
+        client = record.get("client_id")
+        base[client] = max(base.get(client, 0), int(record.get("attempt") or 0))
+    return base
+
+
+def in_flight(records: Iterable[dict[str, Any]]) -> dict[JobKey, dict[str, Any]]:
+    """Per job key, the latest attempt's record if it is still `invoked`: an interrupted orchestrator's call
+    whose answer nobody has read (the one to poll by its platform id before invoking again)."""
+    latest: dict[JobKey, dict[str, Any]] = {}
+    for record in records:
+        key = (int(record["round"]), record.get("client_id"), str(record.get("function")))
+        if key not in latest or int(record.get("attempt") or 0) > int(latest[key].get("attempt") or 0):
+            latest[key] = record
+    return {k: r for k, r in latest.items() if r.get("state") == ActivationState.INVOKED.value}
+
+
 class Tracker:
     """Runs jobs to completion under the resilience policy, recording every attempt."""
 
-    def __init__(self, fabric: Fabric, store: Any, runlog: Any, policy: Resilience, *,
+    def __init__(self, fabric: TrackerFabric, store: ActivationStore, runlog: Any, policy: Resilience, *,
                  redeploy: Redeploy | None = None, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
         self.fabric = fabric
         self.store = store
@@ -160,18 +234,13 @@ class Tracker:
 
     def run(self, jobs: list[Job], *, deadline: float | None = None,
             enough: Callable[[list[Job]], bool] | None = None,
-            satisfied: Callable[[list[Job]], bool] | None = None,
-            adopt: dict[tuple[int, int | None, str], dict[str, Any]] | None = None) -> WaitOutcome:
-        """Drive `jobs` until all are done, or `deadline` passes and `enough(jobs)` holds.
+            satisfied: Callable[[list[Job]], bool] | None = None) -> WaitOutcome:
+        """Drive `jobs` until all are done, or `deadline` passes and `enough(jobs)` holds, or `satisfied(jobs)`.
 
-        `adopt` maps a job key to an activation record left in flight by an interrupted orchestrator; such an
-        activation is polled by its platform id before anything is re-invoked.
+        Jobs pick up where an interrupted orchestrator left them (`resume`).
         """
         counts = Counts()
-        for job in jobs:
-            record = (adopt or {}).get(job.key)
-            if record is not None:
-                self._adopt(job, record)
+        self.resume(jobs)
         deadline_hit = False
         while True:
             now = self.clock()
@@ -187,32 +256,42 @@ class Tracker:
                 for job in pending:
                     self._abandon(job, "round deadline reached")
                 break
-            inflight = Counter(j.cluster for j in jobs if j.state == "running")
+            inflight = Counter(j.cluster for j in jobs if j.state is JobState.RUNNING)
             for job in pending:
-                if job.state in ("waiting", "backoff") and now >= job.not_before \
+                if job.state in (JobState.WAITING, JobState.BACKOFF) and now >= job.not_before \
                         and inflight[job.cluster] < self._inflight_cap(job.cluster):
                     self._submit(job, counts)
-                    inflight[job.cluster] += job.state == "running"
-            self._poll_due([j.active for j in jobs if j.state == "running" and j.active], counts)
+                    inflight[job.cluster] += job.state is JobState.RUNNING
+            self._poll_due([j.active for j in jobs if j.state is JobState.RUNNING and j.active], counts)
             self.flush()
             self._sleep(jobs, deadline)
         self.flush()
         self._add_totals(counts)
         return WaitOutcome(jobs, counts, deadline_hit)
 
+    def resume(self, jobs: list[Job]) -> None:
+        """Continue what an interrupted orchestrator started for these jobs, from the store's records of their
+        rounds: attempt numbers go on after the highest recorded one, and an activation left `invoked` is
+        adopted (polled by its platform id) rather than invoked again. Nothing recorded: nothing changes."""
+        rounds: dict[tuple[str, int], list[Job]] = {}
+        for job in jobs:
+            rounds.setdefault((job.run_id, job.round), []).append(job)
+        for (run_id, round_number), group in rounds.items():
+            records = self.store.find_activations(run_id, round=round_number)
+            bases, flying = attempt_bases(records), in_flight(records)
+            for job in group:
+                job.attempt_base = bases.get(job.client_id, 0)
+                record = flying.get(job.key)
+                if record is not None:
+                    self._adopt(job, record)
+
     # ------------------------------------------------------------------ submitting
 
     def _inflight_cap(self, cluster: str) -> int:
         """Calls in flight per cluster: more would only queue inside the provider, where the wait would count
-        against the attempt's deadline. Local: twice the workers (one running, one queued each)."""
+        against the attempt's deadline. Each cluster model says how many (`max_inflight`)."""
         if cluster not in self._caps:
-            config = self.fabric.clusters.get(cluster) if hasattr(self.fabric, "clusters") else None
-            if config is None:
-                cap = 1_000_000
-            elif config.kind == "local":
-                cap = 2 * config.concurrency
-            else:
-                cap = int(getattr(config, "max_inflight", 0) or 1_000_000)
+            cap = self.fabric.max_inflight(cluster)
             self._caps[cluster] = cap
         return self._caps[cluster]
 
@@ -241,19 +320,22 @@ class Tracker:
         job.attempts += 1
         job.first_start = job.first_start or now
         timeout = self.policy.invocation_timeout_s or (job.timeout_s + self.policy.timeout_slack_s)
+        check_activation(None, ActivationState.INVOKED, what=f"activation {attempt_id}")
         attempt = Attempt(attempt_id, job, number, invocation, now, now + timeout,
                           now + self.policy.poll_initial_s, self.policy.poll_initial_s)
-        job.active, job.state = attempt, "running"
+        job.move(JobState.RUNNING)
+        job.active = attempt
         self._inserts.append({
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
-            "name": job.name, "attempt": number, "state": "invoked",
+            "name": job.name, "attempt": number, "state": ActivationState.INVOKED.value,
             "platform_activation_id": invocation.activation_id, "submitted": now,
         })
         self._emit(job, attempt, "invoked")
 
     def _adopt(self, job: Job, record: dict[str, Any]) -> None:
-        """Resume polling an activation an earlier orchestrator left in flight."""
+        """Resume polling an activation an earlier orchestrator left in flight (its record says `invoked`)."""
+        job.move(JobState.RUNNING)
         now = self.clock()
         number = int(record.get("attempt") or 1)
         job.attempt_base, job.attempts = number - 1, 1  # the adopted attempt is this orchestrator's first
@@ -262,8 +344,8 @@ class Tracker:
         timeout = self.policy.invocation_timeout_s or (job.timeout_s + self.policy.timeout_slack_s)
         attempt = Attempt(record["_id"], job, number, invocation, invocation.submitted,
                           max(invocation.submitted + timeout, now + self.policy.poll_initial_s),
-                          now, self.policy.poll_initial_s)
-        job.active, job.state = attempt, "running"
+                          now, self.policy.poll_initial_s, state=ActivationState(record["state"]))
+        job.active = attempt
         self._emit(job, attempt, "adopted")
 
     # ------------------------------------------------------------------ polling
@@ -273,8 +355,8 @@ class Tracker:
         due = [a for a in attempts if a is not None and a.next_poll <= now]
         if not due:
             return
-        cheap = [a for a in due if self.fabric.kind(a.job.cluster) == "local"]
-        remote = [a for a in due if self.fabric.kind(a.job.cluster) != "local"]
+        cheap = [a for a in due if self._poll_cap(a.job.cluster) is not None]
+        remote = [a for a in due if self._poll_cap(a.job.cluster) is None]
         outcomes: list[tuple[Attempt, Status | ProviderError]] = [(a, self._poll_one(a)) for a in cheap]
         if len(remote) == 1:
             outcomes.append((remote[0], self._poll_one(remote[0])))
@@ -297,7 +379,8 @@ class Tracker:
         if isinstance(outcome, AuthError):
             raise RunFailed(f"credentials rejected by cluster {job.cluster}: {outcome.message}")
         if isinstance(outcome, Throttled):
-            self._finish(attempt, Status(State.FAILED, error=f"throttled: {outcome.message}"), state_name="throttled")
+            self._finish(attempt, Status(State.FAILED, error=f"throttled: {outcome.message}"),
+                         ActivationState.THROTTLED)
             self._throttled(job, outcome, counts)
             return
         if isinstance(outcome, FunctionMissing):
@@ -320,26 +403,33 @@ class Tracker:
         self._finish(attempt, status)
         counts.add(status.state)
         if status.state is State.SUCCEEDED:
-            job.state, job.result, job.error, job.active = "succeeded", status.result, None, None
+            job.move(JobState.SUCCEEDED)
+            job.result, job.error, job.active = status.result, None, None
             job.handler_s = status.duration_s
             self._emit(job, attempt, "succeeded")
         else:
             self._after_failure(job, status.error or status.state.value, counts)
 
+    def _poll_cap(self, cluster: str) -> float | None:
+        """The platform's own cap on the pause between polls (set where a poll costs no network call)."""
+        return self.fabric.poll_max_s(cluster)
+
     def _reschedule_poll(self, attempt: Attempt, now: float) -> None:
-        # polling the local platform is a dictionary lookup: keep it tight so a finished call is seen at once
-        cap = LOCAL_POLL_MAX_S if self.fabric.kind(attempt.job.cluster) == "local" else self.policy.poll_max_s
+        # where polling is free (the platform says so), keep it tight so a finished call is seen at once
+        cap = self._poll_cap(attempt.job.cluster) or self.policy.poll_max_s
         attempt.interval = min(attempt.interval * 1.5, max(cap, self.policy.poll_initial_s))
         attempt.next_poll = min(now + attempt.interval, attempt.deadline)
 
     # ------------------------------------------------------------------ outcomes
 
-    def _finish(self, attempt: Attempt, status: Status, state_name: str | None = None) -> None:
-        """Record an attempt's final state (store + Logs/). `state_name` overrides it (e.g. 'abandoned')."""
+    def _finish(self, attempt: Attempt, status: Status, state: ActivationState | None = None) -> None:
+        """Record an attempt's final state (store + Logs/): the outcome's, unless `state` says otherwise (a
+        throttled or abandoned attempt)."""
         job = attempt.job
+        attempt.move(state or ActivationState.of(status.state))
         attempt.status = status
         end = status.end or self.clock()
-        state = state_name or status.state.value
+        state = attempt.state.value
         fields = {"state": state, "start": status.start, "end": end, "duration_s": status.duration_s,
                   "cold": status.cold, "error": status.error, "injected": status.injected}
         if status.activation_id:
@@ -359,10 +449,10 @@ class Tracker:
     def _after_failure(self, job: Job, error: str, counts: Counts) -> None:
         job.error, job.active = error, None
         if job.attempts >= self.policy.max_attempts:
-            job.state = "gave_up"
+            job.move(JobState.GAVE_UP)
             self._emit(job, None, "gave_up")
             return
-        job.state = "backoff"
+        job.move(JobState.BACKOFF)
         job.retries += 1
         counts.retries += 1
         job.not_before = self.clock() + self._backoff(job.attempts)
@@ -375,7 +465,8 @@ class Tracker:
     def _throttled(self, job: Job, exc: Throttled, counts: Counts) -> None:
         job.throttled += 1
         counts.throttled += 1
-        job.state, job.active = "backoff", None
+        job.move(JobState.BACKOFF)
+        job.active = None
         wait = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(min(job.throttled, 8))
         job.not_before = self.clock() + wait
         self.runlog.event("throttled", round=job.round, client_id=job.client_id, cluster=job.cluster,
@@ -394,29 +485,34 @@ class Tracker:
         self.runlog.event("redeploy", round=job.round, cluster=job.cluster, name=job.name, reason=exc.message)
         self.runlog.logger.warning("function %s missing on %s: redeploying", job.name, job.cluster)
         self.redeploy(job.cluster, job.function, job.name)
-        job.state, job.active, job.not_before = "waiting", None, 0.0
+        job.move(JobState.WAITING)
+        job.active, job.not_before = None, 0.0
         self._emit(job, None, "redeployed")
 
     def _record_failed_submit(self, job: Job, attempt_id: str, number: int, exc: ProviderError) -> None:
+        """The platform refused the call outright: the record starts, and ends, as `failed`."""
+        check_activation(None, ActivationState.FAILED, what=f"activation {attempt_id}")
         now = self.clock()
         self._inserts.append({
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
-            "name": job.name, "attempt": number, "state": State.FAILED.value, "submitted": now, "end": now,
+            "name": job.name, "attempt": number, "state": ActivationState.FAILED.value, "submitted": now, "end": now,
             "error": f"{type(exc).__name__}: {exc.message}",
         })
         self.runlog.activation({
             "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
-            "activation_id": attempt_id, "attempt": number, "state": State.FAILED.value, "start": now, "end": now,
+            "activation_id": attempt_id, "attempt": number, "state": ActivationState.FAILED.value, "start": now,
+            "end": now,
             "duration_s": 0.0, "memory_mb": job.memory_mb, "error": f"{type(exc).__name__}: {exc.message}",
         })
 
     def _abandon(self, job: Job, reason: str) -> None:
         attempt = job.active
         if attempt is not None:  # still running on the platform; its late result is not used
-            self._finish(attempt, Status(State.PENDING, error=reason), state_name="abandoned")
-        job.state, job.active, job.error = "abandoned", None, reason
+            self._finish(attempt, Status(State.PENDING, error=reason), ActivationState.ABANDONED)
+        job.move(JobState.ABANDONED)
+        job.active, job.error = None, reason
         self._emit(job, None, "abandoned")
 
     def _emit(self, job: Job, attempt: Attempt | None, what: str) -> None:
@@ -432,9 +528,9 @@ class Tracker:
         now = self.clock()
         wake = [deadline] if deadline is not None else []
         for job in jobs:
-            if job.state == "running" and job.active is not None:
+            if job.state is JobState.RUNNING and job.active is not None:
                 wake.append(job.active.next_poll)
-            elif job.state in ("waiting", "backoff"):
+            elif job.state in (JobState.WAITING, JobState.BACKOFF):
                 wake.append(job.not_before)
         if not wake:
             return

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import csv
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -9,8 +12,19 @@ from typing import Any
 
 import pytest
 
+import fedkeeper.tracker as tracker_module
+from fedkeeper.activations import (
+    ACTIVATION_TRANSITIONS,
+    JOB_TRANSITIONS,
+    ActivationState,
+    IllegalTransition,
+    JobState,
+    check_activation,
+    check_job,
+)
 from fedkeeper.config.models import Resilience
 from fedkeeper.errors import RunFailed
+from fedkeeper.fabric import Fabric
 from fedkeeper.providers.base import (
     AuthError,
     FunctionMissing,
@@ -23,7 +37,9 @@ from fedkeeper.providers.base import (
 from fedkeeper.results.runlog import RunLog
 from fedkeeper.secrets import Redactor
 from fedkeeper.store import Store
-from fedkeeper.tracker import Job, Tracker, select_clients
+from fedkeeper.tracker import Attempt, Job, Tracker, TrackerFabric, attempt_bases, in_flight, select_clients
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
 class ScriptedProvider:
@@ -79,10 +95,16 @@ class FakeFabric:
     def kind(self, cluster: str) -> str:
         return "openwhisk"
 
+    def max_inflight(self, cluster: str) -> int:
+        return 1_000_000
+
+    def poll_max_s(self, cluster: str) -> float | None:
+        return None  # a remote platform: the policy's poll_max_s applies
+
 
 @pytest.fixture
-def setup(mongomock_db: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = Store(mongomock_db, url="mongodb://127.0.0.1:1")
+def setup(nx_server: str, nx_db: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = Store(nx_db, url=nx_server)
     store.ensure_indexes()
     runlog = RunLog(tmp_path / "Logs", "run1", Redactor())
 
@@ -118,6 +140,8 @@ def test_success_is_recorded_once_per_client(setup) -> None:  # type: ignore[no-
         assert states(store, c) == ["succeeded"]
     rows = (runlog.dir / "activations.csv").read_text().splitlines()
     assert len(rows) == 4  # header + 3
+    with (runlog.dir / "activations.csv").open() as handle:  # the plain strings, as earlier versions wrote them
+        assert [row["state"] for row in csv.DictReader(handle)] == ["succeeded"] * 3
 
 
 def test_failures_are_retried_until_success(setup) -> None:  # type: ignore[no-untyped-def]
@@ -219,7 +243,7 @@ def test_adopted_in_flight_activation_is_polled_before_reinvoking(setup) -> None
                              "function": "fl_client", "attempt": 1, "state": "invoked",
                              "platform_activation_id": "platform-7", "submitted": time.time()})
     js = jobs([0])
-    outcome = tracker.run(js, adopt={(1, 0, "fl_client"): store.find_activations("run1", round=1)[0]})
+    outcome = tracker.run(js)  # the tracker finds the record itself
     assert outcome.jobs[0].state == "succeeded"
     assert provider.invocations == []  # nothing re-invoked
     assert states(store, 0) == ["succeeded"]
@@ -232,10 +256,181 @@ def test_lost_adopted_activation_is_reinvoked_with_a_new_attempt_number(setup) -
     store.insert_activation({"_id": "old", "run_id": "run1", "round": 1, "client_id": 0, "cluster": "c1",
                              "function": "fl_client", "attempt": 2, "state": "invoked",
                              "platform_activation_id": "gone", "submitted": time.time()})
-    outcome = tracker.run(jobs([0]), adopt={(1, 0, "fl_client"): store.find_activations("run1", round=1)[0]})
+    outcome = tracker.run(jobs([0]))
     assert outcome.jobs[0].state == "succeeded"
     assert [p["attempt"] for _, p in provider.invocations] == [3]
     assert states(store, 0) == ["lost", "succeeded"]
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def record(store: Store, attempt: int, state: str, *, client: int | None = 0, round_number: int = 1,
+           function: str = "fl_client") -> str:
+    """An activation record as an interrupted orchestrator (of this or an earlier version) left it."""
+    platform_id = f"p-{round_number}-{client}-{attempt}"
+    store.insert_activation({"_id": f"old-{platform_id}", "run_id": "run1", "round": round_number,
+                             "client_id": client, "cluster": "c1", "function": function, "name": "fk-x-fl-client",
+                             "attempt": attempt, "state": state, "platform_activation_id": platform_id,
+                             "submitted": time.time()})
+    return platform_id
+
+
+def test_attempt_numbers_continue_after_a_resume(setup) -> None:  # type: ignore[no-untyped-def]
+    make, store, _ = setup
+    tracker, provider = make({0: ["fail", "ok"]})
+    record(store, 1, "failed")
+    record(store, 2, "timed_out")
+    record(store, 1, "failed", client=None, function="fl_server_aggregator")
+    record(store, 7, "failed", client=1, round_number=2)  # another round's records change nothing here
+    aggregator = Job("run1", 1, None, "c1", "fl_server_aggregator", "fk-x-agg", {"client_id": None}, 5.0, 256)
+    outcome = tracker.run(jobs([0, 1]) + [aggregator])
+    assert all(j.state is JobState.SUCCEEDED for j in outcome.jobs)
+    numbers = [(p["client_id"], p["attempt"]) for _, p in provider.invocations]
+    assert sorted(numbers, key=str) == sorted([(0, 3), (0, 4), (1, 1), (None, 2)], key=str)
+    assert states(store, 0) == ["failed", "timed_out", "failed", "succeeded"]
+    assert outcome.jobs[0].attempts == 2  # the budget is this orchestrator's: numbering only continues
+
+
+def test_a_crashed_runs_in_flight_call_is_adopted_and_not_reinvoked(setup) -> None:  # type: ignore[no-untyped-def]
+    make, store, runlog = setup
+    tracker, provider = make({})
+    provider.outcome[record(store, 1, "invoked")] = "ok"  # client 0: its answer was never read
+    record(store, 1, "failed", client=1)
+    record(store, 2, "invoked", client=2)
+    record(store, 3, "failed", client=2)  # client 2's latest attempt is over: nothing to adopt
+    seen: list[tuple[int | None, str]] = []
+    tracker.listeners.append(lambda job, attempt, what: seen.append((job.client_id, what)))
+    outcome = tracker.run(jobs([0, 1, 2]))
+    assert [j.state for j in outcome.jobs] == [JobState.SUCCEEDED] * 3
+    assert (0, "adopted") in seen and (0, "invoked") not in seen
+    assert sorted(p["client_id"] for _, p in provider.invocations) == [1, 2]
+    assert {p["client_id"]: p["attempt"] for _, p in provider.invocations} == {1: 2, 2: 4}
+    assert states(store, 0) == ["succeeded"]  # the adopted record was finished in place
+    assert states(store, 2) == ["invoked", "failed", "succeeded"]  # an older `invoked` stays as it was
+    with (runlog.dir / "activations.csv").open() as handle:
+        adopted = [row for row in csv.DictReader(handle) if row["client_id"] == "0"]
+    assert [(row["activation_id"], row["attempt"], row["state"]) for row in adopted] == [
+        ("old-p-1-0-1", "1", "succeeded")]
+
+
+def test_resume_reads_the_latest_attempt_of_each_job_whatever_the_record_order() -> None:
+    def rec(client: int | None, attempt: int, state: str, function: str = "fl_client") -> dict[str, Any]:
+        return {"_id": f"{client}-{attempt}", "round": 1, "client_id": client, "function": function,
+                "attempt": attempt, "state": state}
+
+    records = [rec(0, 1, "invoked"), rec(0, 2, "failed"), rec(1, 1, "throttled"), rec(1, 2, "invoked"),
+               rec(None, 3, "invoked", "fl_server_aggregator"), rec(2, 1, "abandoned")]
+    for order in (records, records[::-1]):
+        assert attempt_bases(order) == {0: 2, 1: 2, None: 3, 2: 1}
+        assert {k: r["_id"] for k, r in in_flight(order).items()} == {
+            (1, 1, "fl_client"): "1-2", (1, None, "fl_server_aggregator"): "None-3"}
+    assert attempt_bases([]) == {} and in_flight([]) == {}
+
+
+# ---------------------------------------------------------------------------------------------- states
+
+
+def test_record_states_are_the_strings_earlier_versions_stored() -> None:
+    assert [s.value for s in ActivationState] == [
+        "invoked", "succeeded", "failed", "timed_out", "lost", "throttled", "abandoned"]
+    assert ActivationState("timed_out") is ActivationState.TIMED_OUT
+    assert ActivationState.INVOKED == "invoked" and str(ActivationState.LOST) == "lost"
+    assert f"{ActivationState.ABANDONED}" == "abandoned"
+    for outcome in (State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.LOST):
+        assert ActivationState.of(outcome).value == outcome.value
+    with pytest.raises(IllegalTransition, match="pending outcome is not a final activation state"):
+        ActivationState.of(State.PENDING)
+
+
+def test_activation_transitions() -> None:
+    A = ActivationState
+    assert set(ACTIVATION_TRANSITIONS) == set(A) | {None}
+    assert ACTIVATION_TRANSITIONS[None] == {A.INVOKED, A.FAILED}
+    assert ACTIVATION_TRANSITIONS[A.INVOKED] == set(A) - {A.INVOKED}
+    assert [s for s in A if not s.final] == [A.INVOKED]
+    for current in A:
+        for new in A:
+            if new in ACTIVATION_TRANSITIONS[current]:
+                check_activation(current, new)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check_activation(current, new)
+    with pytest.raises(IllegalTransition, match=r"'succeeded' cannot become 'failed' \(allowed: none, it is final\)"):
+        check_activation(A.SUCCEEDED, A.FAILED)
+    with pytest.raises(IllegalTransition, match=r"a new record cannot become 'succeeded' \(allowed: failed, invoked\)"):
+        check_activation(None, A.SUCCEEDED)
+
+
+def test_job_transitions() -> None:
+    J = JobState
+    assert set(JOB_TRANSITIONS) == set(J)
+    assert {s for s in J if s.done} == {J.SUCCEEDED, J.GAVE_UP, J.ABANDONED}
+    assert [s for s in J if J.SUCCEEDED in JOB_TRANSITIONS[s]] == [J.RUNNING]  # only an answered attempt succeeds
+    assert all(J.ABANDONED in JOB_TRANSITIONS[s] for s in J if not s.done)
+    with pytest.raises(IllegalTransition, match="job: 'waiting' cannot become 'succeeded'"):
+        check_job(J.WAITING, J.SUCCEEDED)
+    with pytest.raises(IllegalTransition, match="'running' cannot become 'running'"):
+        check_job(J.RUNNING, J.RUNNING)
+
+
+def test_the_tracker_refuses_an_illegal_transition(setup) -> None:  # type: ignore[no-untyped-def]
+    make, store, _ = setup
+    tracker, provider = make({})
+    finished: list[Attempt] = []
+    tracker.listeners.append(lambda job, attempt, what: finished.append(attempt) if what == "succeeded" else None)
+    outcome = tracker.run(jobs([0]))
+    attempt = finished[0]
+    assert attempt.state is ActivationState.SUCCEEDED
+    with pytest.raises(IllegalTransition, match=rf"activation {attempt.id} \(attempt 1\): 'succeeded' cannot "
+                                                r"become 'abandoned'"):
+        attempt.move(ActivationState.ABANDONED)
+    assert attempt.state is ActivationState.SUCCEEDED
+    # a finished job handed back with a record that says it is in flight: refused, nothing invoked or written
+    record(store, 2, "invoked")
+    with pytest.raises(IllegalTransition, match="job fl_client round 1 client 0: 'succeeded' cannot become 'running'"):
+        tracker.run(outcome.jobs)
+    assert len(provider.invocations) == 1
+    assert states(store, 0) == ["succeeded", "invoked"]
+
+
+def _doc_table(heading: str) -> dict[str, set[str]]:
+    """state → next states, from a table of docs/reliability.md (first cell: the state, last: the next states)."""
+    section = DOCS.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `") or line.startswith("| (new record)"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0].strip("`")] = set(re.findall(r"`([a-z_]+)`", cells[-1]))
+    return rows
+
+
+def test_every_state_and_transition_is_documented() -> None:
+    assert _doc_table("Activation record states") == {
+        "(new record)" if state is None else state.value: {s.value for s in nexts}
+        for state, nexts in ACTIVATION_TRANSITIONS.items()}
+    assert _doc_table("Job states") == {state.value: {s.value for s in nexts}
+                                        for state, nexts in JOB_TRANSITIONS.items()}
+
+
+def test_the_tracker_knows_no_platform_and_no_test_fabric() -> None:
+    from fedkeeper.providers import registry
+
+    assert issubclass(Fabric, TrackerFabric)
+    assert isinstance(FakeFabric(ScriptedProvider({})), TrackerFabric)
+    tree = ast.parse(Path(tracker_module.__file__).read_text())
+    imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m == "fedkeeper.fabric" or m.startswith("fedkeeper.providers.")} == {
+        "fedkeeper.providers.base"}
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "hasattr" not in called  # no probing for what kind of fabric it got
+    used = {n.attr for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute) and n.value.attr == "fabric"}
+    assert used == {"provider", "kind", "max_inflight", "poll_max_s"}  # the TrackerFabric protocol, nothing else
+    words = set(registry.kinds()) | {alias for spec in registry.platforms() for alias in spec.legacy_aliases}
+    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert words and not literals & words
 
 
 def test_client_selection_is_deterministic_and_varies_by_round() -> None:

@@ -3,7 +3,8 @@
 Round r: choose clients from (seed, r); invoke `fl_client` for those without a stored update; wait under the
 resilience policy; hand the aggregator exactly the clients whose update is in the store (sorted, so the result
 does not depend on arrival order); record metrics. The store is the source of truth, so an interrupted run
-resumes at the first round without a global model and repeats nothing that was accepted.
+resumes at the first round without a global model and repeats nothing that was accepted; the tracker continues
+the attempt numbering and adopts what the interrupted run left in flight.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from fedkeeper import config as cfg
+from fedkeeper.activations import JobState
 from fedkeeper.config.models import Config, FederatedLearning
 from fedkeeper.errors import RunFailed, UsageProblem
 from fedkeeper.fabric import Fabric
@@ -100,35 +102,10 @@ class Experiment:
     def _aggregate(self, round_number: int, mode: str, client_ids: list[int] | None) -> dict[str, Any]:
         job = self._job(round_number, None, aggregator_payload(
             self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models, client_ids))
-        records = self.store.find_activations(self.run_id, round=round_number)
-        job.attempt_base = self._attempt_base(records).get(None, 0)
-        outcome = self.tracker.run([job], adopt=self._in_flight(records, [None]))
-        if job.state != "succeeded" or not job.result:
+        self.tracker.run([job])
+        if job.state is not JobState.SUCCEEDED or not job.result:
             raise RunFailed(f"round {round_number}: the aggregator failed after {job.attempts} attempt(s): {job.error}")
         return job.result
-
-    def _in_flight(self, records: list[dict[str, Any]],
-                   client_ids: list[int | None]) -> dict[tuple[int, int | None, str], dict]:
-        """Activations an interrupted orchestrator left 'invoked' (to poll by id before re-invoking)."""
-        wanted = set(client_ids)
-        latest: dict[tuple[int, int | None, str], dict] = {}
-        for record in records:
-            client = record.get("client_id")
-            if client not in wanted:
-                continue
-            key = (int(record["round"]), client, record.get("function", "fl_client"))
-            if key not in latest or int(record.get("attempt") or 0) > int(latest[key].get("attempt") or 0):
-                latest[key] = record
-        return {k: r for k, r in latest.items() if r.get("state") == "invoked"}
-
-    @staticmethod
-    def _attempt_base(records: list[dict[str, Any]]) -> dict[int | None, int]:
-        """Highest attempt number used so far per client, so new attempts never reuse one."""
-        base: dict[int | None, int] = {}
-        for record in records:
-            client = record.get("client_id")
-            base[client] = max(base.get(client, 0), int(record.get("attempt") or 0))
-        return base
 
     # ---------------------------------------------------------------- rounds
 
@@ -152,15 +129,8 @@ class Experiment:
             selected = select_clients(fl.seed, r, total, selected_count)
             self.runlog.event("round_started", round=r, selected=selected)
             stored = {int(u["client_id"]) for u in self.store.blobs.list_updates(self.run_id, r)}
-            records = self.store.find_activations(self.run_id, round=r)  # left by an interrupted run, if any
-            base = self._attempt_base(records)
-            jobs = []
-            for client_id in selected:
-                if client_id in stored:
-                    continue
-                job = self._job(r, client_id, client_payload(self.run_id, r, client_id, fl))
-                job.attempt_base = base.get(client_id, 0)
-                jobs.append(job)
+            jobs = [self._job(r, client_id, client_payload(self.run_id, r, client_id, fl))
+                    for client_id in selected if client_id not in stored]
             task = progress.add_task(f"round {r}/{self.rounds}", total=len(selected), completed=len(stored),
                                      failed=0, retrying=0)
             listener = self._progress_listener(progress, task)
@@ -168,12 +138,12 @@ class Experiment:
             deadline = time.time() + fl.resilience.round_deadline_s if fl.resilience.round_deadline_s else None
 
             def ok(js: list[Job]) -> int:
-                return len(stored) + sum(j.state == "succeeded" for j in js)
+                return len(stored) + sum(j.state is JobState.SUCCEEDED for j in js)
 
             satisfied = (lambda js: ok(js) >= per_round) if selected_count > per_round else None
             try:
                 outcome = self.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
-                                           satisfied=satisfied, adopt=self._in_flight(records, list(selected)))
+                                           satisfied=satisfied)
             finally:
                 self.tracker.listeners.remove(listener)
             invoke_s = time.perf_counter() - t0
@@ -183,7 +153,8 @@ class Experiment:
                 accepted = accepted[:per_round]
             if len(accepted) < quorum:
                 progress.remove_task(task)
-                failed = [f"client {j.client_id}: {j.error}" for j in outcome.jobs if j.state != "succeeded"][:5]
+                failed = [f"client {j.client_id}: {j.error}" for j in outcome.jobs
+                          if j.state is not JobState.SUCCEEDED][:5]
                 raise RunFailed(f"round {r}: only {len(accepted)} of {len(selected)} selected clients stored an "
                                 f"update; at least {quorum} needed (resilience.min_fraction). "
                                 f"Resume with --resume {self.run_id}. Failures: {'; '.join(failed)}")
@@ -194,7 +165,7 @@ class Experiment:
                 self.runlog.event("update_rejected", round=r, **rejected)
             progress.remove_task(task)
             durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
-                         for j in outcome.jobs if j.state == "succeeded" and j.result]
+                         for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
             c = outcome.counts
             row = {"round": r, "selected": len(selected), "succeeded": len(accepted), "failed": c.failed,
                    "timed_out": c.timed_out, "lost": c.lost, "retries": c.retries,
