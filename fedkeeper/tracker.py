@@ -93,6 +93,8 @@ class Job:
     memory_mb: int
     # filled while running
     attempts: int = 0
+    #: attempts that do not count toward max_attempts (throttled when polled: the platform, not the client)
+    uncounted: int = 0
     state: JobState = JobState.WAITING  # changed only through `move`
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -306,7 +308,7 @@ class Tracker:
             self._throttled(job, exc, counts)
             return
         except FunctionMissing as exc:
-            self._missing(job, exc, counts)
+            self._missing(job, exc, counts, counted=False)
             return
         except AuthError as exc:
             raise RunFailed(f"credentials rejected by cluster {job.cluster}: {exc.message}") from None
@@ -381,11 +383,12 @@ class Tracker:
         if isinstance(outcome, Throttled):
             self._finish(attempt, Status(State.FAILED, error=f"throttled: {outcome.message}"),
                          ActivationState.THROTTLED)
+            job.uncounted += 1  # a new attempt number, but not a client failure
             self._throttled(job, outcome, counts)
             return
         if isinstance(outcome, FunctionMissing):
             self._finish(attempt, Status(State.FAILED, error=f"function missing: {outcome.message}"))
-            self._missing(job, outcome, counts)
+            self._missing(job, outcome, counts, counted=True)
             return
         if isinstance(outcome, PlatformError) or isinstance(outcome, ProviderError):
             # transient trouble asking about it: ask again later, unless the attempt is overdue
@@ -448,7 +451,7 @@ class Tracker:
 
     def _after_failure(self, job: Job, error: str, counts: Counts) -> None:
         job.error, job.active = error, None
-        if job.attempts >= self.policy.max_attempts:
+        if job.attempts - job.uncounted >= self.policy.max_attempts:
             job.move(JobState.GAVE_UP)
             self._emit(job, None, "gave_up")
             return
@@ -473,10 +476,12 @@ class Tracker:
                           wait_s=round(wait, 3))
         self._emit(job, None, "throttled")
 
-    def _missing(self, job: Job, exc: FunctionMissing, counts: Counts) -> None:
+    def _missing(self, job: Job, exc: FunctionMissing, counts: Counts, *, counted: bool) -> None:
+        """`counted`: the attempt was already submitted and counted (the platform said so when polled)."""
         key = (job.cluster, job.name)
         if not self.policy.redeploy_missing or self.redeploy is None or key in self._redeployed:
-            job.attempts += 1
+            if not counted:
+                job.attempts += 1
             counts.failed += 1
             self._after_failure(job, f"function missing: {exc.message}", counts)
             return

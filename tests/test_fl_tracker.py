@@ -44,7 +44,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 class ScriptedProvider:
     """Outcomes scripted per client and attempt: 'ok', 'fail', 'timeout' (stays pending), 'lost',
-    'throttle' (invoke raises Throttled), 'missing' (invoke raises FunctionMissing), 'auth', 'platform'."""
+    'throttle' (invoke raises Throttled), 'missing' (invoke raises FunctionMissing), 'auth', 'platform';
+    'poll_throttle' / 'poll_missing': accepted, then polling raises Throttled / FunctionMissing (as Lambda and
+    GCF report them)."""
 
     def __init__(self, script: dict[int | None, list[str]]) -> None:
         self.script = script
@@ -73,6 +75,10 @@ class ScriptedProvider:
 
     def poll(self, inv: Invocation) -> Status:
         step = self.outcome[inv.activation_id]
+        if step == "poll_throttle":
+            raise Throttled("c1", "429 too many requests", retry_after_s=0.0)
+        if step == "poll_missing":
+            raise FunctionMissing("c1", f"no function {inv.name}")
         if step == "ok":
             return Status(State.SUCCEEDED, result={"ok": True, "duration_s": 0.01}, duration_s=0.01, cold=False)
         if step == "fail":
@@ -180,6 +186,26 @@ def test_throttling_is_backed_off_and_not_counted_as_an_attempt(setup) -> None: 
     assert outcome.counts.throttled == 4 and outcome.counts.failed == 0
     assert states(store, 0) == ["succeeded"]
     assert (runlog.dir / "events.jsonl").read_text().count('"event": "throttled"') == 4
+
+
+def test_throttling_seen_when_polling_does_not_use_up_attempts(setup) -> None:  # type: ignore[no-untyped-def]
+    """Throttling is the platform's load, never the client's failure, whenever it is reported."""
+    make, store, _ = setup
+    tracker, _ = make({0: ["poll_throttle", "poll_throttle", "fail", "ok"]}, max_attempts=2)
+    outcome = tracker.run(jobs([0]))
+    assert outcome.jobs[0].state == "succeeded"  # two throttles, one failure, and the second counted attempt
+    assert states(store, 0) == ["throttled", "throttled", "failed", "succeeded"]
+    assert [r["attempt"] for r in store.find_activations("run1", round=1)] == [1, 2, 3, 4]
+    assert outcome.counts.throttled == 2 and outcome.counts.failed == 1
+
+
+def test_a_function_missing_when_polled_counts_one_attempt(setup) -> None:  # type: ignore[no-untyped-def]
+    """Without redeploy, a missing function is one failed attempt, not two."""
+    make, store, _ = setup
+    tracker, _ = make({0: ["poll_missing", "ok"]}, max_attempts=2, redeploy_missing=False)
+    outcome = tracker.run(jobs([0]))
+    assert outcome.jobs[0].state == "succeeded"
+    assert [r["attempt"] for r in store.find_activations("run1", round=1)] == [1, 2]
 
 
 def test_missing_function_is_redeployed_and_retried(setup) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import click
 
+from fedkeeper.activations import ActivationState
 from fedkeeper.cli.console import READ_EXIT_CODES_HELP, common_options, make_app, write_raw
 
-STATES = ("succeeded", "failed", "timed_out", "lost", "throttled", "abandoned")
+#: the states an activation can end in (everything but `invoked`)
+STATES = tuple(s.value for s in ActivationState if s is not ActivationState.INVOKED)
 
 
 @click.command(epilog=READ_EXIT_CODES_HELP)

@@ -17,11 +17,13 @@ from typing import Any
 
 from rich.markup import escape
 
+from fedkeeper.activations import ActivationState
 from fedkeeper.results.run_folders import END_STATUS, LIFECYCLE_EVENTS, read_events
 
 TERMINAL_EVENTS = tuple(END_STATUS)
-STATE_STYLE = {"succeeded": "green", "failed": "red", "timed_out": "yellow", "lost": "magenta",
-               "pending": "cyan", "invoked": "cyan"}
+_A = ActivationState
+STATE_STYLE = {_A.SUCCEEDED: "green", _A.FAILED: "red", _A.TIMED_OUT: "yellow", _A.LOST: "magenta",
+               _A.INVOKED: "cyan", _A.THROTTLED: "yellow", _A.ABANDONED: "bright_black", "pending": "cyan"}
 _ENVELOPE = ("ts", "run_id", "event")
 
 

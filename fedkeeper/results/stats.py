@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from fedkeeper.activations import ActivationState
 from fedkeeper.results.pricing import UnitPrice, price_for
 
-FINAL_STATES = ("succeeded", "failed", "timed_out", "lost")
-FAILED_STATES = ("failed", "timed_out", "lost")
+_A = ActivationState
+FINAL_STATES = (_A.SUCCEEDED.value, _A.FAILED.value, _A.TIMED_OUT.value, _A.LOST.value)
+FAILED_STATES = (_A.FAILED.value, _A.TIMED_OUT.value, _A.LOST.value)
 
 
 def percentile(values: list[float], q: float) -> float | None:
