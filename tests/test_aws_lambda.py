@@ -24,7 +24,7 @@ from botocore.exceptions import ReadTimeoutError
 from moto import mock_aws
 from moto.moto_api._internal.models import moto_api_backend
 
-from fedkeeper.config.models import LambdaCluster
+from fedkeeper.providers.aws.config import LambdaCluster
 from fedkeeper.providers.aws import client as aws_client, provider as aws_lambda
 from fedkeeper.providers.aws.provider import LambdaProvider, code_sha256
 from fedkeeper.providers.base import (
@@ -419,17 +419,6 @@ def test_function_error_is_failed_with_message(provider: LambdaProvider, aws: di
     assert status.result is None and status.activation_id and status.activation_id.startswith("req-")
 
 
-def test_sandbox_timeout_is_timed_out(provider: LambdaProvider, aws: dict[str, Any]) -> None:
-    spec = make_spec()
-    provider.deploy(spec)
-    aws["hook"] = lambda request: aws_response(
-        request.url, 200, {"errorType": "Sandbox.Timedout",
-                           "errorMessage": "RequestId: abc Error: Task timed out after 30.00 seconds"},
-        {"X-Amz-Function-Error": "Unhandled"})
-    status = wait_done(provider, provider.invoke(spec.name, {}))
-    assert status.state is State.TIMED_OUT and "Task timed out" in (status.error or "")
-
-
 def test_read_timeout_is_timed_out(provider: LambdaProvider, aws: dict[str, Any]) -> None:
     spec = make_spec(timeout=5)
     provider.deploy(spec)
@@ -533,27 +522,6 @@ def test_error_mapping_table() -> None:
     assert type(map_client_error("c", "update_function_configuration", "f", layer_missing)) is InvocationFailed
     assert type(map_client_error("c", "update_function_configuration", "f",
                                  err("ResourceNotFoundException", 404, "Function not found: arn"))) is FunctionMissing
-
-
-def test_missing_function_then_redeploy(provider: LambdaProvider, aws: dict[str, Any]) -> None:
-    spec = make_spec()
-    provider.deploy(spec)
-
-    def real_lambda_invoke(request: Any) -> AWSResponse | None:
-        """moto's Docker-less invoke answers even for deleted functions; real Lambda answers 404."""
-        name = request.url.rsplit("/functions/", 1)[1].split("/", 1)[0]
-        if name not in {f["FunctionName"] for f in aws["lambda"].list_functions()["Functions"]}:
-            return lambda_error(request.url, 404, "ResourceNotFoundException",
-                                f"Function not found: arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
-        return None
-
-    aws["hook"] = real_lambda_invoke
-    aws["lambda"].delete_function(FunctionName=spec.name)  # deleted behind FedKeeper's back
-    with pytest.raises(FunctionMissing, match="does not exist"):
-        wait_done(provider, provider.invoke(spec.name, {"x": 1}))
-    assert provider.deploy(spec).action == "created"
-    status = wait_done(provider, provider.invoke(spec.name, {"x": 1}))
-    assert (status.state, status.result) == (State.SUCCEEDED, {"x": 1})
 
 
 def test_invocations_are_bounded_by_max_inflight(make_provider: Callable[..., LambdaProvider],

@@ -13,7 +13,7 @@ import pytest
 
 from fake_gcf import FakeGcf, loopback_only
 from fedkeeper import packaging
-from fedkeeper.config.models import GcfCluster
+from fedkeeper.providers.google.config import GcfCluster
 from fedkeeper.providers import create as create_provider
 from fedkeeper.providers.base import (
     LABEL_DIGEST,
@@ -24,7 +24,6 @@ from fedkeeper.providers.base import (
     Invocation,
     State,
     Status,
-    Throttled,
     spec_digest,
 )
 from fedkeeper.providers.google.provider import DeployFailed, GcfProvider
@@ -232,24 +231,6 @@ def test_function_error_is_failed_with_its_message(fake: FakeGcf, provider: GcfP
     assert SECRET not in fake.runtime_log(probe)  # the traceback in the function's log is masked too
 
 
-@pytest.mark.slow
-def test_timeout_is_timed_out(provider: GcfProvider) -> None:
-    name = "fk-gcftest-slow"
-    provider.deploy(make_spec(PROBE, name, timeout_s=1))
-    status = wait(provider, provider.invoke(name, {"mode": "sleep", "seconds": 3}))
-    assert status.state is State.TIMED_OUT and "1 s" in status.error
-    assert provider.remove(name)
-
-
-def test_throttling_raises_throttled_then_recovers(fake: FakeGcf, provider: GcfProvider, probe: str) -> None:
-    fake.throttle_next = 2
-    for _ in range(2):
-        inv = provider.invoke(probe, {})
-        with pytest.raises(Throttled, match="HTTP 429"):
-            wait(provider, inv)
-    assert wait(provider, provider.invoke(probe, {})).state is State.SUCCEEDED
-
-
 def test_platform_errors_end_the_attempt_as_failed(fake: FakeGcf, provider: GcfProvider, probe: str) -> None:
     fake.platform_errors_next = [500, 502, 400]
     first = wait(provider, provider.invoke(probe, {}))
@@ -283,11 +264,6 @@ def test_missing_function_then_redeploy(fake: FakeGcf, provider: GcfProvider) ->
     assert provider.deploy(spec).action == "created"
     assert wait(provider, provider.invoke(name, {})).state is State.SUCCEEDED
     assert provider.remove(name)
-
-
-def test_poll_without_handle_is_lost(provider: GcfProvider) -> None:
-    inv = Invocation(cluster="gcf", name="fk-gcftest-nodeinfo", activation_id="a" * 32, submitted=0.0)
-    assert provider.poll(inv).state is State.LOST
 
 
 # ---------------------------------------------------------------------------------------------- remove

@@ -18,7 +18,7 @@ import requests
 
 from fake_openwhisk import FakeOpenWhisk
 from fedkeeper import packaging
-from fedkeeper.config.models import OpenWhiskCluster
+from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
 from fedkeeper.providers import create
 from fedkeeper.providers.openwhisk import provider as ow_module
 from fedkeeper.providers.base import (
@@ -404,18 +404,6 @@ def test_foreign_namespace_is_an_auth_error(fake_openwhisk: FakeOpenWhisk, tmp_p
 
 
 # ---------------------------------------------------------------------------------------------- remove / list
-
-
-def test_remove_is_idempotent(provider: OpenWhiskProvider, fake_openwhisk: FakeOpenWhisk) -> None:
-    spec = make_spec("nodeinfo")
-    provider.deploy(spec)
-    assert provider.exists(spec.name)
-    assert provider.remove(spec.name) is True
-    assert spec.name not in fake_openwhisk.actions
-    assert provider.exists(spec.name) is False
-    assert provider.remove(spec.name) is False
-    with pytest.raises(FunctionMissing):
-        provider.invoke(spec.name, {})
 
 
 def test_list_by_annotation_finds_orphans_and_ignores_foreign_actions(

@@ -168,7 +168,8 @@ class Provider(ABC):
 
     @abstractmethod
     def deploy(self, spec: DeploySpec) -> DeployResult:
-        """Create or update; a function whose stored digest equals `spec.digest` is left alone."""
+        """Create ("created") or update ("updated"); a function whose stored digest equals `spec.digest` is left
+        alone ("unchanged"). The digest is stored on the platform, so a later command's provider sees the same."""
 
     @abstractmethod
     def remove(self, name: str) -> bool:
@@ -179,15 +180,30 @@ class Provider(ABC):
 
     @abstractmethod
     def list(self, labels: dict[str, str] | None = None) -> list[FunctionInfo]:
-        """Functions carrying all the given labels (all of ours when None is given)."""
+        """Functions carrying all the given labels; with None, every function carrying an experiment label (any
+        experiment's), never one without: `remove` by listing must not touch what FedKeeper did not make."""
 
     @abstractmethod
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
-        """Submit and return at once; raises FunctionMissing, Throttled, AuthError, PlatformError."""
+        """Submit and return at once.
+
+        The platform's refusals are typed: FunctionMissing (the tracker redeploys), Throttled (it backs off; not a
+        client failure), AuthError (the run stops). They are raised here, or, where the platform only offers a
+        blocking call that `invoke` queues on a thread pool (Lambda, Cloud Functions), by the first `poll` that
+        sees the answer; the tracker handles both the same. PlatformError / InvocationFailed: not submitted.
+        """
 
     @abstractmethod
     def poll(self, inv: Invocation) -> Status:
-        """State of a submitted call; PENDING until it is done. LOST when the platform has no record of it."""
+        """State of a submitted call: PENDING until it is done, then SUCCEEDED (`result`: the function's dict),
+        FAILED (`error`: the function raised or crashed, or the platform failed the call) or TIMED_OUT.
+
+        An Invocation rebuilt from (cluster, name, activation_id) alone, as the tracker adopts it after a restart,
+        polls to its result where the platform keeps activation records (OpenWhisk; the local platform within the
+        provider object that ran it) and is LOST where it cannot (Lambda and Cloud Functions calls are
+        synchronous HTTP calls with nothing to look up; a new local provider): the tracker then re-invokes.
+        May raise the refusals of `invoke` (see there), and PlatformError when it could not ask (ask again).
+        """
 
     def close(self) -> None:
         """Release workers, pools and sessions."""

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fedkeeper.providers.base import (
+    LABEL_EXPERIMENT,
     DeployResult,
     DeploySpec,
     FunctionInfo,
@@ -176,6 +177,8 @@ class LocalProvider(Provider):
             if meta is None:
                 continue
             have = meta.get("labels") or {}
+            if labels is None and LABEL_EXPERIMENT not in have:
+                continue  # not FedKeeper's (no experiment label): never listed, so never removed by label
             if labels and any(have.get(k) != v for k, v in labels.items()):
                 continue
             out.append(FunctionInfo(name=fdir.name, labels=dict(have), digest=meta.get("digest"),

@@ -1,4 +1,4 @@
-"""Test function for the Cloud Functions provider tests: fails, sleeps or echoes on request.
+"""Test function of the Cloud Functions provider tests and the provider contract suite: fails, sleeps or echoes.
 
 `{"mode": "raise", "message": m}` raises RuntimeError(m) (with `leak: true` the message also carries
 FK_MONGO_URL, to check that the entry masks it); `{"mode": "sleep", "seconds": s}` sleeps; anything else echoes
