@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fake_gcf import FakeGcf, loopback_only  # noqa: E402
 
 from fedkeeper import packaging  # noqa: E402
-from fedkeeper.config.models import GcfCluster  # noqa: E402
+from fedkeeper.providers.google.config import GcfCluster  # noqa: E402
 from fedkeeper.providers.base import (  # noqa: E402
     LABEL_DIGEST,
     LABEL_EXPERIMENT,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from fedkeeper import packaging
-from fedkeeper.config.models import LocalCluster
+from fedkeeper.providers.local.config import LocalCluster
 from fedkeeper.providers.base import DeploySpec, State
 from fedkeeper.providers.local.provider import LocalProvider
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_openwhisk import FakeOpenWhisk  # noqa: E402
 
 from fedkeeper import packaging  # noqa: E402
-from fedkeeper.config.models import OpenWhiskCluster  # noqa: E402
+from fedkeeper.providers.openwhisk.config import OpenWhiskCluster  # noqa: E402
 from fedkeeper.providers.base import LABEL_DIGEST, LABEL_EXPERIMENT, LABEL_FUNCTION, DeploySpec, Invocation, \
     State, Status, spec_digest  # noqa: E402
 from fedkeeper.providers.openwhisk.provider import OpenWhiskProvider  # noqa: E402

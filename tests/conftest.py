@@ -12,9 +12,9 @@ import pytest
 
 # ------------------------------------------------------------------------------------- store (MongoDB) fixtures
 #
-# `nx_server` is one real nx-27017 process for the whole session; `nx_db` a fresh database on it per test;
-# `mongomock_db` an in-process fake; `any_db` runs a test against both, so one contract suite covers every
-# backend (the idea of Flower's storage tests).
+# `nx_server` is one real nx-27017 process for the whole session; `nx_db` a fresh database on it per test (what
+# in-process tests of the tracker, the functions and the views use: no fake). The store's contract suite runs
+# over every backend (tests/contract/store_backends.py: this server, and FK_TEST_MONGO_URL when set).
 
 
 @pytest.fixture(scope="session")
@@ -45,23 +45,6 @@ def nx_db(nx_server: str) -> Iterator[pymongo.database.Database]:
     finally:
         client.drop_database(name)
         client.close()
-
-
-@pytest.fixture
-def mongomock_db() -> Iterator[pymongo.database.Database]:
-    """An in-process mongomock database (fast; cannot be shared between processes)."""
-    import mongomock
-
-    client = mongomock.MongoClient()
-    yield client[f"t_{uuid.uuid4().hex[:12]}"]
-    client.close()
-
-
-@pytest.fixture(params=["mongomock", "nx"])
-def any_db(request: pytest.FixtureRequest) -> pymongo.database.Database:
-    """The same test against mongomock and against a real nx-27017 server."""
-    return request.getfixturevalue(f"{request.param}_db")
-
 
 
 # ------------------------------------------------------------------------------------- OpenWhisk fake controller

@@ -9,7 +9,7 @@ from typing import Any
 import psutil
 
 from fedkeeper import packaging
-from fedkeeper.config.models import Faults, LocalCluster
+from fedkeeper.providers.local.config import Faults, LocalCluster
 from fedkeeper.providers.base import LABEL_EXPERIMENT, LABEL_FUNCTION, DeploySpec, spec_digest
 from fedkeeper.providers.local.provider import LocalProvider
 

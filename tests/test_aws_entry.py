@@ -159,7 +159,7 @@ def test_missing_numpy_or_pymongo_gives_a_hint(tmp_path: Path, store_env: dict[s
 def test_vendored_zip_runs_with_nothing_but_the_zip(tmp_path: Path, nx_server: str, store_env: dict[str, str],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """vendor_wheels: the manylinux numpy/pymongo inside the zip are the only ones the handler can import."""
-    from fedkeeper.config.models import LambdaCluster
+    from fedkeeper.providers.aws.config import LambdaCluster
 
     options = packaging.options_for(LambdaCluster(region="eu-west-1", architecture="x86_64"))
     assert options.vendor_wheels and options.platform_tag == "manylinux2014_x86_64"

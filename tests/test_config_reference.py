@@ -52,7 +52,8 @@ def test_every_legacy_key_is_documented() -> None:
 
 
 def test_platform_limits_in_the_doc_match_the_code() -> None:
-    from fedkeeper.config.models import GCF_MEMORY_MB, GCF_TIMEOUT_S, LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S
+    from fedkeeper.providers.google.config import GCF_MEMORY_MB, GCF_TIMEOUT_S
+    from fedkeeper.providers.aws.config import LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S
 
     assert f"| AWS Lambda | {LAMBDA_MEMORY_MB[0]}–{LAMBDA_MEMORY_MB[1]} MB | ≤ {LAMBDA_TIMEOUT_S} s |" in DOC
     assert f"{GCF_MEMORY_MB[0]}–{GCF_MEMORY_MB[1]} MB | ≤ {GCF_TIMEOUT_S} s |" in DOC

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "config-sample.yaml"
 
 def small_config(tmp: Path, *, rounds: int = 3, clients: int = 6, per_round: int = 3, faults: dict | None = None,
                  client_timeout: float = 60, resilience: dict | None = None, epochs: int = 1,
-                 name: str = "config.yaml") -> Path:
+                 concurrency: int | None = None, name: str = "config.yaml") -> Path:
     """The sample, scaled down. With faults, the aggregator runs on a second, reliable local cluster."""
     data = yaml.safe_load(SAMPLE.read_text())
     data["experiment"] = "e2e"
@@ -36,6 +37,8 @@ def small_config(tmp: Path, *, rounds: int = 3, clients: int = 6, per_round: int
         data["providers"]["local"]["laptop"]["concurrency"] = 2
         data["providers"]["local"]["reliable"] = {"concurrency": 1}
         data["scenarios"]["federated_learning"]["server"]["cluster"] = "reliable"
+    if concurrency is not None:
+        data["providers"]["local"]["laptop"]["concurrency"] = concurrency
     data["functions"]["fl_client"]["local"] = {"memory": 512, "timeout": client_timeout}
     fl = data["scenarios"]["federated_learning"]
     fl["rounds"] = rounds
@@ -50,6 +53,38 @@ def small_config(tmp: Path, *, rounds: int = 3, clients: int = 6, per_round: int
 def fedkeeper(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fedkeeper.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "120"})
+
+
+_launched: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_launched() -> Iterator[None]:
+    """A test that fails while a background run goes on still stops it."""
+    yield
+    while _launched:
+        proc = _launched.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def launch(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """`fedkeeper` in the background, for runs that overlap; collect it with `finish`."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedkeeper.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"})
+    _launched.append(proc)
+    return proc
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def summary_of(cwd: Path, run_id: str | None = None) -> dict[str, Any]:
@@ -118,17 +153,9 @@ def test_same_seed_gives_the_same_model_and_resume_after_sigkill_too(tmp_path: P
     cfg_a = small_config(a, rounds=4, faults=faults)
     cfg_b = small_config(b, rounds=4, faults=faults)
 
-    first = fedkeeper(a, "start", "-c", str(cfg_a), "-q")
-    assert first.returncode == 0, first.stderr
-    second = fedkeeper(a, "start", "-c", str(cfg_a), "-q")
-    assert second.returncode == 0, second.stderr
-    runs = sorted((a / "Logs").iterdir())
-    shas = {json.loads((r / "summary.json").read_text())["model_sha256"] for r in runs}
-    assert len(runs) == 2 and len(shas) == 1, "same config and seed must give the same final weights"
-    reference = shas.pop()
-
-    proc = subprocess.Popen([sys.executable, "-m", "fedkeeper.cli", "start", "-c", str(cfg_b), "-q"], cwd=b,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the two folders are independent (own store, own workers): a's runs go on while b is killed and resumed
+    first = launch(a, "start", "-c", str(cfg_a), "-q")
+    proc = launch(b, "start", "-c", str(cfg_b), "-q")
     try:
         deadline = time.time() + 120
         killed_in_round = None
@@ -148,13 +175,25 @@ def test_same_seed_gives_the_same_model_and_resume_after_sigkill_too(tmp_path: P
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        proc.communicate()
     assert killed_in_round is not None, "the run finished before it could be killed mid-round"
     assert proc.returncode == -signal.SIGKILL
     run_id = next((b / "Logs").iterdir()).name
     assert not (b / "Logs" / run_id / "summary.json").exists()
 
-    resumed = fedkeeper(b, "start", "-c", str(cfg_b), "--resume", "latest", "-q")
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = launch(b, "start", "-c", str(cfg_b), "--resume", "latest", "-q")
+    first_out = finish(first)
+    assert first_out.returncode == 0, first_out.stderr
+    second = fedkeeper(a, "start", "-c", str(cfg_a), "-q")
+    assert second.returncode == 0, second.stderr
+    runs = sorted((a / "Logs").iterdir())
+    shas = {json.loads((r / "summary.json").read_text())["model_sha256"] for r in runs}
+    assert len(runs) == 2 and len(shas) == 1, "same config and seed must give the same final weights"
+    reference = shas.pop()
+
+    resumed_out = finish(resumed)
+    assert resumed_out.returncode == 0, resumed_out.stderr
     summary = summary_of(b, run_id)
     assert summary["status"] == "completed" and summary["rounds_completed"] == 4
     assert summary["model_sha256"] == reference
@@ -168,13 +207,22 @@ def test_same_seed_gives_the_same_model_and_resume_after_sigkill_too(tmp_path: P
 def test_faults_every_round_completes_and_nothing_is_lost_or_counted_twice(tmp_path: Path) -> None:
     clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
     clean_dir.mkdir(), faulty_dir.mkdir()
-    rounds, common = 10, dict(clients=20, per_round=10, epochs=5, client_timeout=4)
+    # An injected timeout holds a worker until the function's timeout kills it, and its retry pays a cold start:
+    # timeouts set the pace. 1 s is still ten times the slowest client call (5 epochs on ~90 digits), three
+    # workers let the other calls go on meanwhile, and six rounds with seed 7 give ~110 activations, a failure
+    # in every round and half a dozen timeouts.
+    rounds, common = 6, dict(clients=20, per_round=10, epochs=5, client_timeout=1.0, concurrency=3)
     clean_cfg = small_config(clean_dir, rounds=rounds, **common)
-    faulty_cfg = small_config(faulty_dir, rounds=rounds, faults={"failure_rate": 0.3, "timeout_rate": 0.1, "seed": 7},
+    faulty_cfg = small_config(faulty_dir, rounds=rounds, faults={"failure_rate": 0.3, "timeout_rate": 0.05, "seed": 7},
                               resilience={"max_attempts": 4}, **common)
-    clean = fedkeeper(clean_dir, "start", "-c", str(clean_cfg), "-q", timeout=400)
+    # side by side (separate folders, stores and workers): the clean run computes while the faulty one waits out
+    # its injected timeouts
+    faulty_proc = launch(faulty_dir, "start", "-c", str(faulty_cfg), "-q")
+    try:
+        clean = fedkeeper(clean_dir, "start", "-c", str(clean_cfg), "-q", timeout=400)
+    finally:
+        faulty = finish(faulty_proc, timeout=400)
     assert clean.returncode == 0, clean.stderr
-    faulty = fedkeeper(faulty_dir, "start", "-c", str(faulty_cfg), "-q", timeout=400)
     assert faulty.returncode == 0, faulty.stderr
     s_clean, s_faulty = summary_of(clean_dir), summary_of(faulty_dir)
     assert s_faulty["status"] == "completed" and s_faulty["rounds_completed"] == rounds

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fedkeeper.config.models import GcfCluster
+from fedkeeper.providers.google.config import GcfCluster
 from fedkeeper.providers.google import resources as res
 from fedkeeper.providers.base import (
     LABEL_DIGEST,

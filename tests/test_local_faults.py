@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper.config.models import Faults
+from fedkeeper.providers.local.config import Faults
 from fedkeeper.providers.base import State
 from fedkeeper.providers.local.faults import FaultPlan
 from local_support import deploy, make_provider

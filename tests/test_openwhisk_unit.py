@@ -16,7 +16,7 @@ import requests
 
 from fake_openwhisk import FakeOpenWhisk
 from fedkeeper import config as cfg
-from fedkeeper.config.models import OpenWhiskCluster
+from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
 from fedkeeper.providers.base import AuthError, State
 from fedkeeper.providers.openwhisk.provider import OpenWhiskProvider, activation_status
 from fedkeeper.providers.openwhisk.client import retry_after_seconds, split_auth

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fedkeeper import packaging
-from fedkeeper.packaging import ENTRIES, PackagingError, PackagingOptions
+from fedkeeper.packaging import PackagingError, PackagingOptions
+from fedkeeper.providers import registry
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 REPO_PACKAGE = Path(packaging.__file__).resolve().parent
@@ -39,9 +40,9 @@ def fake_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An entries folder with a recognisable file per kind, so the table is tested whoever writes the real ones."""
     entries = tmp_path / "entries"
     entries.mkdir()
-    for kind in ENTRIES:
+    for kind in registry.kinds():
         ((entries / kind).mkdir() or entries / kind / "entry.py").write_text(f"# entry for {kind}\n")
-    monkeypatch.setattr(packaging, "ENTRIES_DIR", entries)
+    monkeypatch.setattr(packaging, "_entry_source", lambda kind: entries / kind / "entry.py")
     return entries
 
 
@@ -214,34 +215,90 @@ providers:
     assert (tmp_path / "out" / "nodeinfo-local.zip").read_bytes() == packaging.build("nodeinfo", "local").data
 
 
-def _pypi_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
+def _real_wheel(folder: Path, project: str, version: str, tag: str, files: dict[str, bytes],
+                requires: tuple[str, ...] = ()) -> Path:
+    """A small but valid wheel (METADATA, WHEEL and a hashed RECORD) that pip resolves like a published one."""
+    dist_info = f"{project}-{version}.dist-info"
+    members = dict(files)
+    members[f"{dist_info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+                                        + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
+    members[f"{dist_info}/WHEEL"] = (f"Wheel-Version: 1.0\nGenerator: fedkeeper-tests\nRoot-Is-Purelib: false\n"
+                                     f"Tag: {tag}\n").encode()
+    record = []
+    for name, data in members.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    members[f"{dist_info}/RECORD"] = ("\n".join([*record, f"{dist_info}/RECORD,,"]) + "\n").encode()
+    path = folder / f"{project}-{version}-{tag}.whl"
+    _fake_wheel(path, members)
+    return path
 
 
-_NETWORK_HINTS = ("connection", "network", "resolve", "temporary failure", "timed out", "max retries", "ssl",
-                  "could not fetch", "proxy")
+def _so(arch: str) -> str:
+    return f"numpy/_core/_multiarray_umath.cpython-311-{arch}-linux-gnu.so"
 
 
-@pytest.mark.slow
-def test_vendoring_real_manylinux_wheels(tmp_path: Path) -> None:
-    if not _pypi_reachable():
-        pytest.skip("PyPI (pypi.org:443) is not reachable: cannot download manylinux wheels")
-    opts = PackagingOptions(vendor_wheels=True, architecture="x86_64", wheel_cache_dir=tmp_path / "wheels")
-    try:
+@pytest.fixture
+def wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A local package index: pip resolves numpy/pymongo/dnspython from this folder alone, with no network.
+
+    numpy has a wheel per architecture, a newer one for CPython 3.12 only and an sdist, so picking the right file
+    is pip's work with the platform flags packaging passes, as it is against PyPI. pymongo needs dnspython through
+    its metadata, as the real one does. pip reads its settings from the environment (`PIP_NO_INDEX`,
+    `PIP_FIND_LINKS`, the same knobs a user has offline); config files of this machine are ignored and any attempt
+    to reach an index through a proxy goes to a closed port on 127.0.0.1.
+    """
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    for arch in ("x86_64", "aarch64"):
+        _real_wheel(house, "numpy", "2.0.0", f"cp311-cp311-manylinux2014_{arch}",
+                    {"numpy/__init__.py": b"# numpy\n", _so(arch): b"\x7fELF" + arch.encode(),
+                     "numpy/__pycache__/__init__.cpython-311.pyc": b"junk"})
+        _real_wheel(house, "pymongo", "4.8.0", f"cp311-cp311-manylinux2014_{arch}",
+                    {"pymongo/__init__.py": b"# pymongo\n", "bson/__init__.py": b"# bson\n"},
+                    requires=("dnspython<3.0.0,>=1.16.0",))
+    _real_wheel(house, "numpy", "2.9.0", "cp312-cp312-manylinux2014_x86_64", {"numpy/__init__.py": b"# py3.12\n"})
+    (house / "numpy-2.9.1.tar.gz").write_bytes(b"not a real sdist: --only-binary must never open it")
+    _real_wheel(house, "dnspython", "2.6.1", "py3-none-any", {"dns/__init__.py": b"# dnspython\n"})
+    for var in [v for v in os.environ if v.upper().startswith("PIP_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(house))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    dead = "http://127.0.0.1:9"
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(var, dead)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return house
+
+
+def test_vendoring_unpacks_the_manylinux_wheels_of_the_target_platform(tmp_path: Path, wheelhouse: Path) -> None:
+    """The real `pip download` with packaging's platform flags, against a local wheelhouse instead of PyPI."""
+    for arch, tag in (("x86_64", "x86_64"), ("arm64", "aarch64")):
+        opts = PackagingOptions(vendor_wheels=True, architecture=arch, wheel_cache_dir=tmp_path / "wheels")
         art = packaging.build("nodeinfo", "aws", opts)
-    except PackagingError as exc:
-        if any(h in str(exc).lower() for h in _NETWORK_HINTS):
-            pytest.skip(f"wheel download failed on the network: {exc}")
-        raise
-    names = set(open_zip(art.data).namelist())
-    assert {"numpy/__init__.py", "pymongo/__init__.py", "bson/__init__.py", "dns/__init__.py",
-            "lambda_function.py", "handler.py"} <= names
-    assert any(n.startswith("numpy/") and n.endswith("x86_64-linux-gnu.so") for n in names)
-    assert any(n.startswith("numpy-") and n.endswith(".dist-info/METADATA") for n in names)
-    packaging.clear_cache()
-    again = packaging.build("nodeinfo", "aws", opts)  # the wheels are cached now: same bytes
-    assert again.sha256 == art.sha256
+        zf = open_zip(art.data)
+        names = set(zf.namelist())
+        assert {"numpy/__init__.py", "pymongo/__init__.py", "bson/__init__.py", "dns/__init__.py",
+                "lambda_function.py", "handler.py", "numpy-2.0.0.dist-info/METADATA",
+                "dnspython-2.6.1.dist-info/METADATA"} <= names
+        assert zf.read(_so(tag)) == b"\x7fELF" + tag.encode()  # this architecture's binary, at the zip root
+        other = "aarch64" if tag == "x86_64" else "x86_64"
+        assert _so(other) not in names and zf.read("numpy/__init__.py") == b"# numpy\n"  # not 3.12's, not the sdist
+        assert not [n for n in names if "__pycache__" in n]
+        assert sorted(p.name for p in (tmp_path / "wheels" / f"cp311-manylinux2014_{tag}").iterdir()) == [
+            "dnspython-2.6.1-py3-none-any.whl", f"numpy-2.0.0-cp311-cp311-manylinux2014_{tag}.whl",
+            f"pymongo-4.8.0-cp311-cp311-manylinux2014_{tag}.whl"]
+        packaging.clear_cache()
+        again = packaging.build("nodeinfo", "aws", opts)  # pip finds the wheels in the cache now: same bytes
+        assert again.sha256 == art.sha256
+
+
+def test_a_wheel_missing_for_the_platform_is_a_packaging_error(tmp_path: Path, wheelhouse: Path) -> None:
+    for wheel in wheelhouse.glob("numpy-*aarch64.whl"):
+        wheel.unlink()
+    opts = PackagingOptions(vendor_wheels=True, architecture="arm64", wheel_cache_dir=tmp_path / "wheels")
+    with pytest.raises(PackagingError, match=r"manylinux2014_aarch64 .*exit 1.*numpy"):
+        packaging.build("nodeinfo", "aws", opts)

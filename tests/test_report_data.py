@@ -100,15 +100,15 @@ def test_config_pricing_overrides_the_default_table(tmp_path: Path, make_run_fol
 
 
 def test_default_price_table_documents_every_provider_kind() -> None:
-    from fedkeeper.providers import PROVIDER_CLASSES
+    from fedkeeper.providers import registry
 
-    assert set(pricing.DEFAULT_PRICES) == set(PROVIDER_CLASSES)
-    assert pricing.DEFAULT_PRICES["aws"].gb_second == 0.0000166667
-    assert pricing.DEFAULT_PRICES["aws"].per_million_invocations == 0.20
-    assert pricing.DEFAULT_PRICES["google"].per_million_invocations == 0.40
-    assert pricing.DEFAULT_PRICES["google"].gb_second == pytest.approx(0.0000025 + 0.583 * 0.000024)
-    assert pricing.DEFAULT_PRICES["openwhisk"] == pricing.UnitPrice(0.000017, 0.0, pricing.DEFAULT_PRICES[
-        "openwhisk"].source)
+    prices = pricing.default_prices()
+    assert set(prices) == set(registry.kinds())
+    assert prices["aws"].gb_second == 0.0000166667
+    assert prices["aws"].per_million_invocations == 0.20
+    assert prices["google"].per_million_invocations == 0.40
+    assert prices["google"].gb_second == pytest.approx(0.0000025 + 0.583 * 0.000024)
+    assert prices["openwhisk"] == pricing.UnitPrice(0.000017, 0.0, prices["openwhisk"].source)
 
 
 def test_unknown_platform_has_unknown_cost(tmp_path: Path, make_run_folder) -> None:
