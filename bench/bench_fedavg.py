@@ -130,9 +130,12 @@ def handler_peak_memory(counts: tuple[int, ...]) -> dict[int, int]:
                 db = client[f"bench_{count}"]
                 store = blobstore.BlobStore(db)
                 store.write_model("b", 0, make_update(10_000)[0], {"accuracy": 0.0, "loss": 0.0})
+                shards = data.shard_sizes(data.DataSpec.from_params(files), count, 0)  # bounds num_examples
                 for cid, (w, n) in enumerate(lazy_updates(count)):
-                    store.write_update("b", 1, cid, w, base_round=0, num_examples=n)
-                params = {"mode": "aggregate", "run_id": "b", "round": 1, "client_ids": list(range(count)),
+                    store.write_update("b", 1, cid, w, base_round=0, num_examples=min(n, shards[cid]),
+                                       activation_id=f"a{cid}", attempt=1)
+                issued = [{"client_id": cid, "activation_id": f"a{cid}", "attempt": 1} for cid in range(count)]
+                params = {"mode": "aggregate", "run_id": "b", "round": 1, "num_clients": count, "updates": issued,
                           "seed": 0, "model": MODEL, "data": files}  # fmt: skip
                 gc.collect()
                 tracemalloc.start()

@@ -10,8 +10,13 @@ Anything that is not a `FedkeeperError` is a bug: exit 1, "unexpected <Type>: ..
     ├── ConfigProblem                   2  invalid config            config.ConfigError,
     │                                                                providers.registry.UnknownPlatform (ValueError)
     ├── UsageProblem                    2  bad option or argument    results.run_folders.RunNotFound (LookupError),
-    │                                                                results.plots.PlotUnavailable (RuntimeError)
+    │                                                                results.plots.PlotUnavailable (RuntimeError),
+    │                                                                results.plots.UnsupportedPlotFormat,
+    │                                                                results.logs_view.UnknownEvent (ValueError)
     ├── RunFailed                       1  the run could not go on (quorum lost, credentials rejected, smoke failed)
+    │                                                                scenarios.federated_learning.QuorumLost,
+    │                                                                store.locks.RunLocked (another orchestrator
+    │                                                                holds the run)
     ├── PlatformFailure                 1  a platform call failed    providers.base.ProviderError: FunctionMissing,
     │                                                                Throttled, AuthError, PlatformError,
     │                                                                InvocationFailed (google DeployFailed)
@@ -23,6 +28,8 @@ Anything that is not a `FedkeeperError` is a bug: exit 1, "unexpected <Type>: ..
     ├── PackagingFailure                1  a function zip cannot be built   packaging.PackagingError
     ├── ResultsFailure                  1  a run file cannot be read         results.run_folders.RunFileError
     │                                                                        (ValueError)
+    ├── scenarios.status.StatusIncomplete  1  `status` printed what it found, but a cluster or the store
+    │                                         could not be reached
     └── Interrupted                   130  Ctrl-C or SIGTERM (the CLI turns KeyboardInterrupt into it)
 
 The concrete classes live next to the code that raises them and keep their older extra bases (KeyError,

@@ -17,14 +17,17 @@ from fedkeeper import providers
 from fedkeeper.providers import registry
 from fedkeeper.config.models import Config
 from fedkeeper.providers.base import (
+    LABEL_CODE,
     LABEL_DIGEST,
     LABEL_EXPERIMENT,
     LABEL_FUNCTION,
     DeployResult,
     DeploySpec,
     Provider,
+    code_digest,
     spec_digest,
 )
+from fedkeeper.runtime import urls
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,16 @@ class Fabric:
             raise ValueError(f"unknown scenario {scenario!r}; known: federated_learning, smoke")
         return out
 
+    def function_env(self, function: str) -> dict[str, str]:
+        """Deploy-time settings beyond the store's: the credentials of the data URLs, for the functions that
+        download the data (the invocation payloads carry the URLs without them). Part of the digest, so a
+        changed credential redeploys."""
+        fl = self.config.scenarios.federated_learning
+        if fl is None or function not in ("fl_client", "fl_server_aggregator"):
+            return {}
+        _clean, credentials = urls.detach_credentials(fl.training_test_data.model_dump())
+        return {urls.DATA_CREDENTIALS_ENV: urls.encode_credentials(credentials)} if credentials else {}
+
     def deploy_spec(self, function: str, cluster: str, store_env: dict[str, str],
                     name: str | None = None) -> DeploySpec:
         from fedkeeper import packaging
@@ -174,14 +187,22 @@ class Fabric:
         kind = self.kind(cluster)
         memory, timeout, concurrency = self.limits(function, cluster)
         artifact = packaging.build(function, kind, packaging.options_for(self.clusters[cluster]))
+        package_max = registry.get(kind).limits(self.clusters[cluster]).package_bytes
+        if package_max is not None and len(artifact.data) > package_max:
+            raise packaging.PackagingError(
+                f"{function} ({kind}) is {len(artifact.data) / 2**20:.1f} MiB zipped, over the "
+                f"{package_max / 2**20:.3g} MiB a function package may have on cluster {cluster!r} (providers."
+                f"{kind}.{cluster}.limits.package_mb says otherwise for an installation that allows more)")
         settings = self.config.function_settings(function, kind)
         extra: dict[str, Any] = {k: v for k, v in settings.model_dump().items()
                                  if k not in ("memory", "timeout", "concurrency") and v not in (None, {}, [])}
-        digest = spec_digest(artifact.sha256, memory, timeout, concurrency, store_env, extra)
-        labels = {**self.labels, LABEL_FUNCTION: function, LABEL_DIGEST: digest}
+        env = {**store_env, **self.function_env(function)}
+        digest = spec_digest(artifact.sha256, memory, timeout, concurrency, env, extra)
+        labels = {**self.labels, LABEL_FUNCTION: function, LABEL_DIGEST: digest,
+                  LABEL_CODE: code_digest(artifact.sha256, memory, timeout, concurrency, extra)}
         return DeploySpec(name=name or self.function_name(function), function=function, artifact=artifact.data,
                           digest=digest, memory_mb=memory, timeout_s=timeout, concurrency=concurrency,
-                          env=dict(store_env), labels=labels, extra=extra)
+                          env=env, labels=labels, extra=extra)
 
     def deploy(self, plan: list[Deployment], store_env: dict[str, str],
                on_done: Callable[[Deployment, DeployResult], None] | None = None) -> list[DeployResult]:
@@ -207,11 +228,26 @@ class Fabric:
         return out
 
     def remove(self, targets: list[tuple[str, str, str | None]],
-               on_done: Callable[[Removal], None] | None = None) -> list[Removal]:
-        out = []
-        for cluster, name, function in targets:
-            removal = Removal(cluster, name, function, self.provider(cluster).remove(name))
-            out.append(removal)
-            if on_done:
-                on_done(removal)
+               on_done: Callable[[Removal], None] | None = None, *, sweeps: int = 3) -> list[Removal]:
+        """Remove the targets, then list their clusters again and remove what is still labelled with the
+        experiment (at most `sweeps` more passes, until one finds nothing): a platform's listing can miss
+        functions that changed while it was read (OpenWhisk pages by `skip`), or that another deploy created."""
+        out: list[Removal] = []
+        done: set[tuple[str, str]] = set()
+        functions = {f for _c, _n, f in targets}
+        clusters = list(dict.fromkeys(c for c, _n, _f in targets))
+        for sweep in range(sweeps + 1):
+            if sweep:
+                targets = [t for t in self.removal_targets(clusters) if t[2] in functions
+                           and (t[0], t[1]) not in done]
+                if not targets:
+                    break
+            for cluster, name, function in targets:
+                if (cluster, name) in done:
+                    continue
+                done.add((cluster, name))
+                removal = Removal(cluster, name, function, self.provider(cluster).remove(name))
+                out.append(removal)
+                if on_done:
+                    on_done(removal)
         return out

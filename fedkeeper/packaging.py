@@ -219,7 +219,7 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- wheels
 
-_wheel_sets: dict[tuple[str, str, str], tuple[Path, ...]] = {}
+_wheel_sets: dict[tuple[str, str, str, str], tuple[Path, ...]] = {}
 
 #: `pip download` output lines naming a wheel it saved or found in the destination folder
 _PIP_WHEEL_LINE = re.compile(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)")
@@ -231,15 +231,16 @@ def _run_pip(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
-    key = (options.architecture, options.python_version, str(options.cache_dir()))
+    key = (options.architecture, options.python_version, options.wheel_platform, str(options.cache_dir()))
     with _cache_lock:
         hit = _wheel_sets.get(key)
     if hit is not None:
         return hit
     dest = options.cache_dir() / f"cp{options.python_version.replace('.', '')}-{options.platform_tag}"
     dest.mkdir(parents=True, exist_ok=True)
+    platforms = [arg for tag in options.platform_tags for arg in ("--platform", tag)]
     args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
-            "--platform", options.platform_tag, "--python-version", options.python_version,
+            *platforms, "--python-version", options.python_version,
             "--implementation", "cp", "-d", str(dest), *VENDORED_PROJECTS]
     try:
         proc = _run_pip(args)
@@ -248,7 +249,10 @@ def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
         raise PackagingError(f"pip download for {options.platform_tag} / Python {options.python_version} failed "
-                             f"(exit {proc.returncode}): {tail}")
+                             f"(exit {proc.returncode}): {tail} (no wheel of {', '.join(VENDORED_PROJECTS)} for "
+                             f"CPython {options.python_version} on {options.wheel_platform} or older: the runtime "
+                             "kind cannot take vendored wheels of these versions; pick another kind, or provide "
+                             "the packages in a layer or an image)")
     wheels = sorted({Path(m).name for m in _PIP_WHEEL_LINE.findall(proc.stdout)})
     if not wheels:
         raise PackagingError(f"pip download reported no wheels for {options.platform_tag}; output: "

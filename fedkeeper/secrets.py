@@ -2,24 +2,52 @@
 
 Config loading, the console layer, `Logs/` writers and error messages all use `Redactor`, so a secret that the
 config names (or anything shaped like a credential) is replaced by `***` wherever text leaves FedKeeper.
+
+Two layers. Known values (every secret the config holds, and each password inside a URL among them) are replaced
+in every form they may take: raw, JSON-escaped, percent-encoded, base64 in a Basic header — whatever characters
+they hold. Credential shapes are replaced even when the value was never registered: the password of a URL (found
+by `fedkeeper.runtime.urls`, which also reads a raw ``/``, ``?``, ``#`` or ``@`` as part of it), bearer and basic
+tokens, private-key blocks. Code that cuts a URL apart (a host list for a message, a URL without its password)
+uses the same module, so no piece of a password is ever printed as a host.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections.abc import Iterable
 from typing import TextIO
 
+from fedkeeper.runtime import urls
 
-# the password part runs to the last '@' before the host (passwords may contain a raw '@')
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^/\s]+)@")
+MASK = "***"
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 _BASIC = re.compile(r"\b([Bb]asic\s+)(?=[A-Za-z0-9+/]*[0-9+/])[A-Za-z0-9+/]{12,}={0,2}")  # a token, not prose
 # a block cut short (e.g. a truncated error message) is redacted to the end of the text
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+#: shorter values would blank out ordinary words all over the output (URL passwords are found by shape anyway)
+MIN_SECRET = 4
+
+
+def redact_url_credentials(text: str) -> str:
+    """Every ``scheme://user:password@`` in `text` → ``scheme://user:***@``; a bare ``scheme://token@`` → ``***@``."""
+    out, last = [], 0
+    for start, colon, end in urls.credential_spans(text):
+        out.append(text[last:start])
+        out.append(f"{text[start:colon]}:{MASK}" if colon >= 0 else MASK)
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def url_for_display(url: str) -> str:
+    """A URL safe to print: its password (wide reading) replaced by ``***``; the user name stays."""
+    parts = urls.wide_split(url)
+    if parts is None or parts.userinfo is None:
+        return redact_url_credentials(url)
+    user = f"{parts.user}:{MASK}" if parts.password is not None else parts.userinfo
+    return f"{parts.scheme}://{user}@{redact_url_credentials(parts.rest)}"
 
 
 class Redactor:
@@ -32,17 +60,12 @@ class Redactor:
     def add(self, secrets: Iterable[str]) -> None:
         values = set(self._secrets)
         for s in secrets:
-            if s and len(s) >= 4:
-                values.add(s)
-                # the same secret as it may appear escaped in JSON or a URL
-                values.add(json.dumps(s)[1:-1])
-                from urllib.parse import quote
-
-                values.add(quote(s, safe=""))
-                if ":" in s:  # user:key pairs travel base64-encoded in Basic auth headers
-                    import base64
-
-                    values.add(base64.b64encode(s.encode()).decode("ascii"))
+            if not s:
+                continue
+            parts = [s, *urls.passwords(s)] if "://" in s else [s]
+            for value in parts:
+                if len(value) >= MIN_SECRET:
+                    values.update(f for f in urls.secret_forms(value) if len(f) >= MIN_SECRET)
         self._secrets = sorted(values, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
@@ -50,8 +73,9 @@ class Redactor:
             return text
         for s in self._secrets:
             if s in text:
-                text = text.replace(s, "***")
-        text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+                text = text.replace(s, MASK)
+        if "://" in text:
+            text = redact_url_credentials(text)
         text = _BEARER.sub(r"\1***", text)
         text = _BASIC.sub(r"\1***", text)
         return _PRIVATE_KEY.sub("***PRIVATE KEY***", text)

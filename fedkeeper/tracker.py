@@ -203,8 +203,11 @@ class Tracker:
     """Runs jobs to completion under the resilience policy, recording every attempt."""
 
     def __init__(self, fabric: TrackerFabric, store: ActivationStore, runlog: Any, policy: Resilience, *,
-                 redeploy: Redeploy | None = None, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
+                 redeploy: Redeploy | None = None, seed: int = 0, clock: Callable[[], float] = time.time,
+                 guard: Callable[[], None] | None = None) -> None:
         self.fabric = fabric
+        #: called before every pass that may invoke or record anything; raises to stop (e.g. the run's lock was lost)
+        self.guard = guard
         self.store = store
         self.runlog = runlog
         self.policy = policy
@@ -245,6 +248,8 @@ class Tracker:
         self.resume(jobs)
         deadline_hit = False
         while True:
+            if self.guard is not None:
+                self.guard()
             now = self.clock()
             pending = [j for j in jobs if not j.done]
             if not pending:
@@ -286,6 +291,36 @@ class Tracker:
                 record = flying.get(job.key)
                 if record is not None:
                     self._adopt(job, record)
+
+    def settle_stored(self, run_id: str, round_number: int, updates: Iterable[dict[str, Any]]) -> int:
+        """Record as `succeeded` the activations an interrupted orchestrator left `invoked` although their update
+        is in the store: the function finished and nobody read its answer. Each update names the activation
+        that wrote it. Their clients are not invoked again, so without this their records would stay `invoked`
+        and the counts would miss successes. Returns how many records were settled."""
+        open_records = {r["_id"]: r for r in self.store.find_activations(
+            run_id, round=round_number, state=ActivationState.INVOKED.value)}
+        settled = 0
+        for update in updates:
+            record = open_records.get(update.get("activation_id"))
+            if record is None:
+                continue
+            check_activation(ActivationState.INVOKED, ActivationState.SUCCEEDED, what=f"activation {record['_id']}")
+            created = update.get("created")  # the writer's word: only a plausible number is taken
+            end = float(created) if isinstance(created, (int, float)) and 0 < created < 1e11 else self.clock()
+            start = float(record.get("submitted") or end)
+            self._updates.append((record["_id"], {"state": ActivationState.SUCCEEDED.value, "end": end,
+                                                  "duration_s": max(0.0, end - start)}))
+            self.runlog.activation({
+                "round": round_number, "client_id": "server" if record.get("client_id") is None else
+                record["client_id"], "cluster": record.get("cluster"), "platform": record.get("platform"),
+                "function": record.get("function"), "activation_id": record["_id"],
+                "platform_activation_id": record.get("platform_activation_id"), "attempt": record.get("attempt"),
+                "state": ActivationState.SUCCEEDED.value, "start": start, "end": end,
+                "duration_s": max(0.0, end - start), "error": None,
+            })
+            settled += 1
+        self.flush()
+        return settled
 
     # ------------------------------------------------------------------ submitting
 
@@ -545,10 +580,16 @@ class Tracker:
 
 
 
-def select_clients(seed: int, round_number: int, total: int, count: int) -> list[int]:
-    """Deterministic choice of `count` of `total` client ids for a round, from (seed, round) only."""
+def rank_clients(seed: int, round_number: int, total: int, count: int) -> list[int]:
+    """The `count` of `total` client ids chosen for a round, in the seeded order they were drawn, from (seed,
+    round) only. The order is the round's ranking under over-selection (`scenarios.cohort`)."""
     import numpy as np
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, round_number, 0x5E1EC7]))
-    return sorted(int(c) for c in rng.choice(total, size=min(count, total), replace=False))
+    return [int(c) for c in rng.choice(total, size=min(count, total), replace=False)]
+
+
+def select_clients(seed: int, round_number: int, total: int, count: int) -> list[int]:
+    """Deterministic choice of `count` of `total` client ids for a round, from (seed, round) only (ascending)."""
+    return sorted(rank_clients(seed, round_number, total, count))
 

@@ -118,7 +118,8 @@ def make_run_folder():  # type: ignore[no-untyped-def]
                        "timed_out": 1 if r == 2 and clients > 2 else 0, "lost": 0, "retries": 1, "rejected": 0,
                        "accuracy": acc, "loss": round(2.0 / r + (0.0 if optim == "adam" else 0.1), 4),
                        "invoke_s": 1.5 + 0.1 * r, "slowest_client_s": 1.25, "aggregate_s": 0.5,
-                       "round_s": 2.05 + 0.1 * r + (0.0 if optim == "adam" else 0.3)}
+                       "round_s": 2.05 + 0.1 * r + (0.0 if optim == "adam" else 0.3),
+                       "aggregated": ok, "throttled": 0, "abandoned": 0}
                 log.round(row)
                 written["rounds"].append(row)
             if finished:
@@ -178,3 +179,16 @@ def run_cli(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+# ------------------------------------------------------------------------------------- chaos tests' reference run
+#
+# `chaos_reference_sha`: the final model_sha256 of tests/chaos_support.py's experiment run undisturbed (in process,
+# on the session's nx-27017 server), computed once for every chaos test that compares against it.
+
+
+@pytest.fixture(scope="session")
+def chaos_reference_sha(nx_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from chaos_support import reference_run
+
+    return reference_run(nx_server, tmp_path_factory.mktemp("chaos-reference"))

@@ -12,7 +12,17 @@ Deploying unpacks the uploaded zip and starts the real GCF Python runtime (`pyth
 --target=entry --source=main.py`) on a free port of 127.0.0.1, with the function's environment variables.
 The function URL points back at this server (`/fn/{id}`), which forwards to that process the way Google's front
 end does, so tests can switch on throttling (429), remove a function behind the client's back (404), demand an ID
-token (401/403) and read what every request carried. Every process it starts is stopped by `close()`.
+token (401/403) and read what every request carried; `chaos` (tests/chaos.py) answers any request at random
+with 5xx, 429, a reset, a lost answer (carried out, then reset) or a late answer. Every process it starts is stopped by `close()`.
+
+Sources it follows: the Cloud Functions v2 REST reference (https://cloud.google.com/functions/docs/reference/
+rest/v2/projects.locations.functions: `generateUploadUrl`, `create`, `patch`, `get`, `list`, `delete`, and the
+long-running `Operation` whose `response` carries `@type` ...v2.Function); the functions-framework runtime from
+the package index (GoogleCloudPlatform/functions-framework-python: `--target`, `--source`, the HTTP signature);
+the 2nd gen environment (K_SERVICE, K_REVISION, FUNCTION_TARGET, PORT) of the runtime contract
+(https://cloud.google.com/functions/docs/configuring/env-var); and its limits (quotas page: memory
+128 MiB–32 GiB, timeout 3600 s for HTTP functions), which validation enforces from the table in
+fedkeeper/providers/google/limits.py before any request reaches this fake.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
+
+import chaos
 
 FUNCTION_TYPE = "type.googleapis.com/google.cloud.functions.v2.Function"
 METADATA_TYPE = "type.googleapis.com/google.cloud.functions.v2.OperationMetadata"
@@ -152,6 +164,7 @@ class FakeGcf:
     token_requests: list[dict[str, Any]] = field(default_factory=list)  # claims of every token request
     service_accounts: dict[str, bytes] = field(default_factory=dict)  # client_email -> public key PEM
     fail_next_deploy: str | None = None  # the next create/update operation ends with this build error
+    chaos: Any = None  # tests/chaos.py `Chaos`: random 5xx, 429, resets, lost and slow answers on any request
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -337,8 +350,27 @@ class FakeGcf:
                 raise ApiError(403, "PERMISSION_DENIED", "no such signed upload URL")
             self.uploads[obj] = data
 
+    @staticmethod
+    def _check_limits(resource: dict[str, Any]) -> None:
+        """The quotas of 2nd gen HTTP functions (the table in fedkeeper/providers/google/limits.py): the API
+        answers 400 INVALID_ARGUMENT for memory or a timeout outside them."""
+        from fedkeeper.providers.google import limits as gcf_limits
+        from fedkeeper.providers.google.resources import memory_mb
+
+        service = resource.get("serviceConfig") or {}
+        memory = memory_mb(service.get("availableMemory"))
+        lo, hi = gcf_limits.MEMORY_MB
+        if memory is not None and not lo <= memory <= hi:
+            raise ApiError(400, "INVALID_ARGUMENT", f"Invalid value for available_memory: {memory}Mi is outside "
+                                                    f"[{lo}Mi, {hi}Mi]")
+        timeout = service.get("timeoutSeconds")
+        if timeout is not None and not 1 <= int(timeout) <= gcf_limits.TIMEOUT_S:
+            raise ApiError(400, "INVALID_ARGUMENT", f"The timeout for an HTTP function must be between 1 and "
+                                                    f"{gcf_limits.TIMEOUT_S} seconds")
+
     def create(self, parent: str, function_id: str, body: dict[str, Any]) -> dict[str, Any]:
         name = f"{parent}/functions/{function_id}"
+        self._check_limits(body)
         with self._lock:
             if name in self.functions:
                 raise ApiError(409, "ALREADY_EXISTS", f"Function {function_id} in region already exists")
@@ -366,6 +398,7 @@ class FakeGcf:
                     dst.pop(keys[-1], None)
                 else:
                     dst[keys[-1]] = src
+            self._check_limits(updated)
             updated.update(state="DEPLOYING", updateTime=_now())
             self.functions[name] = updated
         return self._deploy_operation(name, "update")
@@ -657,6 +690,33 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._enum_int = False
         record = self._record()
+        fake = self.fake
+        fault = fake.chaos.draw(record.method, record.path) if fake.chaos is not None else None
+        if fault is not None and fault.kind in ("reset", "lost"):
+            if fault.kind == "lost":  # carried out; the answer never arrives
+                real, self.wfile = self.wfile, io.BytesIO()
+                try:
+                    self._route(record)
+                finally:
+                    self.wfile = real
+            chaos.abort(self.connection)
+            self.close_connection = True
+            return
+        if fault is not None and fault.kind == "slow":
+            fault.pause()
+        if fault is not None and fault.kind in ("error", "throttle"):
+            code = fault.status if fault.kind == "error" else 429
+            if record.path.startswith("/fn/"):  # Google's front end answers in HTML
+                self._send(code, {"Content-Type": "text/html; charset=UTF-8",
+                                  **({"Retry-After": f"{fake.chaos.retry_after_s:g}"} if code == 429 else {})},
+                           f"<html><body>Error: Server Error {code} (chaos)</body></html>".encode())
+            else:
+                status = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}[code]
+                self._json(code, {"error": {"code": code, "message": "injected (chaos)", "status": status}})
+            return
+        self._route(record)
+
+    def _route(self, record: Recorded) -> None:
         fake = self.fake
         path = record.path
         query = {k: v[-1] for k, v in parse_qs(record.query).items()}

@@ -17,7 +17,10 @@ botocore's parsing and the provider's error mapping run unchanged:
 - `throttle(n)`: the next n invokes → 429 `TooManyRequestsException` (reason
   `ReservedFunctionConcurrentInvocationLimitExceeded`, `Retry-After`), as Lambda answers when concurrency is used up;
 - every Lambda request signed with an access key id not in `access_key_ids` → 403 `UnrecognizedClientException`
-  "The security token included in the request is invalid." (what AWS answers for an unknown key).
+  "The security token included in the request is invalid." (what AWS answers for an unknown key);
+- `chaos` (tests/chaos.py): any request answered at random with 5xx `ServiceException`, 429, a dropped
+  connection (botocore's `ConnectionClosedError`), a lost answer (an invoke that ran, then the connection
+  dropped; a control-plane call is dropped before moto sees it) or a late answer.
 
 Every request the provider sends is recorded (`requests`: method, URL, headers without `Authorization`, body), the
 invocations separately (`invocations`), and each sandbox's output in `logs`. Use as a context manager.
@@ -49,6 +52,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionClosedError
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -135,6 +139,8 @@ class FakeLambda:
     requests: list[Recorded] = field(default_factory=list)
     invocations: list[Recorded] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)  # request id -> the sandbox's stdout and stderr
+    #: tests/chaos.py `Chaos`: random 5xx, 429, dropped connections, lost and slow answers on any request
+    chaos: Any = None
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -211,6 +217,17 @@ class FakeLambda:
             return _error(request.url, 403, "UnrecognizedClientException",
                           "The security token included in the request is invalid.")
         invoke = _INVOKE_PATH.search(request.url.split("?", 1)[0])
+        fault = self.chaos.draw(request.method, request.url.split("?", 1)[0]) if self.chaos is not None else None
+        if fault is not None:
+            if fault.kind == "reset" or (fault.kind == "lost" and invoke is None):  # moto cannot lose an answer
+                raise ConnectionClosedError(endpoint_url=request.url)
+            if fault.kind == "error":
+                return _error(request.url, fault.status, "ServiceException", "injected platform error (chaos)")
+            if fault.kind == "throttle":
+                return _error(request.url, 429, "TooManyRequestsException", "Rate Exceeded. (chaos)",
+                              {"Retry-After": f"{self.chaos.retry_after_s:g}"}, Reason="CallerRateLimitExceeded")
+            if fault.kind == "slow":
+                fault.pause()
         if operation != "Invoke" or invoke is None:
             return None  # moto answers the control plane
         with self._lock:
@@ -225,7 +242,10 @@ class FakeLambda:
                           Reason="ReservedFunctionConcurrentInvocationLimitExceeded")
         from urllib.parse import unquote
 
-        return self._invoke(request.url, unquote(invoke.group(1)), body)
+        answer = self._invoke(request.url, unquote(invoke.group(1)), body)
+        if fault is not None and fault.kind == "lost":  # it ran; the answer never arrives
+            raise ConnectionClosedError(endpoint_url=request.url)
+        return answer
 
     def _function(self, name: str) -> Any | None:
         from moto.awslambda.exceptions import UnknownFunctionException

@@ -8,15 +8,38 @@ directory, then reads one JSON line per activation (`{"value": args, "activation
 `__OW_*` environment variables, calls `main(args)` and answers with the JSON result (an exception becomes
 `{"error": str(ex)}`). The interpreter is `sys.executable`, so numpy and pymongo are there as on a custom image.
 
+By default it behaves like a stock installation; each rule names the source it follows (apache/openwhisk,
+checked in its repository; ../shared/reference/providers.md, "What a stock installation enforces"):
+- limits (`common/scala/src/main/resources/application.conf`): memory 128–512 MB, timeout 100–300000 ms,
+  concurrency 1–1, checked on PUT with the controller's 400 messages (`ErrorResponse.scala`,
+  `Messages.sizeExceedsAllowedThreshold` ...); `limits_from` = the table in fedkeeper/providers/openwhisk/
+  limits.py, which these same numbers feed. An update keeps the limits and parameters it does not name
+  (`Actions.scala`, `update`).
+- kinds: those of the stock `ansible/files/runtimes.json` (`python:3.10` = `python:default`, `python:3.11`)
+  plus `blackbox`; anything else is 400 `Messages.invalidRuntimeError`. `kinds=` extends the list.
+- parameters (`Actions.scala`, `activate`; `WhiskAction.scala`, `immutableParameters`): an invocation's
+  payload is merged over the bound parameters; when the action is annotated `final: true`, a payload naming a
+  bound parameter is refused with 400 "Request defines parameters that are not allowed (e.g., reserved
+  properties)."
+- annotations (`Actions.scala`, `update`): an update merges the new annotations into the old ones
+  (`old ++ new`), after removing those named in `delAnnotations`; `exec` is the controller's own.
+- listings (`Actions.scala`, `list`; `Collection.scala`, `whisk.query-limit`): newest first, `limit` 0–200
+  (default 30; 400 beyond), `skip` >= 0, and the actions inside packages are included (their `namespace` is
+  `ns/package`). Packages: `PUT packages/{pkg}`; an action `actions/{pkg}/{name}` needs its package.
+- the invoker's `/run` message (`ContainerProxy.scala`): `value` (bound parameters ∪ payload), `namespace`,
+  `action_name`, `action_version`, `activation_id`, `transaction_id`, `deadline`, and `api_key` only without
+  `provide-api-key: false`.
+
 Routes (under /api/v1/namespaces/{ns}, `_` = the key's own namespace):
-  PUT    actions/{name}?overwrite=      create (409 if it exists and overwrite is not true) or update
-  GET    actions/{name}?code=           the action (without exec.code when code=false)
-  DELETE actions/{name}                 200 with the action, 404 if absent
-  GET    actions?limit=&skip=           summaries incl. annotations and limits, newest first
-  POST   actions/{name}?blocking=       202 {"activationId"} (non-blocking); blocking waits like the real one
-  GET    activations/{id}               404 until the record is written, then the record
+  PUT    actions/[{pkg}/]{name}?overwrite=  create (409 if it exists and overwrite is not true) or update
+  GET    actions/[{pkg}/]{name}?code=       the action (without exec.code when code=false)
+  DELETE actions/[{pkg}/]{name}             200 with the action, 404 if absent
+  GET    actions?limit=&skip=               summaries incl. annotations and limits, newest first
+  POST   actions/[{pkg}/]{name}?blocking=   202 {"activationId"} (non-blocking); blocking waits like the real one
+  GET    activations/{id}                   404 until the record is written, then the record
+  PUT    packages/{pkg}                     create a package (for packaged actions)
 Errors are `{"error": ..., "code": <transaction id>}`: 401 wrong/missing key, 403 other namespace,
-404 absent, 409 exists, 400 malformed/limits, 413 payload over 1 MB, 429 throttled (switchable).
+404 absent, 409 exists, 400 malformed/limits/final, 413 payload over 1 MB, 429 throttled (switchable).
 
 Activation records follow the platform: `response.status` "success" | "application error" (result has
 "error") | "action developer error" (time limit: "The action exceeded its time limits of N milliseconds.",
@@ -25,7 +48,8 @@ cold start (a new process), `initTime`. Warm processes are reused per action ver
 time each, like `limits.concurrency: 1`); `warm=False` starts a process per activation.
 
 Every request is recorded (method, full URL, all headers, body) so tests can check that no credential ever
-appears in a URL. Use as a context manager or through the `fake_openwhisk` pytest fixture; `python
+appears in a URL. `chaos` (a tests/chaos.py `Chaos`) answers requests at random with 5xx, 429, a reset
+connection, a lost answer (carried out, then reset) or a late answer. Use as a context manager or through the `fake_openwhisk` pytest fixture; `python
 tests/fake_openwhisk.py --port 3233` serves one by hand.
 """
 
@@ -58,8 +82,16 @@ try:
 except ImportError:  # usable by hand without pytest
     pytest = None  # type: ignore[assignment]
 
-KINDS = ("python:3.10", "python:3.11", "python:3.12", "python:default", "blackbox")
+from fedkeeper.providers.openwhisk import limits as ow_limits  # noqa: E402 - the table these defaults come from
+import chaos  # noqa: E402 - tests/chaos.py, beside this file
+
+#: the stock ansible runtimes.json python kinds, and docker actions
+KINDS = ("python:3.10", "python:3.11", "python:default", "blackbox")
 MAX_PAYLOAD = 1024 * 1024
+#: `whisk.query-limit`: default and largest `limit` of a listing
+LIST_DEFAULT, LIST_MAX = 30, 200
+#: `Messages.parametersNotAllowed`
+PARAMETERS_NOT_ALLOWED = "Request defines parameters that are not allowed (e.g., reserved properties)."
 TIME_LIMIT_MESSAGE = "The action exceeded its time limits of {ms} milliseconds."
 CRASH_MESSAGE = "The action did not produce a valid response and exited unexpectedly."
 NOT_A_DICT_MESSAGE = "The action did not return a dictionary."
@@ -139,8 +171,28 @@ class _Action:
                 "exec": {"binary": bool(self.exec.get("binary"))}, "limits": dict(self.limits),
                 "annotations": [dict(a) for a in self.annotations], "updated": self.updated}
 
+    @property
+    def key(self) -> str:
+        """The action's name in the controller's paths: `name`, or `package/name` inside a package."""
+        package = self.namespace.split("/", 1)[1] if "/" in self.namespace else ""
+        return f"{package}/{self.name}" if package else self.name
+
     def annotation(self, key: str, default: Any = None) -> Any:
         return next((a.get("value") for a in self.annotations if a.get("key") == key), default)
+
+
+def immutable_parameters(action: _Action) -> set[str]:
+    """The bound parameters an invocation may not name: all of them when the action is `final: true`
+    (`WhiskActionLike.immutableParameters`), none otherwise."""
+    return {p["key"] for p in action.parameters} if action.annotation("final") is True else set()
+
+
+def merge_parameters(action: _Action, payload: dict[str, Any]) -> dict[str, Any]:
+    """The activation's `value`: the payload merged over the bound parameters (the controller refuses a payload
+    that names an immutable one before this is reached)."""
+    args = {p["key"]: p.get("value") for p in action.parameters}
+    args.update(payload)
+    return args
 
 
 class _Container:
@@ -235,17 +287,22 @@ class FakeOpenWhisk:
     namespace: str = "guest"
     warm: bool = True
     python: str = sys.executable
-    max_memory_mb: int = 2048
-    max_timeout_ms: int = 600_000
+    memory_mb: tuple[int, int] = ow_limits.STOCK.memory_mb  # type: ignore[assignment]
+    timeout_ms: tuple[int, int] = tuple(int(t * 1000) for t in ow_limits.STOCK.timeout_s)  # type: ignore[assignment,union-attr]
+    concurrency: tuple[int, int] = ow_limits.STOCK.concurrency  # type: ignore[assignment]
+    kinds: tuple[str, ...] = KINDS
     concurrent_limit: int | None = None
     max_idle_per_action: int = 4
     workdir: Path | None = None
     port: int = 0
+    #: tests/chaos.py `Chaos`: random 5xx, 429, resets, lost answers and slow answers on any request
+    chaos: Any = None
 
     def __post_init__(self) -> None:
         self.url = ""
         self.requests: list[RecordedRequest] = []
-        self.actions: dict[str, _Action] = {}
+        self.actions: dict[str, _Action] = {}  # by name, "package/name" inside a package
+        self.packages: set[str] = set()
         self.activations: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
         self._unpack_lock = threading.Lock()
@@ -362,9 +419,14 @@ class FakeOpenWhisk:
         collection, rest = parts[4], parts[5:]
         q = {k: v[-1] for k, v in query.items()}
         if collection == "actions" and not rest and method == "GET":
-            return 200, self._list(int(q.get("limit", 30) or 30), int(q.get("skip", 0) or 0)), {}
-        if collection == "actions" and len(rest) == 1:
-            name = rest[0]
+            return 200, self._list(q.get("limit"), q.get("skip")), {}
+        if collection == "packages" and len(rest) == 1 and method == "PUT":
+            with self._lock:
+                self.packages.add(rest[0])
+            return 200, {"namespace": self.namespace, "name": rest[0], "version": "0.0.1", "publish": False,
+                         "binding": {}, "parameters": [], "annotations": []}, {}
+        if collection == "actions" and len(rest) in (1, 2):
+            name = "/".join(rest)
             if method == "PUT":
                 return 200, self._put(name, body, q.get("overwrite", "false") == "true"), {}
             if method == "GET":
@@ -398,12 +460,48 @@ class FakeOpenWhisk:
             raise _HttpError(404, "The requested resource does not exist.")
         return action
 
-    def _list(self, limit: int, skip: int) -> list[dict[str, Any]]:
-        if limit > 200:
-            raise _HttpError(400, f"The value '{limit}' is not in the range of 0 to 200.")
+    def _list(self, limit_text: str | None, skip_text: str | None) -> list[dict[str, Any]]:
+        """Newest first (`updated`), packaged actions included; `limit` 0 means the maximum."""
+        try:
+            limit = LIST_DEFAULT if limit_text in (None, "") else int(limit_text)
+            skip = 0 if skip_text in (None, "") else int(skip_text)
+        except ValueError:
+            raise _HttpError(400, f"The value '{limit_text or skip_text}' is not an integer for actions.") from None
+        if not 0 <= limit <= LIST_MAX:
+            raise _HttpError(400, f"The value '{limit}' is not in the range of 0 to {LIST_MAX} for actions.")
+        if skip < 0:
+            raise _HttpError(400, f"The value '{skip}' is not greater than or equal to 0 for actions.")
+        limit = limit or LIST_MAX
         with self._lock:
             ordered = sorted(self.actions.values(), key=lambda a: (-a.updated, -a.serial))
         return [a.summary() for a in ordered[skip:skip + limit]]
+
+    def _limits(self, requested: dict[str, Any], old: dict[str, int] | None) -> dict[str, int]:
+        """The stored limits: what the PUT names, else the old action's, else the defaults; 400 outside the
+        installation's ranges with the controller's messages."""
+        limits = dict(old) if old else {"timeout": 60000, "memory": 256, "concurrency": 1, "logs": 10}
+        try:
+            limits.update({k: int(v) for k, v in (requested or {}).items()})
+        except (TypeError, ValueError):
+            raise _HttpError(400, "The request content was malformed:\nlimits must be whole numbers") from None
+        lo, hi = self.memory_mb
+        if limits["memory"] > hi:
+            raise _HttpError(400, f"memory size {limits['memory']} MB exceeds allowed threshold of {hi} MB")
+        if limits["memory"] < lo:
+            raise _HttpError(400, f"memory size {limits['memory']} MB below allowed threshold of {lo} MB")
+        lo, hi = self.timeout_ms
+        if limits["timeout"] > hi:
+            raise _HttpError(400, f"duration {limits['timeout']} milliseconds exceeds allowed threshold of {hi} "
+                                  "milliseconds")
+        if limits["timeout"] < lo:
+            raise _HttpError(400, f"duration {limits['timeout']} milliseconds below allowed threshold of {lo} "
+                                  "milliseconds")
+        lo, hi = self.concurrency
+        if limits["concurrency"] > hi:
+            raise _HttpError(400, f"concurrency {limits['concurrency']} exceeds allowed threshold of {hi}")
+        if limits["concurrency"] < lo:
+            raise _HttpError(400, f"concurrency {limits['concurrency']} below allowed threshold of {lo}")
+        return limits
 
     def _put(self, name: str, body: bytes, overwrite: bool) -> dict[str, Any]:
         try:
@@ -413,8 +511,10 @@ class FakeOpenWhisk:
         exec_ = doc.get("exec")
         if not isinstance(exec_, dict) or "kind" not in exec_:
             raise _HttpError(400, "The request content was malformed:\nexec.kind is required")
-        if exec_["kind"] not in KINDS:
-            raise _HttpError(400, f"kind '{exec_['kind']}' not in Set({', '.join(KINDS)})")
+        if exec_["kind"] not in self.kinds:
+            valid = "', '".join(k for k in self.kinds if k != "blackbox")
+            raise _HttpError(400, f"The specified runtime '{exec_['kind']}' is not supported by this platform. "
+                                  f"Valid values are: '{valid}'.")
         if exec_["kind"] == "blackbox" and not exec_.get("image"):
             raise _HttpError(400, "The request content was malformed:\nimage is required for blackbox")
         if exec_.get("code") is not None:
@@ -424,32 +524,36 @@ class FakeOpenWhisk:
                 raise _HttpError(400, "The request content was malformed:\ncode is not base64") from None
         elif exec_["kind"] != "blackbox":
             raise _HttpError(400, "The request content was malformed:\nexec.code is required")
-        limits = {"timeout": 60000, "memory": 256, "concurrency": 1, "logs": 10}
-        limits.update({k: int(v) for k, v in (doc.get("limits") or {}).items()})
-        if not 100 <= limits["timeout"] <= self.max_timeout_ms:
-            raise _HttpError(400, f"timeout {limits['timeout']} milliseconds is outside the allowed range "
-                                  f"[100, {self.max_timeout_ms}]")
-        if not 128 <= limits["memory"] <= self.max_memory_mb:
-            raise _HttpError(400, f"memory {limits['memory']} MB is outside the allowed range "
-                                  f"[128, {self.max_memory_mb}]")
-        if not 1 <= limits["concurrency"] <= 500:
-            raise _HttpError(400, f"concurrency {limits['concurrency']} is outside the allowed range [1, 500]")
         for key in ("parameters", "annotations"):
             items = doc.get(key) or []
             if not isinstance(items, list) or any(not isinstance(i, dict) or "key" not in i for i in items):
                 raise _HttpError(400, f"The request content was malformed:\n{key} must be a list of key/value")
-        annotations = [a for a in doc.get("annotations") or [] if a["key"] != "exec"]
-        annotations.append({"key": "exec", "value": exec_["kind"].split(":")[0]})
+        if "/" in name and name.split("/", 1)[0] not in self.packages:
+            raise _HttpError(404, "The requested resource does not exist.")
         with self._lock:
             old = self.actions.get(name)
             if old is not None and not overwrite:
                 raise _HttpError(409, "resource already exists")
+            limits = self._limits(doc.get("limits") or {}, old.limits if old is not None else None)
+            if old is not None and "parameters" not in doc:
+                parameters = [dict(p) for p in old.parameters]
+            else:
+                parameters = list(doc.get("parameters") or [])
+            merged: dict[str, Any] = {}
+            if old is not None:  # an update merges annotations: old ++ new, minus delAnnotations
+                merged = {a["key"]: a.get("value") for a in old.annotations}
+                for key in doc.get("delAnnotations") or []:
+                    merged.pop(key, None)
+            merged.update({a["key"]: a.get("value") for a in doc.get("annotations") or []})
+            merged["exec"] = exec_["kind"].split(":")[0]
+            annotations = [{"key": k, "value": v} for k, v in merged.items()]
             self._serial += 1
             version = "0.0.1"
             if old is not None:
                 major, minor, patch = (int(x) for x in old.version.split("."))
                 version = f"{major}.{minor}.{patch + 1}"
-            action = _Action(self.namespace, name, version, dict(exec_), limits, list(doc.get("parameters") or []),
+            namespace = self.namespace + (f"/{name.split('/', 1)[0]}" if "/" in name else "")
+            action = _Action(namespace, name.rsplit("/", 1)[-1], version, dict(exec_), limits, parameters,
                              annotations, int(time.time() * 1000), self._serial)
             self.actions[name] = action
             stale = self._drop_containers(name)
@@ -483,6 +587,8 @@ class FakeOpenWhisk:
             raise _HttpError(400, "The request content was malformed:\nnot JSON") from None
         if not isinstance(payload, dict):
             raise _HttpError(400, "The request content was malformed:\nthe payload must be a JSON object")
+        if set(payload) & immutable_parameters(action):
+            raise _HttpError(400, PARAMETERS_NOT_ALLOWED)
         activation_id = uuid.uuid4().hex
         with self._lock:
             if self._throttle_left > 0:
@@ -521,12 +627,12 @@ class FakeOpenWhisk:
             return self._unpack(action)
 
     def _unpack(self, action: _Action) -> Path:
-        key = (action.name, action.serial)
+        key = (action.key, action.serial)
         with self._lock:
             if key in self._dirs:
                 return self._dirs[key]
         assert self.workdir is not None
-        target = self.workdir / "actions" / f"{action.name}-{action.serial}"
+        target = self.workdir / "actions" / f"{action.key.replace('/', '--')}-{action.serial}"
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
@@ -558,7 +664,7 @@ class FakeOpenWhisk:
 
     def _acquire(self, action: _Action) -> tuple[_Container, float | None, str | None]:
         """A warm process for this action version, or a new one: (container, init ms if cold, init error)."""
-        key = (action.name, action.serial)
+        key = (action.key, action.serial)
         with self._lock:
             pool = self._idle.get(key, [])
             while pool:
@@ -570,7 +676,7 @@ class FakeOpenWhisk:
         started = time.monotonic()
         action_dir = self._action_dir(action)
         assert self.workdir is not None
-        log_path = self.workdir / "logs" / f"{action.name}-{uuid.uuid4().hex[:8]}.log"
+        log_path = self.workdir / "logs" / f"{action.key.replace('/', '--')}-{uuid.uuid4().hex[:8]}.log"
         log_path.parent.mkdir(exist_ok=True)
         with self._lock:
             if self._stopping:
@@ -590,10 +696,10 @@ class FakeOpenWhisk:
     def _release(self, action: _Action, container: _Container, reusable: bool) -> None:
         with self._lock:
             self._busy.discard(container)
-            current = self.actions.get(action.name)
+            current = self.actions.get(action.key)
             keep = (reusable and self.warm and not self._stopping and container.alive
                     and current is not None and current.serial == action.serial)
-            pool = self._idle.setdefault((action.name, action.serial), [])
+            pool = self._idle.setdefault((action.key, action.serial), [])
             if keep and len(pool) < self.max_idle_per_action:
                 pool.append(container)
                 return
@@ -615,12 +721,12 @@ class FakeOpenWhisk:
                 status, result = "action developer error", {"error": init_error}
                 logs = container.logs_since(0)
                 return
-            args = {p["key"]: p.get("value") for p in action.parameters}
-            args.update(payload)
+            args = merge_parameters(action, payload)
             timeout_ms = action.limits["timeout"]
             deadline_ms = int(time.time() * 1000) + timeout_ms
-            message = {"value": args, "activation_id": activation_id, "action_name": f"/{self.namespace}/{action.name}",
-                       "action_version": action.version, "namespace": self.namespace, "deadline": str(deadline_ms)}
+            message = {"value": args, "activation_id": activation_id, "transaction_id": uuid.uuid4().hex,
+                       "action_name": f"/{action.namespace}/{action.name}", "action_version": action.version,
+                       "namespace": self.namespace, "deadline": str(deadline_ms)}
             if action.annotation("provide-api-key", True) is not False:
                 message["api_key"] = self.auth
             run_started = time.monotonic()
@@ -643,7 +749,7 @@ class FakeOpenWhisk:
             if container is not None:
                 self._release(action, container, reusable)
             end = time.time()
-            annotations = [{"key": "path", "value": f"{self.namespace}/{action.name}"},
+            annotations = [{"key": "path", "value": f"{action.namespace}/{action.name}"},
                            {"key": "kind", "value": action.exec.get("kind")},
                            {"key": "limits", "value": dict(action.limits)},
                            {"key": "waitTime", "value": int((start - accepted) * 1000)}]
@@ -683,10 +789,26 @@ class _Handler(BaseHTTPRequestHandler):
             fake.requests.append(RecordedRequest(self.command, fake.url + self.path, parts.path, query,
                                                  dict(self.headers.items()), body))
         extra: dict[str, str] = {}
+        fault = fake.chaos.draw(self.command, parts.path) if fake.chaos is not None else None
         try:
+            if fault is not None and fault.kind == "reset":
+                chaos.abort(self.connection)
+                self.close_connection = True
+                return
+            if fault is not None and fault.kind == "error":
+                raise _HttpError(fault.status, "injected platform error (chaos)")
+            if fault is not None and fault.kind == "throttle":
+                raise _HttpError(429, "Too many requests in the last minute (chaos).",
+                                 {"Retry-After": f"{fake.chaos.retry_after_s:g}"})
             status, answer, extra = fake.handle(self.command, parts.path, query, headers, body)
         except _HttpError as exc:
             status, answer, extra = exc.status, {"error": exc.message, "code": uuid.uuid4().hex}, exc.headers
+        if fault is not None and fault.kind == "lost":  # carried out; the answer never arrives
+            chaos.abort(self.connection)
+            self.close_connection = True
+            return
+        if fault is not None and fault.kind == "slow":
+            fault.pause()
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

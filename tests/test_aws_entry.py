@@ -7,6 +7,7 @@ so the zip's own `fedkeeper/runtime` is the one imported, never the orchestrator
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -23,7 +24,9 @@ from typing import Any
 import pymongo
 import pytest
 
+import fl_payloads
 from fedkeeper import packaging
+from fedkeeper.providers.base import PackagingOptions
 
 MLP = {"model": "mlp", "input_size": 64, "hidden_size": 32, "output_size": 10}
 TRAIN = {"optim": "adam", "lr": 0.01, "batch_size": 10, "local_epochs": 1, "mu": 0.0, "l2": 0.0}
@@ -106,18 +109,17 @@ def test_aggregator_init_and_client_round_through_the_lambda_handler(tmp_path: P
     assert 0.0 <= init["ok"]["accuracy"] <= 1.0
     assert Path(init["fedkeeper_file"]).resolve() == (agg_root / "fedkeeper" / "__init__.py").resolve()
 
-    ack = call(client_root, {"run_id": "r1", "round": 1, "client_id": 3, "num_clients": 4, "seed": 7, "model": MLP,
-                             "train": TRAIN, "data": DIGITS, "activation_id": "a-1", "attempt": 1}, store_env)
+    sent = fl_payloads.client("r1", 1, 3)
+    ack = call(client_root, sent, store_env)
     assert "ok" in ack, ack
-    agg = call(agg_root, {"mode": "aggregate", "run_id": "r1", "round": 1, "client_ids": [3], "seed": 7,
-                          "model": MLP, "data": DIGITS, "keep_models": 0}, store_env)
+    agg = call(agg_root, fl_payloads.aggregate("r1", 1, [(sent, ack["ok"])]), store_env)
     assert "ok" in agg and agg["ok"]["num_updates"] == 1, agg
 
     client: pymongo.MongoClient = pymongo.MongoClient(nx_server, serverSelectionTimeoutMS=5000)
     try:
         db = client[store_env["FK_MONGO_DB"]]
         assert {doc["_id"] for doc in db.models.find({}, {"_id": 1})} == {"r1:0", "r1:1"}
-        assert db.updates.find_one({"_id": "r1:1:3"}) is not None
+        assert db.updates.find_one({"_id": f"r1:1:3:{sent['activation_id']}"}) is not None
     finally:
         client.close()
 
@@ -153,28 +155,77 @@ def test_missing_numpy_or_pymongo_gives_a_hint(tmp_path: Path, store_env: dict[s
     assert store_env["FK_MONGO_URL"] not in out["errorMessage"]
 
 
+def wheel_from_installed(project: str, dest: Path) -> Path:
+    """A wheel rebuilt from an installed distribution: its files as its RECORD lists them (scripts outside
+    site-packages left out), named with the tags its WHEEL file records, so pip resolves it like the original."""
+    dist = importlib.metadata.distribution(project)
+    tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")]
+    parts = [sorted({t.split("-")[i] for t in tags}) for i in range(3)]
+    name = dist.metadata["Name"].replace("-", "_")
+    path = dest / f"{name}-{dist.version}-{'-'.join('.'.join(p) for p in parts)}.whl"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for file in dist.files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts or file.suffix == ".pyc":
+                continue
+            zf.write(file.locate(), file.as_posix())
+    return path
+
+
+@pytest.fixture(scope="module")
+def installed_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """numpy, pymongo and dnspython as wheels, rebuilt from this venv: an offline index with the binaries that
+    load on this machine (their manylinux tags are the ones they were published with)."""
+    house = tmp_path_factory.mktemp("installed-wheels")
+    for project in ("numpy", "pymongo", "dnspython"):
+        wheel_from_installed(project, house)
+    return house
+
+
+def offline_pip(monkeypatch: pytest.MonkeyPatch, house: Path) -> None:
+    for var in [v for v in os.environ if v.upper().startswith("PIP_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(house))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(platform.machine() != "x86_64" or sys.version_info[:2] != (3, 11),
-                    reason="runs the x86_64 / CPython 3.11 wheels Lambda would get on this machine")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="manylinux wheels are x86_64/aarch64")
 def test_vendored_zip_runs_with_nothing_but_the_zip(tmp_path: Path, nx_server: str, store_env: dict[str, str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """vendor_wheels: the manylinux numpy/pymongo inside the zip are the only ones the handler can import."""
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   installed_wheelhouse: Path) -> None:
+    """vendor_wheels: the manylinux numpy/pymongo inside the zip are the only ones the handler can import.
+
+    The wheels are this venv's own, so the target is this machine's CPython on the newest manylinux policy its
+    numpy was published for. Lambda's python3.11 (Amazon Linux 2, manylinux2014) gets them only if that policy
+    is manylinux2014; otherwise packaging refuses it with the reason, which is checked too.
+    """
     from fedkeeper.providers.aws.config import LambdaCluster
 
-    options = packaging.options_for(LambdaCluster(region="eu-west-1", architecture="x86_64"))
-    assert options.vendor_wheels and options.platform_tag == "manylinux2014_x86_64"
-    # Tests stay on this machine: pip may only use the wheel cache a `fedkeeper deploy`/`package` filled.
-    wheels = options.cache_dir() / f"cp311-{options.platform_tag}"
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    offline_pip(monkeypatch, installed_wheelhouse)
+    numpy_wheel = next(installed_wheelhouse.glob("numpy-*.whl")).name
+    policies = sorted({m.group(0) for p in numpy_wheel.removesuffix(".whl").split("-")[-1].split(".")
+                       if (m := re.match(r"manylinux_2_\d+|manylinux2014", p))},
+                      key=lambda p: 17 if p == "manylinux2014" else int(p.split("_")[2]))
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    arch = "arm64" if platform.machine() == "aarch64" else "x86_64"
+    lambda_options = packaging.options_for(LambdaCluster(region="eu-west-1", runtime=f"python{python}",
+                                                         architecture=arch))
     packaging.clear_cache()
     try:
+        if not set(lambda_options.platform_tags) & {f"{p}_{platform.machine()}" for p in policies}:
+            with pytest.raises(packaging.PackagingError, match=rf"no wheel of .* for CPython {python}"):
+                packaging.build("fl_server_aggregator", "aws", PackagingOptions(
+                    **{**lambda_options.__dict__, "wheel_cache_dir": tmp_path / "w0"}))
+        options = PackagingOptions(vendor_wheels=True, architecture=arch, python_version=python,
+                                   wheel_platform=policies[-1], wheel_cache_dir=tmp_path / "wheels")
         artifact = packaging.build("fl_server_aggregator", "aws", options)
-    except packaging.PackagingError as exc:
-        pytest.skip(f"no cached manylinux wheels in {wheels} (run `fedkeeper package` once online): {exc}")
     finally:
         packaging.clear_cache()  # nothing built under these pip settings outlives the test
     assert len(artifact.data) < 50 * 2**20  # Lambda's direct upload limit
+    assert any(f.startswith("numpy/") for f in artifact.files) and "bson/__init__.py" in artifact.files
     root = unpack(artifact, tmp_path / "task")
     out = call(root, {"mode": "init", "run_id": "v1", "round": 0, "seed": 1, "model": MLP, "data": DIGITS,
                       "keep_models": 0}, store_env, isolated=True)

@@ -61,6 +61,7 @@ def test_prototype_config_validates_with_warnings(prototype: cfg.Config) -> None
         "functions.fl_server_init": "no longer used and ignored",
         "functions.fl_invoker_weights_update": "no longer used and ignored",
         "functions.fl_server_aggregator.openwhisk.blocking_cli": "no longer used and ignored",
+        "scenarios.federated_learning.functions.fl_client.openwhisk.concurrency": "100 read as 1",
         "scenarios.test": "fedkeeper smoke",
     }
     for path, text in expected.items():
@@ -93,10 +94,11 @@ def test_prototype_keys_mean_what_they_meant(prototype: cfg.Config) -> None:
     assert (fl.model_params.lr, fl.model_params.local_epochs, fl.model_params.batch_size) == (0.001, 5, 10)
     assert fl.training_test_data.train_images.endswith("train-images-idx3-ubyte.gz")
     fn = prototype.functions["fl_client"]
-    assert (fn.openwhisk.memory, fn.openwhisk.timeout, fn.openwhisk.concurrency) == (2048, 300000, 100)
+    # the prototype's concurrency 100 is read as 1: OpenWhisk's Python runtime runs one activation per container
+    assert (fn.openwhisk.memory, fn.openwhisk.timeout, fn.openwhisk.concurrency) == (2048, 300000, 1)
     assert fn.openwhisk.docker_image == "kkyfury/tensorflow"
     assert (fn.google.memory, fn.google.timeout) == (2048, 300)
-    assert cfg.function_limits(prototype, "fl_client", "openwhisk") == (2048, 300.0, 100)
+    assert cfg.function_limits(prototype, "fl_client", "openwhisk") == (2048, 300.0, 1)
     assert set(prototype.functions) == {"fl_client", "fl_server_aggregator", "nodeinfo"}
 
 

@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedkeeper import config as cfg
 from fedkeeper.config import ConfigError, ConfigIssue, load, load_text
@@ -131,7 +133,17 @@ def test_anchors_under_extension_keys_and_alias_bombs() -> None:
 
 
 def test_empty_file_says_what_is_missing() -> None:
-    assert paths(errors("")) == ["providers"]
+    issues = errors("")
+    assert paths(issues) == ["providers", "scenarios.federated_learning"]
+    assert "`start` and `deploy` run this scenario" in issues[1].message
+
+
+def test_a_config_without_the_fl_scenario_is_valid_only_when_it_says_it_is_for_smoke() -> None:
+    assert paths(errors("providers: {local: {laptop: {}}}\n")) == ["scenarios.federated_learning"]
+    config = load_text("providers: {local: {laptop: {}}}\nscenarios: {smoke: {}}\n", env={})
+    with pytest.raises(ConfigError) as info:  # what `start` and `deploy` meet: exit 2 with the key path
+        config.fl
+    assert info.value.exit_code == 2 and info.value.issues[0].path == "scenarios.federated_learning"
 
 
 # ---------------------------------------------------------------------------------------------- ${ENV}
@@ -151,6 +163,69 @@ def test_env_references_defaults_and_escapes() -> None:
     assert config.mongo_config.db == "pre_fk_post"
     assert config.fl.clients_info.total_num_clients == 6
     assert config.functions["fl_client"].local.parameters == {"note": "${LITERAL}"}
+
+
+def test_env_references_inside_flow_collections_yield_their_values() -> None:
+    """`{a: ${N}}`: YAML alone reads `{` as the start of a mapping; the reference must still be a value."""
+    config = load_text(y("""
+        experiment: "${EXP}"
+        providers: {local: {laptop: {cold_start_ms: ${COLD:-5}}}}
+        mongo_config: {db: pre_${DB}, url: embedded}
+        functions: {fl_client: {local: {parameters: {list: [${N}, "${N}", x${N}y], lit: $${N}, dflt: ${NONE:-a b}}}}}
+        scenarios:
+          federated_learning:
+            clients_info: {total_num_clients: ${N}, num_clients_per_round: ${PER}}
+        """), env={"EXP": "flow", "DB": "fk", "N": "6", "PER": "3"})
+    assert config.experiment == "flow" and config.mongo_config.db == "pre_fk"
+    assert config.fl.clients_info.total_num_clients == 6 and config.fl.clients_info.num_clients_per_round == 3
+    assert config.clusters()["laptop"].cold_start_ms == 5
+    assert config.functions["fl_client"].local.parameters == {"list": ["6", "6", "x6y"], "lit": "${N}",
+                                                              "dflt": "a b"}
+
+
+def test_flow_references_keep_key_paths_and_error_positions() -> None:
+    issues = errors(y("""
+        providers: {local: {laptop: {}}}
+        scenarios:
+          federated_learning:
+            clients_info: {total_num_clients: ${MISSING}, num_clients_per_round: 2}
+        """), env={})
+    assert [str(i) for i in issues if "MISSING" in i.message] == [
+        "scenarios.federated_learning.clients_info.total_num_clients: environment variable MISSING is not set "
+        "(export it, or write ${MISSING:-default})"]
+    # a syntax error after a reference on the same line is reported at its column in the file as written
+    issues = errors("a: {b: ${N}, c: [1, }\n", env={"N": "1"})
+    assert issues[0].message.startswith("YAML syntax error at <config>:1:21:")
+    # a key written twice, through references, is still found
+    issues = errors("x-a: {${K}: 1, ${K}: 2}\nproviders: {local: {laptop: {}}}\n", env={"K": "k"})
+    assert [i.path for i in issues][:1] == ["x-a.${K}"]
+
+
+_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="}\"'\\"), max_size=12)
+
+
+@settings(max_examples=150, deadline=None, database=None, derandomize=True)
+@given(name=_NAMES, value=_TEXT, default=st.one_of(st.none(), _TEXT), prefix=st.sampled_from(["", "x", "a-"]),
+       is_set=st.booleans())
+def test_a_reference_means_the_same_in_flow_and_block_style(name: str, value: str, default: str | None,
+                                                            prefix: str, is_set: bool) -> None:
+    from fedkeeper.config.sources import _parse_yaml, _substitute
+
+    ref = f"{prefix}${{{name}}}" if default is None else f"{prefix}${{{name}:-{default}}}"
+    env = {name: value} if is_set else {}
+    results = []
+    for text in (f"a: {{b: {ref}, c: [{ref}]}}\n", f"a:\n  b: {ref}\n  c:\n    - {ref}\n"):
+        raw, _ = _parse_yaml(text, "t")  # a default's ': ', ' #', '[' or ',' are part of the reference, not YAML
+        issues: list[ConfigIssue] = []
+        results.append((_substitute(raw, "", env, set(), issues, set()), [i.path for i in issues]))
+    (flow, flow_issues), (block, block_issues) = results
+    assert flow == block and flow_issues == block_issues
+    expected = value if is_set else default
+    if expected is not None:
+        assert flow["a"]["b"] == prefix + expected and flow["a"]["c"] == [flow["a"]["b"]]
+    else:
+        assert flow_issues == ["a.b", "a.c[0]"]
 
 
 def test_every_missing_env_var_is_reported_with_its_key() -> None:
@@ -357,7 +432,8 @@ def test_function_limits_precedence_and_units() -> None:
         experiment: unit
         providers:
           local: {laptop: {}}
-          openwhisk: {ow: {api_host: "http://127.0.0.1:3233", auth: "u:k", memory: 768, timeout: 90000, concurrency: 4}}
+          openwhisk: {ow: {api_host: "http://127.0.0.1:3233", auth: "u:k", memory: 768, timeout: 90000,
+                           limits: {memory_max: 1024}}}
           aws: {lam: {region: eu-central-1, endpoint_url: "http://127.0.0.1:5000", memory: 2048}}
         functions:
           fl_client:
@@ -368,8 +444,8 @@ def test_function_limits_precedence_and_units() -> None:
             clients_info: {total_num_clients: 4, num_clients_per_round: 2, placement: {laptop: 2, ow: 1, lam: 1}}
         """), env={})
     assert cfg.function_limits(config, "fl_client", "openwhisk") == (512, 60.0, 1)
-    assert cfg.function_limits(config, "fl_client", "openwhisk", cluster="ow") == (768, 60.0, 4)
-    assert cfg.function_limits(config, "fl_server_aggregator", "openwhisk", cluster="ow") == (768, 90.0, 4)
+    assert cfg.function_limits(config, "fl_client", "openwhisk", cluster="ow") == (768, 60.0, 1)
+    assert cfg.function_limits(config, "fl_server_aggregator", "openwhisk", cluster="ow") == (768, 90.0, 1)
     assert cfg.function_limits(config, "fl_client", "aws", cluster="lam") == (2048, 30.0, 1)
     assert cfg.function_limits(config, "fl_client", "local", cluster="laptop") == (512, 120.0, 1)
 

@@ -21,9 +21,13 @@ from fedkeeper.packaging import PackagingError
 from fedkeeper.providers import base as P
 from fedkeeper.providers.google.provider import DeployFailed
 from fedkeeper.providers.registry import UnknownPlatform
-from fedkeeper.results.plots import PlotUnavailable
+from fedkeeper.results.logs_view import UnknownEvent
+from fedkeeper.results.plots import PlotUnavailable, UnsupportedPlotFormat
 from fedkeeper.results.run_folders import RunFileError, RunNotFound
+from fedkeeper.scenarios.federated_learning import QuorumLost
+from fedkeeper.scenarios.status import StatusIncomplete
 from fedkeeper.store import errors as S
+from fedkeeper.store.locks import RunLocked
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "config-sample.yaml"
@@ -34,14 +38,19 @@ CASES: dict[type[E.FedkeeperError], tuple[Callable[[], E.FedkeeperError], int]] 
     E.ConfigProblem: (lambda: E.ConfigProblem("bad config"), 2),
     E.UsageProblem: (lambda: E.UsageProblem("--bad option"), 2),
     E.RunFailed: (lambda: E.RunFailed("quorum lost in round 3"), 1),
+    QuorumLost: (lambda: QuorumLost("round 3: only 1 of 4 selected clients stored an update"), 1),
+    RunLocked: (lambda: RunLocked("run r1 is being run by another orchestrator: pid 42 on lab-1"), 1),
     E.PlatformFailure: (lambda: E.PlatformFailure("platform trouble"), 1),
     E.StoreFailure: (lambda: E.StoreFailure("store trouble"), 1),
     E.PackagingFailure: (lambda: E.PackagingFailure("cannot zip"), 1),
     E.ResultsFailure: (lambda: E.ResultsFailure("cannot read Logs/"), 1),
     E.Interrupted: (lambda: E.Interrupted("interrupted"), 130),
+    StatusIncomplete: (lambda: StatusIncomplete("status incomplete: cluster ow: PlatformError: refused"), 1),
     ConfigError: (lambda: ConfigError([ConfigIssue("scenarios.x", "unknown key")], "c.yaml"), 2),
     RunNotFound: (lambda: RunNotFound("nosuch", Path("Logs"), ["a", "b"]), 2),
     PlotUnavailable: (PlotUnavailable, 2),
+    UnsupportedPlotFormat: (lambda: UnsupportedPlotFormat(Path("run.jpg")), 2),
+    UnknownEvent: (lambda: UnknownEvent("nonsense"), 2),
     RunFileError: (lambda: RunFileError("Logs/r/rounds.csv: header lacks the column 'round'"), 1),
     P.ProviderError: (lambda: P.ProviderError("ow", "something broke"), 1),
     P.FunctionMissing: (lambda: P.FunctionMissing("ow", "fk-x-fl-client is gone"), 1),
@@ -63,10 +72,10 @@ CASES: dict[type[E.FedkeeperError], tuple[Callable[[], E.FedkeeperError], int]] 
 }
 
 #: modules that define FedkeeperError subclasses (imported so that __subclasses__ sees them all)
-_MODULES = ("fedkeeper.config", "fedkeeper.store", "fedkeeper.packaging", "fedkeeper.providers.base",
+_MODULES = ("fedkeeper.config", "fedkeeper.store", "fedkeeper.store.locks", "fedkeeper.packaging", "fedkeeper.providers.base",
             "fedkeeper.providers.local", "fedkeeper.providers.openwhisk", "fedkeeper.providers.aws",
             "fedkeeper.providers.google", "fedkeeper.providers.google.provider", "fedkeeper.providers.registry", "fedkeeper.results.run_folders",
-            "fedkeeper.results.plots", "fedkeeper.fabric", "fedkeeper.tracker", "fedkeeper.scenarios.deployment",
+            "fedkeeper.results.plots", "fedkeeper.results.logs_view", "fedkeeper.fabric", "fedkeeper.tracker", "fedkeeper.scenarios.deployment",
             "fedkeeper.scenarios.federated_learning", "fedkeeper.scenarios.smoke", "fedkeeper.scenarios.status")
 
 
@@ -187,13 +196,14 @@ def test_error_messages_pass_through_the_apps_redactor(run_cli, monkeypatch: pyt
 # ------------------------------------------------------------------ errors that used to exit as "unexpected"
 
 
-def test_store_config_error_exits_1_with_a_clean_message(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A mongo_config the store cannot use (a password without a user) through the real `status` path."""
+def test_store_config_error_is_a_config_error_with_a_clean_message(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A mongo_config the store cannot use (a password without a user) through the real `status` path: the
+    config validation finds it before any store is opened (exit 2, the key path, the password not shown)."""
     config = tmp_path / "c.yaml"
-    config.write_text(SAMPLE.read_text().replace("url: embedded", 'url: "mongodb://:pw@127.0.0.1:1/"', 1))
+    config.write_text(SAMPLE.read_text().replace("url: embedded", 'url: "mongodb://:pw1234@127.0.0.1:1/"', 1))
     result = run_cli("status", "-c", config, cwd=tmp_path)
-    assert result.code == 1, result.stderr
-    assert "error: mongo_config has a password but no username" in result.stderr
+    assert result.code == 2, result.stderr
+    assert "mongo_config.url: not a valid MongoDB URL" in result.stderr and "pw1234" not in result.stderr
     assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
 
 

@@ -364,6 +364,7 @@ def test_legacy_inline_service_account_from_a_config_file(fake: FakeGcf, tmp_pat
     (tmp_path / "legacy.yaml").write_text(yaml.safe_dump({
         "experiment": "legacy",
         "providers": {"gcf": {"g1": {"region": REGION, "api_endpoint": fake.endpoint, "auth": info}}},
+        "scenarios": {"smoke": {}},
     }))
     loaded = fk_config.load(str(tmp_path / "legacy.yaml"))
     settings = loaded.clusters()["g1"]

@@ -1,7 +1,7 @@
 """The dependency direction of docs/architecture.md, checked on every import (module level and inside functions).
 
-runtime ← store ← providers/base ← providers/<kind> ← fabric ← tracker ← scenarios ← cli; `errors` and `secrets`
-are the foundation everyone may use. A platform's folder may read `config.base` (the Model base) and
+runtime ← store ← providers/base ← providers/<kind> ← fabric ← tracker ← scenarios ← cli; `errors`, `secrets` and
+`signals` are the foundation everyone may use. A platform's folder may read `config.base` (the Model base) and
 `config.legacy` (the prototype's shared helpers) but not the assembled config, which is built from the registry.
 """
 
@@ -35,12 +35,15 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 RULES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("fedkeeper.runtime", ("fedkeeper.",), ("fedkeeper.runtime",)),
     ("fedkeeper.errors", ("fedkeeper.",), ("fedkeeper.errors",)),
-    ("fedkeeper.secrets", ("fedkeeper.",), ("fedkeeper.secrets",)),
+    # the redactor reads URLs with the runtime's parser (standard library only), the one functions use too
+    ("fedkeeper.secrets", ("fedkeeper.",), ("fedkeeper.secrets", "fedkeeper.runtime.urls")),
+    ("fedkeeper.signals", ("fedkeeper.",), ("fedkeeper.signals",)),
     ("fedkeeper.store", ("fedkeeper.",), ("fedkeeper.store", "fedkeeper.runtime", "fedkeeper.errors",
                                          "fedkeeper.secrets")),
     ("fedkeeper.providers", ("fedkeeper.",), ("fedkeeper.providers", "fedkeeper.runtime", "fedkeeper.errors",
-                                             "fedkeeper.secrets", "fedkeeper.store", "fedkeeper.config.base",
-                                             "fedkeeper.config.legacy", "fedkeeper.__version__")),
+                                             "fedkeeper.secrets", "fedkeeper.signals", "fedkeeper.store",
+                                             "fedkeeper.config.base", "fedkeeper.config.legacy",
+                                             "fedkeeper.__version__")),
     ("fedkeeper.fabric", ("fedkeeper.tracker", "fedkeeper.activations", "fedkeeper.scenarios", "fedkeeper.cli",
                           "fedkeeper.results"), ()),
     ("fedkeeper.tracker", ("fedkeeper.scenarios", "fedkeeper.cli", "fedkeeper.results.report",

@@ -26,6 +26,7 @@ providers:
 functions:
   nodeinfo:
     local: {memory: 300, timeout: 20}
+scenarios: {smoke: {}}
 """
 
 

@@ -132,7 +132,7 @@ def test_cluster_repr_hides_the_key() -> None:
 
 def write_config(tmp_path: Path, cluster_yaml: str) -> Path:
     path = tmp_path / "fedkeeper.yaml"
-    path.write_text("experiment: owcfg\nproviders:\n  openwhisk:\n    ow1:\n"
+    path.write_text("experiment: owcfg\nscenarios: {smoke: {}}\nproviders:\n  openwhisk:\n    ow1:\n"
                     + textwrap.indent(textwrap.dedent(cluster_yaml), "      "), encoding="utf-8")
     return path
 
@@ -290,3 +290,28 @@ def test_fake_runs_a_zip_and_reports_a_failed_init(fake_openwhisk: FakeOpenWhisk
     out = requests.post(f"{base}/broken?blocking=true", json={}, auth=auth, timeout=60).json()
     assert out["response"]["status"] == "action developer error"
     assert out["response"]["result"]["error"].startswith("Initialization has failed due to: ModuleNotFoundError")
+
+
+def test_entry_hint_covers_wheels_built_for_another_python(fake_openwhisk: FakeOpenWhisk, tmp_path: Path) -> None:
+    """cp311 wheels on python:default (3.10): numpy is there but raises ImportError, not ModuleNotFoundError.
+    Run as the runtime runs it (the fake controller's action process), with a numpy that fails like that."""
+    import io
+    import zipfile
+
+    from fedkeeper import packaging
+
+    folder = tmp_path / "abi"
+    (folder / "numpy").mkdir(parents=True)
+    (folder / "numpy" / "__init__.py").write_text(
+        "raise ImportError('Error importing numpy: you should not try to import numpy from its source directory; "
+        "please exit the numpy source tree, and relaunch your python interpreter from there.')\n")
+    (folder / "handler.py").write_text("import numpy\ndef handle(params):\n    return {}\n")
+    artifact = packaging.build(folder, "openwhisk")
+    assert "numpy/__init__.py" in zipfile.ZipFile(io.BytesIO(artifact.data)).namelist()
+    base = f"{fake_openwhisk.url}/api/v1/namespaces/_/actions"
+    auth = tuple(fake_openwhisk.auth.split(":", 1))
+    body = {"exec": {"kind": "python:default", "binary": True, "code": base64.b64encode(artifact.data).decode()}}
+    assert requests.put(f"{base}/abi", json=body, auth=auth, timeout=30).status_code == 200
+    out = requests.post(f"{base}/abi?blocking=true&result=true", json={}, auth=auth, timeout=60).json()
+    assert out["error"].startswith("cannot load the function's handler: ImportError: Error importing numpy")
+    assert "vendored wheels must be built for the runtime kind's Python" in out["error"]

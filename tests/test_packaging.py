@@ -197,6 +197,7 @@ providers:
   aws:
     lam-arm: {region: eu-central-1, architecture: arm64, vendor_wheels: true}
     lam-layer: {region: eu-central-1, vendor_wheels: true, layers: ["arn:aws:lambda:eu-central-1:1:layer:np:1"]}
+scenarios: {smoke: {}}
 """)
     clusters = cfg.clusters()
     assert packaging.options_for(clusters["laptop"]) == PackagingOptions()
@@ -209,6 +210,7 @@ experiment: pack
 providers:
   local: {laptop: {}}
   aws: {lam: {region: eu-central-1, vendor_wheels: false}}
+scenarios: {smoke: {}}
 """)
     paths = packaging.write_all(cfg2, tmp_path / "out")
     assert sorted(p.name for p in paths) == ["nodeinfo-aws.zip", "nodeinfo-local.zip"]

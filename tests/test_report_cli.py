@@ -91,7 +91,7 @@ def test_pricing_overrides_from_the_config(tmp_path: Path, make_run_folder,
                                            run_cli: Any) -> None:
     make_run_folder(tmp_path / "Logs", "r1", clusters={"laptop": "local"})
     config = tmp_path / "c.yaml"
-    config.write_text("experiment: synth\nproviders: {local: {laptop: {}}}\n"
+    config.write_text("experiment: synth\nproviders: {local: {laptop: {}}}\nscenarios: {smoke: {}}\n"
                       "pricing: {local: {gb_second: 0.5, per_million_invocations: 0}}\n")
     code, out, err = run_cli("report", "r1", "-c", str(config), "--json", "--logs-dir", str(tmp_path / "Logs"))
     assert code == 0, err

@@ -9,6 +9,7 @@ policy itself implies (an injected latency is a floor; a round that abandoned it
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pymongo
 import pytest
 
 from fedkeeper.errors import EXIT_FAILURE, RunFailed
-from fedkeeper.tracker import select_clients
+from fedkeeper.tracker import rank_clients, select_clients
 from round_support import Run, experiment_yaml, start_in_process
 
 pytestmark = pytest.mark.integration
@@ -117,9 +118,21 @@ def test_target_accuracy_stops_at_the_first_round_that_reaches_it(loop: Loop) ->
 # ------------------------------------------------------------------------------------------------ overselect
 
 
-def _seed_selecting(ids: set[int], total: int, count: int) -> int:
-    """The first seed whose round-1 selection contains `ids` (deterministic, so the test is too)."""
-    return next(s for s in range(1000) if ids <= set(select_clients(s, 1, total, count)))
+def _seed_ranking_last(ids: set[int], total: int, count: int, per_round: int, rounds: int) -> int:
+    """The first seed whose round-1 selection holds `ids`, ranked after the first `per_round`, and whose later
+    rounds rank none of them among their first `per_round` (deterministic, so the test is too)."""
+    def ok(seed: int) -> bool:
+        first = rank_clients(seed, 1, total, count)
+        return ids <= set(first[per_round:]) and all(
+            not ids & set(rank_clients(seed, r, total, count)[:per_round]) for r in range(2, rounds + 1))
+    return next(s for s in range(1000) if ok(s))
+
+
+def test_rank_clients_orders_the_selection() -> None:
+    for seed in range(20):
+        ranked = rank_clients(seed, 3, 10, 6)
+        assert sorted(ranked) == select_clients(seed, 3, 10, 6) and len(set(ranked)) == 6
+    assert any(rank_clients(s, 1, 10, 6) != sorted(rank_clients(s, 1, 10, 6)) for s in range(20))
 
 
 def test_overselect_invokes_more_clients_and_aggregates_num_clients_per_round(loop: Loop) -> None:
@@ -127,7 +140,7 @@ def test_overselect_invokes_more_clients_and_aggregates_num_clients_per_round(lo
     expected_count = min(total, math.ceil(per_round * (1 + overselect)))  # the loop's rule: ceil, capped at total
     assert expected_count == 5
     slow_ids = {6, 7}  # placement {lab: 6, slow: 2} deals ids 6 and 7 to the slow cluster
-    seed = _seed_selecting(slow_ids, total, expected_count)
+    seed = _seed_ranking_last(slow_ids, total, expected_count, per_round, rounds=2)
     kwargs: dict[str, Any] = dict(
         clusters={"lab": {"concurrency": 3}, "slow": {"faults": {"latency_ms": [SLOW_MS, SLOW_MS]}}},
         placement={"lab": 6, "slow": 2}, rounds=2, per_round=per_round, seed=seed,
@@ -139,18 +152,24 @@ def test_overselect_invokes_more_clients_and_aggregates_num_clients_per_round(lo
         assert run.summary["status"] == "completed", run.summary.get("error")
         for row in run.rounds():
             r = int(row["round"])
-            selected = select_clients(seed, r, total, expected_count)
+            ranked = rank_clients(seed, r, total, expected_count)
             invoked = {int(a["client_id"]) for a in run.store_activations(r)}
-            assert invoked == set(selected) and len(invoked) == expected_count > per_round
-            assert (int(row["selected"]), int(row["succeeded"])) == (expected_count, per_round)
+            assert invoked == set(ranked) and len(invoked) == expected_count > per_round
+            # aggregated: the first per_round by rank; succeeded: client activations that succeeded (a faster
+            # lower-ranked client may finish before the round stops waiting); the others were abandoned
+            assert (int(row["selected"]), int(row["aggregated"])) == (expected_count, per_round)
+            states = [a["state"] for a in run.store_activations(r)]
+            assert int(row["succeeded"]) == states.count("succeeded") >= per_round
+            assert int(row["abandoned"]) == states.count("abandoned") == expected_count - int(row["succeeded"])
             doc = model_doc(run, r)
             assert doc["num_updates"] == per_round
-            assert len(doc["metrics"]["clients"]) == per_round and set(doc["metrics"]["clients"]) <= invoked
-        # round 1: the two slow clients were selected; the round went on with the three fast ones, not waiting
+            assert doc["metrics"]["clients"] == sorted(ranked[:per_round])
+            started = next(e for e in run.events("round_started") if e["round"] == r)
+            assert started["ranked"] == ranked and started["selected"] == sorted(ranked)
+        # round 1: the two slow clients were selected, ranked last; the round went on without waiting for them
         r1 = clients_by_state(run.store_activations(1))
         assert r1.get("abandoned") == slow_ids, r1
         assert r1.get("succeeded") == set(select_clients(seed, 1, total, expected_count)) - slow_ids
-        assert model_doc(run, 1)["metrics"]["clients"] == sorted(r1["succeeded"])
         assert {a["error"] for a in run.store_activations(1) if a["state"] == "abandoned"} == \
             {"enough clients succeeded (over-selection)"}
         assert float(run.rounds()[0]["invoke_s"]) < SLOW_MS / 1000
@@ -159,6 +178,70 @@ def test_overselect_invokes_more_clients_and_aggregates_num_clients_per_round(lo
     invoked_second = {r: {int(a["client_id"]) for a in second.store_activations(r)} for r in (1, 2)}
     assert invoked_first == invoked_second, "same seed, different clients invoked"
     assert invoked_first[1] != invoked_first[2]  # selection really depends on the round
+    assert first.summary["model_sha256"] == second.summary["model_sha256"]
+
+
+def test_overselect_waits_for_a_higher_ranked_straggler_and_skips_a_failed_one(loop: Loop) -> None:
+    """Rank decides, not speed: the slow client ranked first is waited for and aggregated although faster
+    lower-ranked ones finished first; a client that gave up is replaced by the next one in rank."""
+    total, per_round, overselect = 6, 2, 1.0  # 4 of 6 selected, 2 aggregated
+    slow, failing = 4, 5  # placement {lab: 4, slow: 1, bad: 1}
+    straggle_ms = 1500
+
+    def ok(seed: int) -> bool:
+        ranked = rank_clients(seed, 1, total, 4)
+        return ranked[0] == slow and ranked[1] == failing
+    seed = next(s for s in range(2000) if ok(s))
+    ranked = rank_clients(seed, 1, total, 4)
+    text, _ = loop.yaml(clusters={"lab": {"concurrency": 2},
+                                  "slow": {"faults": {"latency_ms": [straggle_ms, straggle_ms]}},
+                                  "bad": {"faults": {"failure_rate": 1.0}}},
+                        placement={"lab": 4, "slow": 1, "bad": 1}, rounds=1, per_round=per_round, seed=seed,
+                        resilience={"overselect": overselect, "max_attempts": 2})
+    run = loop.start(text)
+
+    assert run.summary["status"] == "completed", run.summary.get("error")
+    expected = sorted([slow, ranked[2]])  # the failed client's place goes to the next in rank
+    assert model_doc(run, 1)["metrics"]["clients"] == expected
+    states = clients_by_state(run.store_activations(1))
+    assert states["failed"] == {failing} and slow in states["succeeded"]
+    assert ranked[3] not in expected  # ranked last: abandoned or finished, never aggregated
+    row = run.rounds()[0]
+    assert float(row["invoke_s"]) >= straggle_ms / 1000 * 0.95  # it waited for the straggler
+    assert int(row["aggregated"]) == per_round
+
+
+def _arrivals(run: Run, round_number: int) -> list[int]:
+    """Client ids in the order their successful activations ended (what the old rule aggregated by)."""
+    done = [a for a in run.store_activations(round_number) if a["state"] == "succeeded"]
+    return [int(a["client_id"]) for a in sorted(done, key=lambda a: float(a["end"]))]
+
+
+def test_overselect_gives_the_same_model_whatever_the_arrival_order(loop: Loop) -> None:
+    """Same config and seed, per-client latency drawn from different fault seeds: the clients arrive in another
+    order, the aggregated sets and the model are the same."""
+    total, per_round, overselect, rounds = 8, 3, 0.6, 3
+    count = math.ceil(per_round * (1 + overselect))
+    assert count == 5
+    runs = []
+    for fault_seed, workdir in ((1, "a"), (2, "b")):
+        text, _ = loop.yaml(clusters={"lab": {"concurrency": 5,
+                                              "faults": {"latency_ms": [0, 1200], "seed": fault_seed}}},
+                            placement={"lab": total}, rounds=rounds, per_round=per_round, seed=7,
+                            resilience={"overselect": overselect})
+        runs.append(loop.start(text, workdir=workdir))
+    first, second = runs
+    for run in runs:
+        assert run.summary["status"] == "completed", run.summary.get("error")
+    arrivals = [[_arrivals(run, r) for r in range(1, rounds + 1)] for run in runs]
+    assert arrivals[0] != arrivals[1], "the fault seeds did not change the arrival order: the test proves nothing"
+    # under the old rule (the first per_round to arrive) these runs would have aggregated different clients
+    assert any(set(a[:per_round]) != set(b[:per_round]) for a, b in zip(*arrivals)), arrivals
+    for r in range(1, rounds + 1):
+        ranked = rank_clients(7, r, total, count)
+        assert model_doc(first, r)["metrics"]["clients"] == model_doc(second, r)["metrics"]["clients"] \
+            == sorted(ranked[:per_round])
+    assert first.summary["model_sha256"] == second.summary["model_sha256"]
 
 
 # ------------------------------------------------------------------------------------------------ round_deadline_s
@@ -174,8 +257,9 @@ def test_round_deadline_proceeds_with_the_updates_it_has(loop: Loop) -> None:
 
     assert run.summary["status"] == "completed", run.summary.get("error")
     row = run.rounds()[0]
-    assert (int(row["selected"]), int(row["succeeded"])) == (6, 3)
+    assert (int(row["selected"]), int(row["succeeded"]), int(row["aggregated"])) == (6, 3, 3)
     assert (int(row["failed"]), int(row["timed_out"]), int(row["lost"])) == (0, 0, 0)  # abandoned is none of those
+    assert int(row["abandoned"]) == 3
     states = clients_by_state(run.store_activations(1))
     assert states == {"succeeded": {0, 1, 2}, "abandoned": {3, 4, 5}}
     assert {a["error"] for a in run.store_activations(1) if a["state"] == "abandoned"} == {"round deadline reached"}
@@ -225,9 +309,11 @@ def test_min_fraction_not_met_fails_the_run_with_exit_1_and_it_resumes(loop: Loo
     assert f"--resume {run_id}" in result.stderr
     failed = Run({"run_id": run_id}, workdir / "Logs" / run_id, loop.client[db])
     doc = failed.run_doc()
-    assert doc["status"] == "failed" and doc["last_completed_round"] == 0
-    assert "resilience.min_fraction" in doc["error"]
-    assert [e["status"] for e in failed.events("run_failed")] == ["failed"]
+    assert doc["status"] == "quorum_lost" and doc["last_completed_round"] == 0
+    assert "resilience.min_fraction" in doc["error"] and doc["reason"] == doc["error"]
+    summary = json.loads((failed.folder / "summary.json").read_text())
+    assert (summary["status"], summary["reason"]) == ("quorum_lost", doc["reason"])
+    assert [e["status"] for e in failed.events("run_failed")] == ["quorum_lost"]
     assert clients_by_state(failed.store_activations(1)) == {"succeeded": {0}, "failed": {1, 2, 3}}
     assert {a["injected"] for a in failed.activations(1) if a["state"] == "failed"} == {"failure"}
     assert model_doc(failed, 1) == {}

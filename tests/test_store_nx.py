@@ -23,7 +23,8 @@ KEYS = 12
 INCS = 40
 
 # Each writer writes an update for every client key (the same keys as the other writer, with its own values,
-# in lockstep so that the two race on every key) and increments shared counters; it reports the keys it won.
+# in lockstep so that the two race on every key: the same activation delivered twice) and increments shared
+# counters; it reports the keys it won.
 WRITER = textwrap.dedent("""
     import json, sys, time
     import numpy as np
@@ -40,7 +41,7 @@ WRITER = textwrap.dedent("""
             time.sleep(0.0005)
         blobs = gridfs if i % 2 else inline  # odd keys go through GridFS
         doc = blobs.write_update("run", 1, f"c{i:02d}", {"w": np.full(1000, float(value), np.float32)},
-                                 base_round=0, num_examples=1, activation_id=tag)
+                                 base_round=0, num_examples=1, activation_id="act", metrics={"tag": tag})
         if not doc["duplicate"]:
             won.append(doc["client_id"])
         db.counters.update_one({"_id": "run"}, {"$inc": {"writes": 1, f"by.{tag}": 1}})
@@ -79,8 +80,8 @@ def test_two_processes_write_overlapping_keys_without_loss_or_duplicates(nx_serv
     assert nx_db.updates.count_documents({}) == KEYS
     for doc in docs:
         winner = "a" if doc["client_id"] in won["a"] else "b"
-        assert doc["activation_id"] == winner
-        weights, _ = blobs.read_update("run", 1, doc["client_id"], {"w": ((1000,), "float32")})
+        assert doc["metrics"]["tag"] == winner
+        weights, _ = blobs.read_update("run", 1, doc["client_id"], {"w": ((1000,), "float32")}, activation_id="act")
         assert float(weights["w"][0]) == {"a": 1.0, "b": 2.0}[winner]
     assert [d["storage"] for d in docs] == ["inline", "gridfs"] * (KEYS // 2)
     assert len(blobs._files.find({})) == KEYS // 2  # the loser of each GridFS race removed its file again

@@ -1,38 +1,45 @@
 """`fedkeeper status`: deployed functions per cluster, the experiment's runs in the store, the current round.
 
-Unlike `logs` and `report`, it asks the store and the clusters, so it fails (exit 1) when they cannot be reached.
+Unlike `logs` and `report`, it asks the store and the clusters: when one cannot be reached it still prints what
+it found (and valid JSON with --json, `errors` naming what failed), then exits 1.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from fedkeeper.cli.console import READ_EXIT_CODES_HELP, common_options, config_option, make_app, write_raw
+from fedkeeper.cli.console import EXIT_CODES_HELP, common_options, config_option, current_app
 
 
-@click.command(epilog=READ_EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_HELP)
 @config_option()
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run (and its current round's activations).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @common_options
-@click.pass_context
-def status(ctx: click.Context, config_path: str, run_id: str | None, as_json: bool, logs_dir: Path,
-           verbose: bool, quiet: bool) -> None:
+def status(config_path: str, run_id: str | None) -> None:
     """Deployed functions per cluster (in sync with the config or not), the experiment's runs in the
     store, and the current round of a running or interrupted run."""
+    from contextlib import ExitStack
+
+    from fedkeeper.errors import StoreFailure
     from fedkeeper.fabric import Fabric
     from fedkeeper.scenarios import status as status_view
     from fedkeeper.scenarios.deployment import store_env_for
     from fedkeeper.store import open_store
 
-    app = make_app(ctx, verbose, quiet or as_json, logs_dir)
+    app = current_app()
     config = app.load_config(config_path)
-    with open_store(config.mongo_config, workdir=app.workdir) as store, Fabric(config, app.workdir) as fabric:
-        data = status_view.collect_status(config, fabric, store, store_env_for(store), run_id=run_id)
-    if as_json:
-        write_raw(app, json.dumps(data, indent=2, default=str))
+    with ExitStack() as stack:
+        fabric = stack.enter_context(Fabric(config, app.workdir))
+        try:  # an unreachable store leaves the functions to show; the command still ends with exit 1
+            store = stack.enter_context(open_store(config.mongo_config, workdir=app.workdir))
+            store_env, store_error = store_env_for(store), None
+        except StoreFailure as exc:
+            store, store_env, store_error = None, status_view.store_env_without_store(config), str(exc)
+        data = status_view.collect_status(config, fabric, store, store_env, run_id=run_id, store_error=store_error)
+    if app.json:
+        app.emit_json(data)
     else:
         status_view.render_status(data, app.console)
+    problem = status_view.incomplete(data)
+    if problem is not None:
+        raise problem

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 from fedkeeper.config import legacy as config_legacy
 from fedkeeper.config.errors import ConfigIssue
+from fedkeeper.config.base import MAX_WAIT_S, UnreadableFile, regular_file
 from fedkeeper.config.base import expand_path as _expand
 from fedkeeper.config.models import FUNCTION_DEFAULTS, ClusterConfig, Config, FederatedLearning, MongoConfig
-from fedkeeper.config.views import _PlacementError, function_limits, hosting_clusters, placement, server_cluster
+from fedkeeper.config.views import (
+    _PlacementError,
+    function_limits,
+    hosting_clusters,
+    placement,
+    server_cluster,
+)
 from fedkeeper.providers import registry
+from fedkeeper.runtime import urls
 
 
 def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
@@ -49,10 +59,15 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
     for kind in config.pricing:
         if kind not in kinds:
             issues.append(ConfigIssue(f"pricing.{kind}", f"unknown platform; use one of {', '.join(kinds)}"))
+    store_issues, store_warnings = _check_store(config.mongo_config, base_dir)
+    issues += store_issues
+    warnings += store_warnings
     if not clusters:
         if not broken:
             issues.append(ConfigIssue("providers", "define at least one cluster (e.g. providers.local.laptop: {})"))
+        issues += _check_scenario_given(config)
         return _drop_invalid(issues, invalid), warnings
+    issues += _check_scenario_given(config)
 
     fl = config.scenarios.federated_learning
     if fl is not None:
@@ -66,6 +81,57 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
     issues += limit_issues
     warnings += limit_warnings
     return _drop_invalid(issues, invalid), warnings
+
+
+#: `validate` of a config without the scenario `start` runs (an empty file included) says what is missing
+NO_SCENARIO = ("required key is missing: `start` and `deploy` run this scenario (rounds, clients_info, ...; see "
+               "config-sample.yaml); a config meant only for `smoke` says so with scenarios: {smoke: {}}")
+
+
+def _check_scenario_given(config: Config) -> list[ConfigIssue]:
+    """A config must describe something to run. `start` and `deploy` need scenarios.federated_learning; a config
+    for `smoke` alone declares that with an explicit `scenarios.smoke` section and is then valid without it."""
+    scenarios = config.scenarios
+    if scenarios.federated_learning is None and "smoke" not in scenarios.model_fields_set:
+        return [ConfigIssue("scenarios.federated_learning", NO_SCENARIO)]
+    return []
+
+
+def _check_store(mongo: MongoConfig, base_dir: Path) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """What opening the store would refuse: a URL pymongo cannot parse, a password without a user name, a CA file
+    that is not a readable regular file. Nothing is contacted (a mongodb+srv:// name is not looked up)."""
+    issues: list[ConfigIssue] = []
+    notes: list[ConfigIssue] = []
+    if mongo.tls_ca_file:
+        try:
+            mongo.tls_ca_file = str(regular_file(_expand(base_dir, mongo.tls_ca_file), "CA file").resolve())
+        except UnreadableFile as exc:
+            issues.append(ConfigIssue("mongo_config.tls_ca_file", str(exc)))
+    if mongo.embedded:
+        return issues, notes
+    from pymongo import uri_parser
+    from pymongo.errors import PyMongoError
+
+    url = mongo.url
+    srv = url.startswith("mongodb+srv://")
+    if urls.ambiguous(url):
+        issues.append(ConfigIssue("mongo_config.url", AMBIGUOUS_USERINFO))
+        return issues, notes
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parsed = uri_parser.parse_uri("mongodb://" + url.split("://", 1)[1] if srv else url, warn=True)
+    except (PyMongoError, ValueError) as exc:
+        issues.append(ConfigIssue("mongo_config.url", f"not a valid MongoDB URL: {exc}"))
+        return issues, notes
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        notes.append(ConfigIssue("mongo_config.url", f"{message.split('. Refer')[0]} (the client ignores it)"))
+    if srv and (len(parsed["nodelist"]) != 1 or ":" in url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]):
+        issues.append(ConfigIssue("mongo_config.url", "a mongodb+srv:// URL names exactly one host and no port"))
+    if (mongo.password or parsed.get("password")) and not (mongo.username or parsed.get("username")):
+        where = "mongo_config.password" if mongo.password else "mongo_config.url"
+        issues.append(ConfigIssue(where, "a password without a user name; give mongo_config.username"))
+    return issues, notes
 
 
 def _drop_invalid(issues: list[ConfigIssue], invalid: set[str]) -> list[ConfigIssue]:
@@ -161,6 +227,10 @@ def _check_fl(config: Config, fl: FederatedLearning, clusters: dict[str, Cluster
     remote = [n for n in hosts if not clusters[n].is_loopback]
     issues += _check_store_reach(config.mongo_config, remote, clusters)
     data_issues, data_warnings = _check_data_files(fl, base_dir, remote)
+    if not data_issues:  # (a local file for a remote cluster is an issue already; URLs are not fetched)
+        data_issues += _check_data_fit(fl)
+    if hosts:
+        issues += _check_model_size(config, fl, clusters)
     return issues + data_issues, warnings + data_warnings
 
 
@@ -186,9 +256,8 @@ def _check_store_reach(mongo: MongoConfig, remote: list[str], clusters: dict[str
 
 def _mongo_hosts(url: str) -> list[str]:
     """Host names of a mongodb:// URL (several for a replica set), without ports or credentials."""
-    rest = url.split("://", 1)[1] if "://" in url else url
-    rest = rest.split("/", 1)[0].split("?", 1)[0]
-    rest = rest.rsplit("@", 1)[-1]
+    parts = urls.wide_split(url if "://" in url else f"mongodb://{url}")
+    rest = parts.hosts if parts is not None else url  # never a piece of a password with a raw '/' or '?'
     hosts = []
     for item in rest.split(","):
         item = item.strip()
@@ -226,14 +295,19 @@ def _check_data_files(fl: FederatedLearning, base_dir: Path, remote: list[str]) 
         if file_part.lower().endswith(_PICKLE_SUFFIXES) and not data.allow_pickle:
             warnings.append(ConfigIssue(path, "looks like a Python pickle; functions refuse pickles unless "
                                               f"{base}.allow_pickle is true (convert the data to .npz instead)"))
-        if re.match(r"https?://", location):
+        if re.match(r"(?i)https?://", location):
+            warnings += _check_data_url(path, key, location, data.sha256)
+            if urls.ambiguous(location):
+                issues.append(ConfigIssue(path, AMBIGUOUS_USERINFO + "; an '@' in the path is written %40"))
             continue
         if "://" in location:
             issues.append(ConfigIssue(path, "must be a file path or an http(s) URL"))
             continue
         file = _expand(base_dir, file_part)
-        if not file.is_file():
-            issues.append(ConfigIssue(path, f"file not found: {file}"))
+        try:
+            regular_file(file)
+        except UnreadableFile as exc:
+            issues.append(ConfigIssue(path, str(exc)))
             continue
         if remote:
             issues.append(ConfigIssue(path, f"a file on this machine cannot be read by cluster {remote[0]!r}; "
@@ -244,39 +318,194 @@ def _check_data_files(fl: FederatedLearning, base_dir: Path, remote: list[str]) 
     return issues, warnings
 
 
+#: a user:password that the strict (RFC 3986) and the wide reading of a URL disagree about: refused, never guessed
+AMBIGUOUS_USERINFO = ("the user name or password in this URL holds characters that must be percent-encoded "
+                      "(any of / ? # @ : % [ ] and space; urllib.parse.quote does it)")
+
+
+def _check_data_url(path: str, key: str, location: str, sums: dict[str, str]) -> list[ConfigIssue]:
+    """What a download cannot promise: integrity without a checksum, secrecy of a password over plain http."""
+    out: list[ConfigIssue] = []
+    if key not in sums:
+        out.append(ConfigIssue(path, f"downloaded without a checksum: the functions use what the URL serves, and "
+                                     f"their cached copy, unchecked; add sha256.{key}: <64 hex digits> "
+                                     f"(sha256sum of the file)"))
+    parts = urls.split(location)
+    if parts is not None and parts.password is not None and parts.scheme.lower() == "http":
+        out.append(ConfigIssue(path, "sends its password unencrypted (http://); use https://"))
+    return out
+
+
+def _runtime_data_spec(fl: FederatedLearning) -> dict[str, object]:
+    """The `data` mapping the functions receive (as `scenarios.federated_learning.data_spec` builds it)."""
+    spec, _credentials = urls.detach_credentials(fl.training_test_data.model_dump())
+    data: dict[str, object] = {k: v for k, v in spec.items() if v not in (None, {})}
+    ds = fl.data_sampling
+    data.update(partition=ds.partition, shards_per_client=ds.shards_per_client, alpha=ds.alpha)
+    return data
+
+
+def _check_data_fit(fl: FederatedLearning) -> list[ConfigIssue]:
+    """What the functions will find in the data, read here from the same code they run: enough training samples
+    that the partition gives every client some, labels below output_size, the feature count the model takes,
+    as many images as labels. The bundled digits always; data files when they are local (their labels are
+    loaded, their images only looked at); URLs are not fetched (validate downloads nothing)."""
+    from fedkeeper.runtime import data as rdata
+
+    base = "scenarios.federated_learning"
+    data, sampling, info = fl.training_test_data, fl.data_sampling, fl.clients_info
+    if data.dataset is None and any(re.match(r"https?://", str(getattr(data, k)), re.I)
+                                    for k in ("train_images", "train_labels", "test_images", "test_labels")):
+        return []
+    try:
+        spec = rdata.DataSpec.from_params(_runtime_data_spec(fl))
+    except rdata.DataError as exc:
+        return [ConfigIssue(f"{base}.training_test_data", str(exc))]
+    issues: list[ConfigIssue] = []
+    labels: dict[str, object] = {}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for split in ("train", "test"):
+        try:
+            labels[split] = rdata.split_labels(spec, split)
+        except rdata.DataError as exc:
+            issues.append(ConfigIssue(f"{base}.training_test_data.{split}_labels", _data_message(exc)))
+        try:
+            shapes[split] = rdata.images_shape(spec, split)
+        except rdata.DataError as exc:
+            issues.append(ConfigIssue(f"{base}.training_test_data.{split}_images", _data_message(exc)))
+    what = "the digits training split" if data.dataset == "digits" else "train_labels"
+    train = labels.get("train")
+    if train is not None:
+        n = len(train)  # type: ignore[arg-type]
+        k = info.total_num_clients
+        if k > n:
+            issues.append(ConfigIssue(f"{base}.clients_info.total_num_clients",
+                                      f"{k} clients, but {what} has {n} samples: the {sampling.partition} partition "
+                                      f"would leave clients with nothing (at most {n})"))
+        elif sampling.partition == "shards" and k * sampling.shards_per_client > n:
+            issues.append(ConfigIssue(f"{base}.data_sampling.shards_per_client",
+                                      f"{k} clients x {sampling.shards_per_client} shards = "
+                                      f"{k * sampling.shards_per_client} shards, but {what} has {n} samples "
+                                      f"(at most {n // k} shards per client)"))
+    if data.dataset is not None:
+        return issues  # the digits' classes and features are checked against the model above
+    for split, y in labels.items():
+        top = int(y.max()) if len(y) else -1  # type: ignore[attr-defined]
+        if top >= sampling.output_size:
+            issues.append(ConfigIssue(f"{base}.data_sampling.output_size",
+                                      f"{split}_labels go up to {top}: output_size must be at least {top + 1} "
+                                      f"(got {sampling.output_size})"))
+            break
+    features = (sampling.input_shape_x or 0) * (sampling.input_shape_y or 0) if sampling.model == "cnn" \
+        else sampling.input_size
+    feature_key = "input_shape_x" if sampling.model == "cnn" else "input_size"
+    for split, shape in shapes.items():
+        if not shape:
+            continue
+        if len(shape) < 2:
+            issues.append(ConfigIssue(f"{base}.training_test_data.{split}_images",
+                                      f"images must have shape (N, ...), the file holds shape {list(shape)}"))
+            continue
+        have = math.prod(shape[1:])
+        if have != features:
+            issues.append(ConfigIssue(f"{base}.data_sampling.{feature_key}",
+                                      f"{split}_images have {have} features per sample ({'x'.join(map(str, shape[1:]))}), "
+                                      f"the {sampling.model} model takes {features}"))
+            break
+    for split, shape in shapes.items():
+        y = labels.get(split)
+        if shape and y is not None and shape[0] != len(y):  # type: ignore[arg-type]
+            issues.append(ConfigIssue(f"{base}.training_test_data.{split}_images",
+                                      f"holds {shape[0]} images, but {split}_labels holds {len(y)} labels"))  # type: ignore[arg-type]
+    return issues
+
+
+def _data_message(exc: Exception) -> str:
+    """A runtime DataError without its own `data.<key>: ` prefix (the issue's key path says it)."""
+    return re.sub(r"^data\.\w+: ", "", str(exc))
+
+
+#: copies of the weights a function holds at once: fl_client (global, local, gradients, optimizer state) and the
+#: aggregator (global, running sum, one update); counted low so that only a model that cannot fit is refused
+_MODEL_COPIES = {"fl_client": 3, "fl_server_aggregator": 3}
+
+
+def _check_model_size(config: Config, fl: FederatedLearning, clusters: dict[str, ClusterConfig]) -> list[ConfigIssue]:
+    """A model whose weights cannot fit in the memory of the functions that train and aggregate it."""
+    from fedkeeper.runtime import model as rmodel
+
+    sampling = fl.data_sampling
+    path = "scenarios.federated_learning.data_sampling"
+    keys = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
+    try:
+        mdl = rmodel.build_model(rmodel.ModelSpec.from_params(
+            {k: v for k, v in sampling.model_dump().items() if k in keys and v is not None}, path))
+    except rmodel.ModelError as exc:
+        return [ConfigIssue(path, str(exc).removeprefix(path + ": "))]
+    params = sum(math.prod(shape) for shape, _dtype in mdl.expected().values())
+    weights_mb = params * 4 / 2**20
+    pairs = [(f, c) for f, c in _hosted(config, clusters) if f in _MODEL_COPIES]
+    for function, cluster in pairs:
+        memory, _timeout, _conc = function_limits(config, function, clusters[cluster].kind,  # type: ignore[attr-defined]
+                                                  cluster=cluster)
+        need = _MODEL_COPIES[function] * weights_mb
+        if need > memory:
+            return [ConfigIssue(path, f"the {sampling.model} model has {params:,} parameters ({weights_mb:,.0f} MB as "
+                                      f"float32); {function} on {cluster} holds at least {_MODEL_COPIES[function]} "
+                                      f"copies ({need:,.0f} MB) but has {memory} MB: make the model smaller or give "
+                                      f"{function} more memory")]
+    return []
+
+
 def _check_limits(config: Config, clusters: dict[str, ClusterConfig]) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
     """Memory and timeouts against the limits of each platform: explicit settings, and what each hosted
     function will actually get (function settings, else the cluster's, else FedKeeper's defaults)."""
     issues: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
+    hosted = _hosted(config, clusters)
     for fn, settings in config.functions.items():
         for spec in registry.platforms():
             s = getattr(settings, spec.kind)
             timeout_s = None if s.timeout is None else spec.timeout_seconds(s.timeout)
             path = f"functions.{fn}.{spec.kind}"
-            issues += [ConfigIssue(p, m) for p, m in spec.check_limits(path, s.memory, timeout_s, s.timeout)]
+            # against each cluster of the kind that hosts the function (its limits: may differ), else the stock ones
+            hosts = [c for f, c in hosted if f == fn and registry.of(clusters[c]) is spec] or [None]
+            for host in hosts:
+                issues += [ConfigIssue(p, m) for p, m in spec.check_limits(
+                    path, s.memory, timeout_s, s.timeout, concurrency=s.concurrency,
+                    cluster=clusters[host] if host else None, cluster_name=host)]
+            for setting in ("docker_image", "layers", "parameters"):
+                if getattr(s, setting) and setting not in spec.function_settings:
+                    issues.append(ConfigIssue(f"{path}.{setting}", f"{spec.title} does not use {setting} "
+                                              f"(it takes: {', '.join(sorted(spec.function_settings)) or 'none'})"))
+            if timeout_s is not None and timeout_s > MAX_WAIT_S:
+                issues.append(ConfigIssue(f"{path}.timeout", f"must be at most {MAX_WAIT_S:g} s (7 days), got "
+                                                             f"{timeout_s:g} s"))
             warnings += [ConfigIssue(p, m) for p, m in spec.setting_warnings(path, s.timeout)]
     for spec in registry.platforms():
         for name, cluster in getattr(config.providers, spec.kind).items():
             raw_timeout = getattr(cluster, "timeout", None)
             warnings += [ConfigIssue(p, m) for p, m in
                          spec.setting_warnings(f"providers.{spec.kind}.{name}", raw_timeout)]
-    for function, cluster in _hosted(config, clusters):
+    for function, cluster in hosted:
         spec = registry.of(clusters[cluster])
         kind = spec.kind
-        memory, timeout, _ = function_limits(config, function, kind, cluster=cluster)
+        memory, timeout, concurrency = function_limits(config, function, kind, cluster=cluster)
         explicit = config.function_settings(function, kind)
         cluster_cfg: Any = clusters[cluster]
-        for field in ("memory", "timeout"):
+        for field in ("memory", "timeout", "concurrency"):
             if getattr(explicit, field) is not None:
                 continue  # checked above at functions.<fn>.<kind>
-            source = (f"providers.{kind}.{cluster}.{field}" if getattr(cluster_cfg, field, None) is not None
-                      else f"functions.{function}.{kind}.{field}")
-            value_memory = memory if field == "memory" else None
-            value_timeout = timeout if field == "timeout" else None
-            for path, message in spec.check_limits(source.rsplit(".", 1)[0], value_memory, value_timeout, None):
-                note = "" if source.startswith("providers.") else f" (FedKeeper's default for {function}; set it)"
-                issues.append(ConfigIssue(path, message + note))
+            if getattr(cluster_cfg, field, None) is None:
+                continue  # FedKeeper's default, fitted into the cluster's limits by function_limits
+            values = {"memory": memory, "timeout": timeout, "concurrency": concurrency}
+            raw = getattr(cluster_cfg, field) if field == "timeout" else None
+            for path, message in spec.check_limits(
+                    f"providers.{kind}.{cluster}", values["memory"] if field == "memory" else None,
+                    values["timeout"] if field == "timeout" else None, raw,
+                    concurrency=values["concurrency"] if field == "concurrency" else None,
+                    cluster=cluster_cfg):
+                issues.append(ConfigIssue(path, message))
     return issues, warnings
 
 

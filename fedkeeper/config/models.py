@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
 
-from fedkeeper.config.base import Model, is_loopback_url  # noqa: F401  (is_loopback_url: re-exported)
+from fedkeeper.config.base import MAX_WAIT_S, Model, is_loopback_url  # noqa: F401  (is_loopback_url: re-exported)
 from fedkeeper.providers import registry
 
 #: any platform's cluster model (each is a `Model`; `registry.of(cluster)` tells which platform it belongs to)
@@ -39,8 +39,10 @@ class MongoConfig(Model):
     tls: bool | None = None
     tls_ca_file: str | None = None
     tls_allow_invalid_certificates: bool = False
-    connect_timeout_ms: int = Field(5000, gt=0)
-    server_selection_timeout_ms: int = Field(5000, gt=0)
+    # short by default: an unreachable store is reported within about 2 s (a reachable one answers in ms;
+    # operations on a store that was reached retry transient errors on top of this)
+    connect_timeout_ms: int = Field(2000, gt=0, le=int(MAX_WAIT_S * 1000))
+    server_selection_timeout_ms: int = Field(2000, gt=0, le=int(MAX_WAIT_S * 1000))
     keep_models: int = Field(3, ge=1, description="global models kept per run (older blobs are collected)")
 
     @field_validator("url")
@@ -48,6 +50,14 @@ class MongoConfig(Model):
     def _url(cls, v: str) -> str:
         if v != "embedded" and not v.startswith(("mongodb://", "mongodb+srv://")):
             raise ValueError("must be 'embedded' or a mongodb:// or mongodb+srv:// URL")
+        return v
+
+    @field_validator("db")
+    @classmethod
+    def _db_name(cls, v: str) -> str:
+        # MongoDB's own rules for database names (pymongo refuses them only when the store is opened)
+        if not v or len(v.encode()) > 63 or any(c in v for c in '/\\. "$\0'):
+            raise ValueError("a MongoDB database name has 1-63 bytes and none of / \\ . \" $ or spaces")
         return v
 
     @property
@@ -155,27 +165,30 @@ class TrainingTestData(Model):
         unknown = set(self.sha256) - {"train_images", "train_labels", "test_images", "test_labels"}
         if unknown:
             raise ValueError(f"sha256 keys must name data files, not {sorted(unknown)}")
+        for key, digest in self.sha256.items():
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError(f"sha256.{key} must be a sha256 digest: 64 hex digits")
         return self
 
 
 class Resilience(Model):
     max_attempts: int = Field(3, ge=1, le=20)
-    backoff_base_s: float = Field(0.2, ge=0)
-    backoff_max_s: float = Field(10.0, ge=0)
+    backoff_base_s: float = Field(0.2, ge=0, le=MAX_WAIT_S)
+    backoff_max_s: float = Field(10.0, ge=0, le=MAX_WAIT_S)
     jitter: float = Field(0.5, ge=0, le=1, description="fraction of each backoff drawn at random")
-    invocation_timeout_s: float | None = Field(None, gt=0, description="default: function timeout + slack")
-    timeout_slack_s: float = Field(10.0, ge=0)
-    round_deadline_s: float | None = Field(None, gt=0)
+    invocation_timeout_s: float | None = Field(None, gt=0, le=MAX_WAIT_S, description="default: function timeout + slack")
+    timeout_slack_s: float = Field(10.0, ge=0, le=MAX_WAIT_S)
+    round_deadline_s: float | None = Field(None, gt=0, le=MAX_WAIT_S)
     min_fraction: float = Field(0.5, gt=0, le=1)
     overselect: float = Field(0.0, ge=0, le=1, description="extra fraction of clients selected per round")
     redeploy_missing: bool = True
-    poll_initial_s: float = Field(0.005, gt=0)
-    poll_max_s: float = Field(0.5, gt=0)
+    poll_initial_s: float = Field(0.005, gt=0, le=MAX_WAIT_S)
+    poll_max_s: float = Field(0.5, gt=0, le=MAX_WAIT_S)
 
 
 class FederatedLearning(Model):
     rounds: int = Field(20, ge=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0, description="non-negative (numpy's SeedSequence refuses negative seeds)")
     target_accuracy: float | None = Field(None, gt=0, le=1)
     clients_info: ClientsInfo
     server: ServerConfig = Field(default_factory=ServerConfig)
@@ -183,6 +196,11 @@ class FederatedLearning(Model):
     model_params: ModelParams = Field(default_factory=ModelParams)
     training_test_data: TrainingTestData = Field(default_factory=TrainingTestData)
     resilience: Resilience = Field(default_factory=Resilience)
+
+
+#: why a command that runs the experiment cannot use a config without it
+NO_FL_SCENARIO = ("missing: `start` and `deploy` run this scenario (rounds, clients_info, ...; see "
+                  "config-sample.yaml); this config describes `smoke` only")
 
 
 class Smoke(Model):
@@ -247,6 +265,9 @@ class Config(Model):
 
     @property
     def fl(self) -> FederatedLearning:
+        """The federated-learning scenario; a config error (exit 2) for a config written for `smoke` only."""
         if self.scenarios.federated_learning is None:
-            raise LookupError("the config has no scenarios.federated_learning section")
+            from fedkeeper.config.errors import ConfigError, ConfigIssue
+
+            raise ConfigError([ConfigIssue("scenarios.federated_learning", NO_FL_SCENARIO)], self._source)
         return self.scenarios.federated_learning

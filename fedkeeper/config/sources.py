@@ -7,18 +7,21 @@ instead of stopping at the first; a YAML syntax error or a non-mapping document 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import yaml
 
+from fedkeeper.config.base import UnreadableFile, read_small_file
 from fedkeeper.config.base import expand_path as _expand
 from fedkeeper.config.errors import ConfigError, ConfigIssue, is_secret_key
 from fedkeeper.providers import registry
+from fedkeeper.runtime import urls
 
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_ENV_NAME = re.compile(r"(auth|key|secret|password|passwd|token|credential|pass\b|pwd)", re.IGNORECASE)
@@ -40,19 +43,75 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+#: a whole ${NAME} / ${NAME:-default} / $${...} reference as written in the file; defaults with quotes,
+#: backslashes or line breaks are left to YAML (their meaning depends on the quoting around them)
+_TEXT_REF = re.compile(r"\$?\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\"'\\\n]*)?\}")
+
+
+class _Placeholders:
+    """`${N}` inside a YAML flow collection (`{a: ${N}}`, `[${N}]`) is not a value to YAML: `{` opens a mapping.
+    Before parsing, every reference is swapped for a plain word that YAML reads as text wherever it stands; after
+    parsing, the words are swapped back, so `${...}` is substituted the same way in flow and block style.
+    Positions in YAML's error messages are mapped back to the original text."""
+
+    def __init__(self, text: str) -> None:
+        nonce = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        self.original: dict[str, str] = {}
+        by_ref: dict[str, str] = {}
+        self.shifts: dict[int, list[tuple[int, int]]] = {}  # line → (column in the new text, columns added)
+        lines = text.split("\n")
+        out = []
+        for number, line in enumerate(lines):
+            pieces, last, added = [], 0, 0
+            for match in _TEXT_REF.finditer(line):
+                ref = match.group(0)
+                word = by_ref.setdefault(ref, f"fkref{nonce}x{len(by_ref)}x")
+                self.original[word] = ref
+                pieces.append(line[last:match.start()])
+                pieces.append(word)
+                added += len(word) - len(ref)
+                self.shifts.setdefault(number, []).append((match.start() + added + len(ref), len(word) - len(ref)))
+                last = match.end()
+            pieces.append(line[last:])
+            out.append("".join(pieces))
+        self.text = "\n".join(out)
+        self._word = re.compile("|".join(map(re.escape, self.original))) if self.original else None
+
+    def restore(self, value: Any) -> Any:
+        """The parsed data with every placeholder back to its `${...}` reference (keys included)."""
+        if self._word is None:
+            return value
+        if isinstance(value, str):
+            return self._word.sub(lambda m: self.original[m.group(0)], value)
+        if isinstance(value, dict):
+            return {self.restore(k): self.restore(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.restore(v) for v in value]
+        return value
+
+    def column(self, line: int, column: int) -> int:
+        """A 0-based column of the swapped text → the column in the original line."""
+        for end, added in self.shifts.get(line, []):
+            if column >= end:
+                column -= added
+        return column
+
+
 def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], list[ConfigIssue]]:
     """The YAML as data, and the keys given twice (found on the node tree, which still has every key)."""
-    loader = _Loader(text)
+    refs = _Placeholders(text)
+    loader = _Loader(refs.text)
     try:
         node = loader.get_single_node()
         if node is not None and _expanded_size(node, {}) > MAX_VALUES:
             raise ConfigError([ConfigIssue("", f"{source} expands to more than {MAX_VALUES} values "
                                                "(through YAML aliases); refused")], source)
-        duplicates = _duplicate_keys(node) if node is not None else []
-        raw = loader.construct_document(node) if node is not None else None
+        duplicates = [ConfigIssue(refs.restore(i.path), i.message)
+                      for i in (_duplicate_keys(node) if node is not None else [])]
+        raw = refs.restore(loader.construct_document(node)) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        where = f"{source}:{mark.line + 1}:{refs.column(mark.line, mark.column) + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([ConfigIssue("", f"YAML syntax error at {where}: {problem}")], source) from None
     finally:
@@ -160,6 +219,12 @@ def _inline_secrets(raw: dict[str, Any]) -> list[ConfigIssue]:
         out += [ConfigIssue(p, m) for p, m in spec.inline_secret_warnings(f"providers.{spec.kind}.{name}", cluster)]
     scenarios = raw.get("scenarios") if isinstance(raw.get("scenarios"), dict) else {}
     fl = scenarios.get("federated_learning") if isinstance(scenarios.get("federated_learning"), dict) else {}
+    data = fl.get("training_test_data") if isinstance(fl.get("training_test_data"), dict) else {}
+    for key, location in data.items():
+        if isinstance(location, str) and "${" not in location and url_passwords(location):
+            out.append(ConfigIssue(f"scenarios.federated_learning.training_test_data.{key}",
+                                   "holds a password written into the config file; better put ${DATA_PASSWORD} "
+                                   "in its place"))
     for path, mongo in (("mongo_config", raw.get("mongo_config")),
                         ("scenarios.federated_learning.mongo_config", fl.get("mongo_config"))):
         if not isinstance(mongo, dict):
@@ -199,9 +264,9 @@ def _read_credential_files(raw: dict[str, Any], base_dir: Path, secrets: set[str
             return
         file = _expand(base_dir, str(mongo["password_file"]))
         try:
-            password = file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            issues.append(ConfigIssue(path, f"cannot read password file {file}"))
+            password = read_small_file(file, "password file").strip()
+        except UnreadableFile as exc:
+            issues.append(ConfigIssue(path, str(exc)))
         else:
             if not password:
                 issues.append(ConfigIssue(path, f"password file {file} is empty"))
@@ -227,12 +292,13 @@ def _collect_known_secrets(node: Any, secrets: set[str]) -> None:
 
 
 def url_passwords(text: str) -> set[str]:
-    """Passwords inside URLs (`scheme://user:password@host`), raw and percent-decoded."""
+    """Passwords inside URLs (`scheme://user:password@host`), raw and percent-decoded; a raw `/`, `?`, `#` or `@`
+    in a password is read as part of it (`fedkeeper.runtime.urls`, the parser the redactor uses)."""
     found: set[str] = set()
-    for match in re.finditer(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]*)@", text):
-        userinfo = match.group(1)
-        if ":" in userinfo:
-            password = userinfo.split(":", 1)[1]
-            if password:
-                found.update({password, unquote(password)})
-    return found
+    for start, colon, end in urls.credential_spans(text):
+        if colon >= 0:
+            password = text[colon + 1:end]
+            found.update({password, unquote(password), unquote_plus(password)})
+    if urls.SCHEME.match(text):
+        found.update(urls.passwords(text))
+    return {p for p in found if p}

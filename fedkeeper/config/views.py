@@ -75,7 +75,10 @@ def function_limits(config: Config, function: str, kind: str, *, cluster: str | 
     """(memory MB, timeout s, concurrency) of a function on a platform kind.
 
     Precedence: functions.<fn>.<kind>, then (when `cluster` is given) that cluster's own memory/timeout/
-    concurrency, then FedKeeper's defaults. Timeouts come back in seconds whatever the platform's unit.
+    concurrency, then FedKeeper's defaults fitted into the cluster's limits (the platform's stock limits, or
+    the cluster's `limits:`), so that a config that says nothing deploys on a stock installation: the
+    aggregator's 1024 MB becomes 512 on a stock OpenWhisk (its maximum). Timeouts come back in seconds whatever
+    the platform's unit.
     """
     memory, timeout = FUNCTION_DEFAULTS.get(function, (256, 60.0))
     concurrency = 1
@@ -83,14 +86,19 @@ def function_limits(config: Config, function: str, kind: str, *, cluster: str | 
     s = config.function_settings(function, kind)
     cluster_cfg: Any = config.clusters().get(cluster) if cluster else None
     c_memory, c_timeout, c_concurrency = cluster_cfg.default_limits() if cluster_cfg is not None else (None,) * 3
+    limits = spec.limits(cluster_cfg)
     if s.memory is not None:
         memory = s.memory
     elif c_memory:
         memory = c_memory
+    elif limits.memory_mb is not None:
+        memory = min(max(memory, limits.memory_mb[0]), limits.memory_mb[1])
     if s.timeout is not None:
         timeout = spec.timeout_seconds(s.timeout)
     elif c_timeout:
         timeout = float(c_timeout)
+    elif limits.timeout_s is not None:
+        timeout = min(max(timeout, limits.timeout_s[0]), limits.timeout_s[1])
     if s.concurrency is not None:
         concurrency = s.concurrency
     elif c_concurrency:

@@ -22,9 +22,21 @@ from fedkeeper.errors import PlatformFailure
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from fedkeeper.providers.limits import Limits, RuntimeKind
+
 LABEL_EXPERIMENT = "fedkeeper-experiment"
 LABEL_FUNCTION = "fedkeeper-function"
 LABEL_DIGEST = "fedkeeper-digest"
+#: the digest of the code and settings alone, without the environment that locates the store (32 hex digits,
+#: so it fits a Cloud Functions label): `status` tells a function whose code or settings changed from one
+#: deployed before the embedded store got a new address
+LABEL_CODE = "fedkeeper-code"
+
+
+def code_digest(artifact_sha256: str, memory_mb: int, timeout_s: float, concurrency: int,
+                extra: dict[str, Any]) -> str:
+    """`spec_digest` without the deploy-time environment (the store's URL and database): `LABEL_CODE`'s value."""
+    return spec_digest(artifact_sha256, memory_mb, timeout_s, concurrency, {}, extra)[:32]
 
 
 class State(str, Enum):
@@ -236,11 +248,17 @@ class UnitPrice:
 
 @dataclass(frozen=True)
 class PackagingOptions:
-    """How to build one artifact beyond (function, kind). Hashable: it is part of the in-process cache key."""
+    """How to build one artifact beyond (function, kind). Hashable: it is part of the in-process cache key.
+
+    `python_version` and `wheel_platform` come from the platform's table of runtime kinds
+    (`providers/<kind>/limits.py`): the CPython whose ABI the vendored wheels must have, and the newest manylinux
+    policy the kind's operating system satisfies.
+    """
 
     vendor_wheels: bool = False
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     python_version: str = "3.11"
+    wheel_platform: str = "manylinux2014"
     wheel_cache_dir: Path | None = None  # default ~/.cache/fedkeeper/wheels
 
     def cache_dir(self) -> Path:
@@ -248,9 +266,19 @@ class PackagingOptions:
 
     @property
     def platform_tag(self) -> str:
-        # manylinux2014 (glibc 2.17) runs on Amazon Linux 2, the base of Lambda's python3.11 runtime, and on the
-        # Debian images of OpenWhisk's python runtimes.
-        return "manylinux2014_" + ("aarch64" if self.architecture == "arm64" else "x86_64")
+        """The target's own platform tag (names the wheel cache folder), e.g. manylinux_2_28_aarch64."""
+        return self.platform_tags[0]
+
+    @property
+    def platform_tags(self) -> list[str]:
+        """Every platform tag whose wheels load on the target, newest first (each is one `pip --platform`)."""
+        from fedkeeper.providers.limits import wheel_platform_tags
+
+        return wheel_platform_tags(self.wheel_platform, self.architecture)
+
+
+class UnknownRuntimeKind(ValueError):
+    """A cluster names a runtime kind its platform's table does not have, or one FedKeeper cannot run on."""
 
 
 class PlatformSpec:
@@ -275,9 +303,19 @@ class PlatformSpec:
     price: ClassVar[UnitPrice]
     #: seconds per unit of a timeout written in this platform's config sections (OpenWhisk counts milliseconds)
     timeout_unit_s: ClassVar[float] = 1.0
-    #: accepted memory (MB) and the largest timeout (s); None where the platform sets no such limit
+    #: accepted memory (MB) and the largest timeout (s); None where the platform sets no such limit. A platform
+    #: with a table of limits (`stock_limits`) need not set these: they are read from the table.
     memory_mb: ClassVar[tuple[int, int] | None] = None
     max_timeout_s: ClassVar[float | None] = None
+    #: what a stock installation enforces (`providers/<kind>/limits.py`); a cluster's `limits:` overrides it
+    stock_limits: ClassVar["Limits | None"] = None
+    #: runtime kinds by the name a cluster's `runtime:` gives (`providers/<kind>/limits.py`); empty: no choice
+    kinds: ClassVar[dict[str, "RuntimeKind"]] = {}
+    #: how the platform is named in limit messages (default: title)
+    limits_title: ClassVar[str | None] = None
+    #: the per-function settings (`functions.<fn>.<kind>.*` beyond memory, timeout, concurrency) the platform
+    #: applies; validation refuses the others, which a deploy would refuse or silently ignore
+    function_settings: ClassVar[frozenset[str]] = frozenset({"docker_image", "layers", "parameters"})
     #: whether vendored manylinux wheels can go into the zip
     takes_vendored_wheels: ClassVar[bool] = False
     #: whether the platform builds the function by installing the zip's requirements.txt itself
@@ -312,16 +350,87 @@ class PlatformSpec:
         """Cross-field checks of one typed cluster (credentials complete, URLs well formed)."""
         return []
 
-    def check_limits(self, path: str, memory: int | None, timeout_s: float | None,
-                     raw_timeout: float | None) -> list[ConfigProblem]:
-        """Memory and timeout of a function (at `path`.memory / `path`.timeout) against the platform's limits."""
+    def limits(self, cluster: Any = None) -> "Limits":
+        """The limits a cluster's functions must fit: the stock table with the cluster's `limits:` applied."""
+        from fedkeeper.providers.limits import Limits
+
+        stock = self.stock_limits or Limits(
+            memory_mb=self.memory_mb,
+            timeout_s=(0.0, float(self.max_timeout_s)) if self.max_timeout_s is not None else None)
+        return stock.overridden(getattr(cluster, "limits", None), self.timeout_unit_s)
+
+    def runtime_kinds(self, cluster: Any = None) -> dict[str, "RuntimeKind"]:
+        """The table of kinds, with what a cluster's `limits.kinds` adds or redefines."""
+        table = dict(self.kinds)
+        declared = getattr(getattr(cluster, "limits", None), "kinds", None) or {}
+        for name, python in declared.items():
+            table[name] = self.declared_kind(name, python)
+        return table
+
+    def declared_kind(self, name: str, python: str) -> "RuntimeKind":
+        """A kind a cluster declares in `limits.kinds` (the platform knows which wheels its systems take)."""
+        from fedkeeper.providers.limits import RuntimeKind
+
+        return RuntimeKind(name, python, None, "declared in the cluster's limits.kinds")
+
+    def runtime_kind(self, cluster: Any) -> "RuntimeKind | None":
+        """The kind a cluster runs, from the table (never guessed); None where the platform offers no choice.
+
+        Raises UnknownRuntimeKind, naming the known kinds, for a kind the table does not have, and with the
+        table's guidance for one FedKeeper refuses (OpenWhisk's `python:3` is Python 3.7).
+        """
+        name = getattr(cluster, "runtime", None)
+        if not self.kinds or name is None:
+            return None
+        table = self.runtime_kinds(cluster)
+        kind = table.get(str(name))
+        if kind is None:
+            usable = ", ".join(k for k, v in table.items() if not v.refused)
+            raise UnknownRuntimeKind(f"{name!r} is not a runtime kind FedKeeper knows on {self.title}; use one of "
+                                     f"{usable} (an installation that offers others can declare them in its "
+                                     f"limits.kinds, e.g. {{\"{name}\": \"3.12\"}})")
+        if kind.refused:
+            raise UnknownRuntimeKind(kind.refused)
+        return kind
+
+    def check_runtime(self, path: str, cluster: Any) -> list[ConfigProblem]:
+        """The cluster's `runtime` against the table of kinds."""
+        try:
+            self.runtime_kind(cluster)
+        except UnknownRuntimeKind as exc:
+            return [(f"{path}.runtime", str(exc))]
+        return []
+
+    def check_limits(self, path: str, memory: int | None, timeout_s: float | None, raw_timeout: float | None,
+                     *, concurrency: int | None = None, cluster: Any = None,
+                     cluster_name: str | None = None) -> list[ConfigProblem]:
+        """Memory, timeout and per-instance concurrency of a function (at `path`.memory / .timeout /
+        .concurrency) against the limits of `cluster` (the stock limits when None). Messages give the values in
+        the platform's own timeout unit."""
+        limits = self.limits(cluster)
+        title = self.limits_title or self.title
+        where = f" on cluster {cluster_name!r}" if cluster_name else ""
+        if limits.source == "the cluster's limits: section" and cluster_name:
+            where += " (its limits: section)"
         out: list[ConfigProblem] = []
-        if self.memory_mb is not None and memory is not None and not self.memory_mb[0] <= memory <= self.memory_mb[1]:
-            lo, hi = self.memory_mb
-            out.append((f"{path}.memory", f"{self.title} memory must be {lo}..{hi} MB (got {memory})"))
-        if self.max_timeout_s is not None and timeout_s is not None and timeout_s > self.max_timeout_s:
-            out.append((f"{path}.timeout",
-                        f"{self.title} timeout must be <= {self.max_timeout_s:g} s (got {timeout_s:g} s)"))
+        if memory is not None and limits.memory_mb is not None:
+            lo, hi = limits.memory_mb
+            if not lo <= memory <= hi:
+                out.append((f"{path}.memory", f"{title} memory must be {lo}..{hi} MB (got {memory}){where}"))
+        if timeout_s is not None and limits.timeout_s is not None:
+            lo_s, hi_s = limits.timeout_s
+            unit, per = ("ms", 1000.0) if self.timeout_unit_s == 0.001 else ("s", 1.0)
+            if timeout_s > hi_s:
+                out.append((f"{path}.timeout", f"{title} timeout must be <= {hi_s * per:g} {unit} "
+                                               f"(got {timeout_s * per:g} {unit}){where}"))
+            elif timeout_s < lo_s:
+                out.append((f"{path}.timeout", f"{title} timeout must be >= {lo_s * per:g} {unit} "
+                                               f"(got {timeout_s * per:g} {unit}){where}"))
+        if concurrency is not None and limits.concurrency is not None:
+            lo, hi = limits.concurrency
+            if not lo <= concurrency <= hi:
+                out.append((f"{path}.concurrency", f"{title} concurrency must be {lo}..{hi} (got {concurrency})"
+                                                   f"{where}"))
         return out
 
     def setting_warnings(self, path: str, raw_timeout: float | None) -> list[ConfigProblem]:

@@ -18,9 +18,14 @@ from typing import Any
 from rich.markup import escape
 
 from fedkeeper.activations import ActivationState
+from fedkeeper.errors import UsageProblem
 from fedkeeper.results.run_folders import END_STATUS, LIFECYCLE_EVENTS, read_events
 
 TERMINAL_EVENTS = tuple(END_STATUS)
+#: every event type a run writes to events.jsonl (tests/test_cli_options.py checks the writers against it)
+KNOWN_EVENTS = tuple(dict.fromkeys((*LIFECYCLE_EVENTS, "model_initialised", "round_started", "activation",
+                                    "round_finished", "update_rejected", "update_ignored", "target_reached",
+                                    "throttled", "redeploy")))
 _A = ActivationState
 STATE_STYLE = {_A.SUCCEEDED: "green", _A.FAILED: "red", _A.TIMED_OUT: "yellow", _A.LOST: "magenta",
                _A.INVOKED: "cyan", _A.THROTTLED: "yellow", _A.ABANDONED: "bright_black", "pending": "cyan"}
@@ -47,6 +52,20 @@ class EventFilter:
         if self.state is not None and event.get("state") != self.state:
             return False
         return True
+
+
+class UnknownEvent(UsageProblem, ValueError):
+    """`logs --event NAME` with a NAME no run writes: a typo would otherwise print nothing and succeed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"--event: unknown event {name!r}; known events: {', '.join(sorted(KNOWN_EVENTS))}")
+
+
+def check_event(name: str | None) -> str | None:
+    """`name` if it is an event type runs write (or None); UnknownEvent (exit 2) otherwise."""
+    if name is not None and name not in KNOWN_EVENTS:
+        raise UnknownEvent(name)
+    return name
 
 
 def clock(ts: Any) -> str:
@@ -117,7 +136,8 @@ def format_event(event: Mapping[str, Any]) -> str:
         return line
     if kind in (*LIFECYCLE_EVENTS, "round_started", "model_initialised", "target_reached"):
         return f"{head}{rnd} [bold cyan]{kind.replace('_', ' ')}[/] {_extras(event, ('round',))}".rstrip()
-    style = "red" if kind == "update_rejected" else "yellow" if kind in ("redeploy", "throttled") else "white"
+    style = "red" if kind == "update_rejected" else \
+        "yellow" if kind in ("redeploy", "throttled", "update_ignored") else "white"
     return f"{head}{rnd} [{style}]{escape(kind)}[/] {_extras(event, ('round',))}".rstrip()
 
 

@@ -1,4 +1,7 @@
-"""`fedkeeper report --plot FILE.png`: accuracy, loss and round time per round, one line per run.
+"""`fedkeeper report --plot FILE.{png,pdf,svg}`: accuracy, loss and round time per round, one line per run.
+
+The file's extension chooses the format (matplotlib's savefig format); any other extension is a usage error
+(exit 2), raised before any run is read.
 
 Several runs are overlaid in the same three panels, because comparing optimizers, client counts or
 platforms is what the plot is for. matplotlib is an optional extra (`pip install 'fedkeeper[plot]'`); it is
@@ -16,6 +19,8 @@ from fedkeeper.errors import UsageProblem
 from fedkeeper.results.report import run_label
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: file extension → matplotlib savefig format
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 INSTALL_HINT = "install fedkeeper[plot] (pip install 'fedkeeper[plot]') or matplotlib to write plots"
 
 
@@ -26,13 +31,31 @@ class PlotUnavailable(UsageProblem, RuntimeError):
         super().__init__(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
 
 
+class UnsupportedPlotFormat(UsageProblem, ValueError):
+    """`--plot` names a file whose extension is not one of FORMATS."""
+
+    def __init__(self, path: Path) -> None:
+        what = f"unsupported extension {path.suffix!r}" if path.suffix else "no file extension"
+        super().__init__(f"--plot {path}: {what}; use one of {', '.join(FORMATS)}")
+
+
+def plot_format(path: Path | str) -> str:
+    """The savefig format the file's extension asks for (case-insensitive); UnsupportedPlotFormat otherwise."""
+    path = Path(path)
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise UnsupportedPlotFormat(path) from None
+
+
 def _series(rounds: Sequence[Mapping[str, Any]], key: str) -> list[float]:
     """Values of one rounds.csv column, NaN where missing (matplotlib breaks the line there)."""
     return [math.nan if r.get(key) is None else float(r[key]) for r in rounds]
 
 
 def plot_runs(reports: Sequence[Mapping[str, Any]], path: Path | str, *, dpi: int = 110) -> Path:
-    """Write the PNG of one or several runs; returns its path."""
+    """Write the plot of one or several runs in the format of the path's extension; returns its path."""
+    fmt = plot_format(path)
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -76,7 +99,9 @@ def plot_runs(reports: Sequence[Mapping[str, Any]], path: Path | str, *, dpi: in
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize="small")
         fig.suptitle(f"{len(reports)} runs compared")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    # no creation date in PDF/SVG metadata: the same runs give the same bytes
+    metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
+    fig.savefig(path, dpi=dpi, format=fmt, metadata=metadata)
     return path
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from fedkeeper.results.report import comparison
 
-_STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+_STATUS_STYLE = {"completed": "green", "failed": "red", "quorum_lost": "red", "running": "yellow"}
 
 
 def fmt_num(value: Any, digits: int = 3) -> str:
@@ -61,7 +61,7 @@ def _status(status: str) -> str:
 
 
 def _table(title: str, **kw: Any) -> Table:
-    """A compact table: the rounds table must fit 80 columns when piped."""
+    """A compact table: the rounds table fits an 80-column terminal."""
     return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
                  show_edge=False, **kw)
 
@@ -72,7 +72,7 @@ def _bad(value: Any) -> str:
 
 def rounds_table(report: Mapping[str, Any]) -> Table:
     """One row per round: accuracy, loss, clients, failures and the round time split (seconds)."""
-    table = _table("rounds (f/t/l: failed/timed out/lost attempts; times in s)")
+    table = _table("rounds (ok: updates used; f/t/l: failed/timed out/lost; times in s)")
     for title in ("round", "acc", "loss", "ok/sel", "f/t/l", "retry", "rej", "invoke", "slowest", "aggr",
                   "total"):
         table.add_column(title, justify="right")
@@ -80,7 +80,7 @@ def rounds_table(report: Mapping[str, Any]) -> Table:
         bad = "/".join(str(row.get(k) if row.get(k) is not None else "–") for k in ("failed", "timed_out", "lost"))
         any_bad = any(row.get(k) for k in ("failed", "timed_out", "lost"))
         table.add_row(str(row["round"]), fmt_num(row.get("accuracy"), 4), fmt_num(row.get("loss"), 4),
-                      f"{fmt_num(row.get('succeeded'))}/{fmt_num(row.get('selected'))}",
+                      f"{fmt_num(row.get('aggregated'))}/{fmt_num(row.get('selected'))}",
                       f"[red]{bad}[/]" if any_bad else bad, fmt_num(row.get("retries")), _bad(row.get("rejected")),
                       fmt_num(row.get("invoke_s"), 2), fmt_num(row.get("slowest_client_s"), 2),
                       fmt_num(row.get("aggregate_s"), 2), fmt_num(row.get("round_s"), 2))
@@ -110,7 +110,7 @@ def _price(value: float | None) -> str:
 
 
 def cost_table(cost: Mapping[str, Any]) -> Table:
-    table = _table("estimated cost (list prices, USD)", caption=cost.get("note"), caption_justify="left")
+    table = _table("estimated cost (list prices, USD)")  # its note is printed after it, on one line
     for col, justify in (("platform", "left"), ("invocations", "right"), ("GB-s", "right"),
                          ("$/GB-s", "right"), ("$/1M inv.", "right"), ("cost", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -129,9 +129,12 @@ def headline(report: Mapping[str, Any]) -> str:
     if report.get("optimizer"):
         parts.append(f"optimizer {report['optimizer']}")
     if report.get("wall_s") is not None:
-        parts.append(f"wall {fmt_num(report['wall_s'], 1)} s")
+        sessions = report.get("sessions") or 1
+        parts.append(f"wall {fmt_num(report['wall_s'], 1)} s" + (f" ({sessions} sessions)" if sessions > 1 else ""))
     parts.append(f"started {fmt_time(report.get('started'))}")
     line = " · ".join(parts)
+    if report.get("reason") and report.get("reason") != report.get("error"):
+        line += f"\n{report['reason']}"
     if report.get("error"):
         line += f"\n[red]error:[/] {report['error']}"
     if report["status"] == "running":
@@ -151,6 +154,8 @@ def render_run(report: Mapping[str, Any], console: Console) -> None:
             console.print(stats_table(report["by_platform"], ["platform"], "activations per platform"))
         console.print(stats_table(report["by_function"], ["function"], "activations per function"))
         console.print(cost_table(report["cost"]))
+        if report["cost"].get("note"):
+            console.print(f"[dim]{report['cost']['note']}[/]", soft_wrap=True)
 
 
 def comparison_tables(reports: list[dict[str, Any]]) -> tuple[Table, Table]:

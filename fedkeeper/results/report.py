@@ -3,8 +3,10 @@
 Works from the run folders alone (no store, no config needed), so a results folder copied to another machine
 can be inspected there. The output shapes:
 
-- `build_report(run, prices)` → one JSON-ready dict per run (`rounds` are the rows of rounds.csv, the
-  statistics are computed from activations.csv, `summary` is summary.json as written, or None while running);
+- `build_report(run, prices)` → one JSON-ready dict per run (`rounds` are the rows of rounds.csv, `totals`
+  their sums, the statistics are computed from activations.csv, `summary` is summary.json as written, or None
+  while running). Every count is defined once, in `results/counts.py`, so `totals` equals summary.json's
+  `totals` and `activations` its `activations`;
 - `report_document(reports)` → what `--json` prints: the run's dict for one run, a list of them (in the order
   given) for several;
 - `write_rounds_csv(reports, stream)` → what `--csv` prints: the rounds table(s), with a leading `run_id`
@@ -68,6 +70,7 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, A
     summary = (run.summary or {}) if status != "running" else {}
     activations = [{**row, "platform": platform_kind(row.get("platform"))} for row in run.activations]
     totals = round_totals(run.rounds)
+    overall = {**activation_stats(activations), "redeploys": run.redeploys}
     last = run.rounds[-1] if run.rounds else {}
     final = summary.get("final") if isinstance(summary.get("final"), dict) else \
         {"accuracy": last.get("accuracy"), "loss": last.get("loss")}
@@ -86,13 +89,15 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, A
         "started": (run.summary or {}).get("started", run.started_ts),
         "finished": summary.get("finished"),
         "last_event_ts": run.last_event_ts,
-        "wall_s": summary.get("wall_s"),
+        "wall_s": run.wall_s,
+        "sessions": len(run.sessions),
         "rounds_completed": summary.get("rounds_completed", max((r["round"] for r in run.rounds), default=0)),
         "final": final,
+        "reason": summary.get("reason") or (run.reason if status != "running" else None),
         "error": summary.get("error") or run.failure,
         "rounds": run.rounds,
         "totals": totals,
-        "activations": activation_stats(activations),
+        "activations": overall,
         "by_cluster": group_stats(activations, "cluster", "platform"),
         "by_platform": group_stats(activations, "platform"),
         "by_function": group_stats(activations, "function"),

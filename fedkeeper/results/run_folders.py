@@ -19,17 +19,20 @@ from typing import Any
 import yaml
 
 from fedkeeper.errors import ResultsFailure, UsageProblem
+from fedkeeper.results import counts
 from fedkeeper.results.runlog import ACTIVATION_COLUMNS, ROUND_COLUMNS
 
 RUN_FILES = ("events.jsonl", "rounds.csv", "activations.csv", "summary.json")
 LATEST = "latest"
 START_EVENTS = ("run_started", "run_resumed")
+#: the status an end event implies when summary.json is missing (run_failed also ends a run whose quorum was lost:
+#: its event and summary.json say status "quorum_lost")
 END_STATUS = {"run_finished": "completed", "run_failed": "failed", "run_interrupted": "interrupted"}
 LIFECYCLE_EVENTS = (*START_EVENTS, *END_STATUS)
 
 #: columns of rounds.csv / activations.csv that are whole numbers (the others numeric ones are floats)
 _INT_COLUMNS = {"round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
-                "attempt", "memory_mb", "client_id"}
+                "aggregated", "throttled", "abandoned", "attempt", "memory_mb", "client_id"}
 _FLOAT_COLUMNS = {"accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s",
                   "start", "end", "duration_s"}
 
@@ -117,7 +120,25 @@ class RunFolder:
     last_event_ts: float | None = None
     lifecycle: str | None = None
     failure: str | None = None
+    reason: str | None = None
     run_started: dict[str, Any] = field(default_factory=dict)
+    #: (start, end, end event) per orchestrator session (`counts.sessions`)
+    sessions: list[tuple[float, float, str | None]] = field(default_factory=list)
+    redeploys: int = 0
+
+    @property
+    def wall_s(self) -> float | None:
+        """Wall time of all sessions (`counts.wall_s`); None while running. summary.json's own figure when it
+        says it counts every session (`sessions`) or the run had one session: older summaries count only the
+        last one, so a resumed run of an older version is added up from its events instead."""
+        if self.status == "running":
+            return None
+        summary = self.summary or {}
+        if summary.get("wall_s") is not None and ("sessions" in summary or len(self.sessions) <= 1):
+            return float(summary["wall_s"])
+        if not self.sessions:
+            return None
+        return round(sum(end - start for start, end, _ in self.sessions), 3)
 
     @property
     def status(self) -> str:
@@ -216,11 +237,24 @@ def _last_per_key(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return out
 
 
-def load_run(path: Path) -> RunFolder:
-    """Read one run folder (any file may be missing: a run that just started has only a few)."""
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """rounds.csv of a run folder: one row per round (the last record of a round wins), in round order."""
     rows = [r for r in read_csv(path / "rounds.csv", ROUND_COLUMNS) if isinstance(r["round"], int)]
     rounds = sorted(_last_per_key(rows, "round"), key=lambda r: r["round"])
-    activations = _last_per_key(read_csv(path / "activations.csv", ACTIVATION_COLUMNS), "activation_id")
+    for row in rounds:  # rows of older versions have no `aggregated` column: it follows from the ones they have
+        row["aggregated"] = counts.aggregated_of(row)
+    return rounds
+
+
+def read_activations(path: Path) -> list[dict[str, Any]]:
+    """activations.csv of a run folder: one row per activation (the last record of one wins)."""
+    return _last_per_key(read_csv(path / "activations.csv", ACTIVATION_COLUMNS), "activation_id")
+
+
+def load_run(path: Path) -> RunFolder:
+    """Read one run folder (any file may be missing: a run that just started has only a few)."""
+    rounds = read_rounds(path)
+    activations = read_activations(path)
     summary = None
     if (path / "summary.json").exists():
         try:
@@ -236,7 +270,10 @@ def load_run(path: Path) -> RunFolder:
         config = loaded if isinstance(loaded, dict) else None
     run = RunFolder(run_id=(summary or {}).get("run_id") or path.name, path=path, rounds=rounds,
                     activations=activations, summary=summary, config=config)
-    for event in read_events(path / "events.jsonl"):
+    events = list(read_events(path / "events.jsonl"))
+    run.sessions = counts.sessions(events)
+    run.redeploys = counts.count_redeploys(events)
+    for event in events:
         kind = event.get("event")
         ts = event.get("ts")
         if isinstance(ts, (int, float)):
@@ -248,4 +285,5 @@ def load_run(path: Path) -> RunFolder:
         if kind in LIFECYCLE_EVENTS:
             run.lifecycle = kind
             run.failure = (str(event.get("error") or "") or None) if kind == "run_failed" else None
+            run.reason = (str(event.get("reason") or "") or None) if kind in END_STATUS else None
     return run

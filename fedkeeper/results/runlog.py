@@ -23,8 +23,11 @@ import yaml
 
 from fedkeeper.secrets import RedactingFilter, RedactingStream, Redactor  # noqa: F401
 
+#: rounds.csv; the counts are defined in `fedkeeper.results.counts`. Columns are only ever added at the end, and a
+#: resumed run appends to an older file under that file's own header (a column it lacks is left out)
 ROUND_COLUMNS = ["round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
-                 "accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s"]
+                 "accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s",
+                 "aggregated", "throttled", "abandoned"]
 ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "activation_id",
                       "platform_activation_id", "attempt", "state", "cold", "start", "end", "duration_s",
                       "memory_mb", "injected", "error"]
@@ -60,6 +63,11 @@ class RunLog:
     def _csv(self, name: str, columns: list[str]) -> tuple[TextIO, csv.DictWriter[str]]:
         path = self.dir / name
         new = not path.exists() or path.stat().st_size == 0
+        if not new:  # a resumed run: keep writing the columns the file's header names (older versions had fewer)
+            with open(path, encoding="utf-8", newline="") as existing:
+                header = next(csv.reader(existing), None)
+            if header and "round" in header:
+                columns = header
         handle = open(path, "a", encoding="utf-8", newline="")
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         if new:
@@ -67,8 +75,9 @@ class RunLog:
             handle.flush()
         return handle, writer
 
-    def event(self, event: str, **fields: Any) -> None:
-        record = {"ts": round(time.time(), 6), "run_id": self.run_id, "event": event}
+    def event(self, event: str, *, ts: float | None = None, **fields: Any) -> None:
+        """One line of events.jsonl; `ts` when the time must equal one recorded elsewhere (the summary's end)."""
+        record = {"ts": round(time.time() if ts is None else ts, 6), "run_id": self.run_id, "event": event}
         record.update({k: _jsonable(v) for k, v in fields.items()})
         line = self.redact(json.dumps(record, default=str))
         with self._lock:
@@ -85,7 +94,7 @@ class RunLog:
         self.event("activation", **{k: row.get(k) for k in ACTIVATION_COLUMNS})
 
     def round(self, row: Mapping[str, Any]) -> None:
-        clean = {k: self._cell(row.get(k)) for k in ROUND_COLUMNS}
+        clean = {k: self._cell(row.get(k)) for k in self._rounds[1].fieldnames}
         with self._lock:
             handle, writer = self._rounds
             writer.writerow(clean)

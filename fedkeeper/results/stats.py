@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from fedkeeper.activations import ActivationState
+from fedkeeper.results import counts as C
 from fedkeeper.results.pricing import UnitPrice, price_for
 
 _A = ActivationState
+#: the outcomes a failure rate is taken over (throttled and abandoned attempts are neither success nor failure)
 FINAL_STATES = (_A.SUCCEEDED.value, _A.FAILED.value, _A.TIMED_OUT.value, _A.LOST.value)
-FAILED_STATES = (_A.FAILED.value, _A.TIMED_OUT.value, _A.LOST.value)
+FAILED_STATES = C.FAILURE_STATES
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -34,36 +36,33 @@ def gb_seconds(row: Mapping[str, Any]) -> float | None:
 def activation_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per final state, failure rate, cold-start share and duration percentiles of some activations.
 
-    `other_states` counts attempts that ended otherwise (`throttled`: refused for load and retried, never a
-    client failure; `abandoned`: still running when the round moved on).
-    `failure_rate` is (failed + timed_out + lost) / activations in a final state; `cold_share` is the share
-    of cold starts among the activations whose platform said whether they were cold.
+    The counts (`total`, one per state, `retries`) are those of `fedkeeper.results.counts`, the same that
+    rounds.csv and summary.json hold. `activations` is the number of rows; `other_states` counts the rows
+    whose state is not one of succeeded/failed/timed_out/lost (`throttled`: refused for load and retried,
+    never a client failure; `abandoned`: still running when the round moved on; or a state this version does
+    not know). `failure_rate` is (failed + timed_out + lost) / (succeeded + failed + timed_out + lost);
+    `cold_share` is the share of cold starts among the activations whose platform said whether they were cold.
     """
     rows = list(rows)
-    counts = {state: 0 for state in FINAL_STATES}
+    counts = C.count_activations(rows).as_dict()
     other: dict[str, int] = {}
-    cold_known = cold = retries = 0
+    cold_known = cold = 0
     durations: list[float] = []
     for row in rows:
         state = row.get("state")
-        if state in counts:
-            counts[state] += 1
-        else:  # throttled / abandoned attempts, or a row of a state this version does not know
+        if state not in FINAL_STATES:
             other[str(state)] = other.get(str(state), 0) + 1
         if row.get("cold") is not None:
             cold_known += 1
             cold += bool(row["cold"])
-        if (row.get("attempt") or 1) > 1:
-            retries += 1
         if row.get("duration_s") is not None:
             durations.append(float(row["duration_s"]))
-    final = sum(counts.values())
+    final = sum(counts[s] for s in FINAL_STATES)
     failed = sum(counts[s] for s in FAILED_STATES)
     return {
         "activations": len(rows),
         **counts,
         "other_states": other,
-        "retries": retries,
         "failure_rate": failed / final if final else None,
         "cold_starts": cold,
         "cold_share": cold / cold_known if cold_known else None,
@@ -125,24 +124,20 @@ def cost_estimate(rows: Iterable[Mapping[str, Any]], prices: Mapping[str, UnitPr
             "note": "estimate from list prices (fedkeeper/pricing.py); excludes free tiers, storage, network"}
 
 
-def _sum(rounds: list[Mapping[str, Any]], key: str) -> int:
-    return int(sum(r.get(key) or 0 for r in rounds))
-
-
 def _mean(values: list[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
 def round_totals(rounds: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals and means over the rounds table (what a comparison of runs lines up)."""
+    """Totals and means over the rounds table (what a comparison of runs lines up); the count totals are
+    `counts.sum_rounds`, the same summary.json's `totals` holds."""
     def values(key: str) -> list[float]:
         return [float(r[key]) for r in rounds if r.get(key) is not None]
 
     last = rounds[-1] if rounds else {}
     accuracies = values("accuracy")
     out: dict[str, Any] = {"rounds": len(rounds)}
-    for key in ("selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected"):
-        out[key] = _sum(rounds, key)
+    out.update(C.sum_rounds(rounds))
     out.update({
         "final_accuracy": last.get("accuracy"),
         "final_loss": last.get("loss"),

@@ -7,7 +7,6 @@ shown: store URLs are masked here, and the CLI's consoles redact every known sec
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +15,7 @@ from rich.table import Table
 from fedkeeper import config as cfg
 from fedkeeper.config.models import Config
 from fedkeeper.providers import registry
+from fedkeeper.secrets import url_for_display
 
 
 def config_summary(config: Config) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def config_summary(config: Config) -> dict[str, Any]:
 
 def _mask_url(url: str) -> str:
     """mongodb://user:secret@host → mongodb://user:***@host (also for replica-set URLs urlsplit cannot parse)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^/]*@", r"\1:***@", url)
+    return url_for_display(url)  # the redactor's URL reading: a raw '/' or '@' in the password is hidden too
 
 
 def print_config_summary(config: Config, console: Console) -> None:

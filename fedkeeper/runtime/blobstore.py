@@ -8,8 +8,15 @@ Documents (``_id`` is the natural key, so every write is idempotent and the firs
 
 - ``models``  ``f"{run_id}:{round}"``  run_id, round, blob, sha256, size, storage, file_id, num_params,
   metrics{accuracy, loss, ...}, num_updates, created, write_id [, pruned]
-- ``updates`` ``f"{run_id}:{round}:{client_id}"``  run_id, round, client_id, base_round, num_examples, metrics,
-  blob, sha256, size, storage, file_id, num_params, activation_id, created, write_id [, pruned]
+- ``updates`` ``f"{run_id}:{round}:{client_id}:{activation_id}"``  run_id, round, client_id, activation_id, attempt,
+  base_round, num_examples, metrics, blob, sha256, size, storage, file_id, num_params, created, write_id [, pruned]
+
+Updates are keyed by the activation that wrote them (``update_key``), not by client alone: under a
+``run:round:client`` key the first writer wins, so anyone who wrote there first (a predictable key, writable before
+the round even starts) made the honest update be dropped. An activation id is a random id the orchestrator issues
+when it invokes the client, so one activation's retried or duplicated delivery still finds its own document (first
+write wins, idempotent) while nobody can take its key in advance. Documents written by earlier versions under
+``run:round:client`` are still read (``find_update``) so their runs resume.
 
 ``blob`` is ``{"inline": Binary}`` up to ``inline_limit`` bytes (15 MiB) or ``{"gridfs": ObjectId, "size": n}``
 above it. ``storage``/``size``/``file_id`` repeat the blob reference at the top level because nx-27017 0.8.1 ignores
@@ -50,6 +57,14 @@ class BlobStoreError(Exception):
     """Base of the blob store's typed errors."""
 
 
+class BlobTooLarge(BlobStoreError):
+    """A stored blob is longer than the caller accepts (an update cannot be larger than its model allows)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"blob of {size} bytes, at most {limit} accepted")
+        self.size, self.limit = size, limit
+
+
 class ModelMissing(BlobStoreError, KeyError):
     """No global model for (run, round), or its blob was removed by garbage collection (``reason='pruned'``)."""
 
@@ -71,7 +86,8 @@ class CorruptModel(W.WeightsError):
 
 
 class CorruptUpdate(W.WeightsError):
-    """A client update that must not be aggregated; ``reason`` is a WeightsError reason, ``stale_round`` or ``missing``."""
+    """A client update that must not be aggregated; ``reason`` is a WeightsError reason, ``stale_round``, ``missing``
+    or one of ``runtime.admission.REASONS`` (metadata that does not match the activation the orchestrator issued)."""
 
     def __init__(self, run_id: str, round: int, client_id: Any, reason: str, detail: str) -> None:
         super().__init__(
@@ -130,9 +146,12 @@ class _GridFiles:
     def put(self, data: bytes, metadata: dict[str, Any]) -> Any:
         return self._bucket.upload_from_stream(metadata.get("key", "blob"), data, metadata=metadata)
 
-    def get(self, file_id: Any) -> bytes | None:
+    def get(self, file_id: Any, max_bytes: int | None = None) -> bytes | None:
+        """The file's bytes; None if it is gone. ``max_bytes``: a longer file raises BlobTooLarge unread."""
         try:
             with self._bucket.open_download_stream(file_id) as stream:
+                if max_bytes is not None and stream.length > max_bytes:
+                    raise BlobTooLarge(stream.length, max_bytes)
                 return stream.read()
         except gridfs.errors.NoFile:
             return None
@@ -158,6 +177,16 @@ class _GridFiles:
 def _check_run_id(run_id: str) -> None:
     if not isinstance(run_id, str) or not run_id or ":" in run_id:
         raise ValueError(f"run id must be a non-empty string without ':', got {run_id!r}")
+
+
+def update_key(run_id: str, round: int, client_id: Any, activation_id: str | None = None) -> str:
+    """``run:round:client:activation`` (one document per activation); ``run:round:client`` without an activation id
+    (the key every update had before updates were keyed by activation, and what tools that name none write)."""
+    if activation_id is None:
+        return f"{run_id}:{round}:{client_id}"
+    if not isinstance(activation_id, str) or not activation_id or ":" in activation_id:
+        raise ValueError(f"activation id must be a non-empty string without ':', got {activation_id!r}")
+    return f"{run_id}:{round}:{client_id}:{activation_id}"
 
 
 def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
@@ -268,58 +297,115 @@ class BlobStore:
     def write_update(
         self, run_id: str, round: int, client_id: Any, weights: Mapping[str, np.ndarray], *,
         base_round: int, num_examples: int, metrics: Mapping[str, Any] | None = None,
-        activation_id: str | None = None,
+        activation_id: str | None = None, attempt: int | None = None,
     ) -> dict[str, Any]:
-        """Store a client's update; the first accepted write wins, later ones get it back with ``duplicate: True``."""
+        """Store the update one activation computed (key: ``update_key``); the first write under that key wins and
+        later ones get it back with ``duplicate: True`` (a retried delivery of the same activation). The result
+        also holds ``offered_sha256``, the digest of the blob this call offered."""
         _check_run_id(run_id)
-        key = f"{run_id}:{round}:{client_id}"
+        key = update_key(run_id, round, client_id, activation_id)
+        if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1):
+            raise ValueError(f"attempt must be an integer >= 1, got {attempt!r}")
         blob = W.encode(weights)
+        offered = W.digest_of(blob)
         if len(blob) > self.inline_limit:  # look first only when a GridFS upload would be wasted
             existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
             if existing is not None:
-                return _public(existing, duplicate=True)
+                return {**_public(existing, duplicate=True), "offered_sha256": offered}
         write_id = uuid.uuid4().hex
         doc = {
             "_id": key, "run_id": run_id, "round": int(round), "client_id": client_id,
             "base_round": int(base_round), "num_examples": int(num_examples), "metrics": dict(metrics or {}),
-            "sha256": W.digest_of(blob), "num_params": W.num_params(weights), "activation_id": activation_id,
-            "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
+            "sha256": offered, "num_params": W.num_params(weights), "activation_id": activation_id,
+            "attempt": attempt, "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
         }
-        return self._insert_first(self.updates, doc)
+        # offered_sha256: what this call tried to store, so a caller told `duplicate` can tell a repeat of its own
+        # write from someone else's document under the same key
+        return {**self._insert_first(self.updates, doc), "offered_sha256": offered}
 
     def list_updates(self, run_id: str, round: int) -> list[dict[str, Any]]:
         """Update docs of one round without blob bytes, in client-id order (the aggregation order)."""
         return self._retry(
-            lambda: list(self.updates.find({"run_id": run_id, "round": int(round)}, {"blob": 0}).sort("client_id", 1))
+            lambda: list(self.updates.find({"run_id": run_id, "round": int(round)}, {"blob": 0})
+                         .sort([("client_id", 1), ("attempt", 1)]))
         )
 
+    def find_update(self, run_id: str, round: int, client_id: Any, activation_id: str | None = None
+                    ) -> dict[str, Any] | None:
+        """The update document (blob reference included) one activation wrote, else the document an earlier version
+        stored under ``run:round:client`` (whatever activation it names: the caller compares), else None.
+
+        Not validated: what it says is the writer's word (``runtime.admission`` checks it)."""
+        doc = self._retry(lambda: self.updates.find_one({"_id": update_key(run_id, round, client_id, activation_id)}))
+        if doc is None and activation_id is not None:
+            doc = self._retry(lambda: self.updates.find_one({"_id": update_key(run_id, round, client_id)}))
+        return doc
+
+    def blob_of(self, doc: Mapping[str, Any], max_bytes: int | None = None) -> bytes | None:
+        """The bytes a stored document's ``blob`` field points at; None if pruned or gone. A reference of the wrong
+        shape raises ValueError, a GridFS file longer than ``max_bytes`` BlobTooLarge: a document is untrusted."""
+        ref = doc.get("blob")
+        if ref is None:
+            return None
+        if not isinstance(ref, Mapping):
+            raise ValueError(f"blob reference is a {type(ref).__name__}, not a document")
+        if "inline" in ref:
+            data = ref["inline"]
+            if not isinstance(data, bytes):
+                raise ValueError(f"inline blob is a {type(data).__name__}, not binary data")
+            if max_bytes is not None and len(data) > max_bytes:
+                raise BlobTooLarge(len(data), max_bytes)
+            return data
+        file_id = ref.get("gridfs")
+        if not isinstance(file_id, bson.ObjectId):  # what _put_blob stores; never a query such as {"$gt": ""}
+            raise ValueError(f"GridFS reference {file_id!r} is not an ObjectId")
+        return self._retry(lambda: self._files.get(file_id, max_bytes))
+
     def read_update(
-        self, run_id: str, round: int, client_id: Any, expected: W.Expected, *, base_round: int | None = None
+        self, run_id: str, round: int, client_id: Any, expected: W.Expected, *, base_round: int | None = None,
+        activation_id: str | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Validated update weights (read-only views) and doc; every rejection is a CorruptUpdate naming the client.
 
-        ``base_round``, when given, must equal the round of the global model the client trained on.
+        ``activation_id`` picks the update of that activation (``find_update``); ``base_round``, when given, must
+        equal the round of the global model the client trained on. The aggregator checks the rest of the
+        metadata (``runtime.admission``).
         """
         def reject(reason: str, detail: str) -> CorruptUpdate:
             return CorruptUpdate(run_id, round, client_id, reason, detail)
 
-        doc = self._retry(lambda: self.updates.find_one({"_id": f"{run_id}:{round}:{client_id}"}))
+        doc = self.find_update(run_id, round, client_id, activation_id)
         if doc is None:
             raise reject("missing", "no update stored")
         if doc.get("blob") is None:
             raise reject("missing", "update blob was garbage-collected")
         if base_round is not None and doc.get("base_round") != base_round:
             raise reject("stale_round", f"trained on round {doc.get('base_round')}, expected {base_round}")
-        blob = self._get_blob(doc["blob"])
+        return self.decode_update(doc, expected, run_id, round, client_id), _public(doc, duplicate=False)
+
+    def decode_update(
+        self, doc: Mapping[str, Any], expected: W.Expected, run_id: str, round: int, client_id: Any,
+        *, max_bytes: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The weights of a stored update, checked against the digest its document records and against
+        ``expected`` (names, shapes, dtypes, finite values); CorruptUpdate otherwise."""
+        def reject(reason: str, detail: str) -> CorruptUpdate:
+            return CorruptUpdate(run_id, round, client_id, reason, detail)
+
+        try:
+            blob = self.blob_of(doc, max_bytes)
+        except (BlobTooLarge, ValueError) as exc:  # a reference or a size no writer of ours produces
+            raise reject("malformed", str(exc)) from None
         if blob is None:
-            raise reject("missing", f"GridFS file {doc['blob'].get('gridfs')} is gone")
+            ref = doc.get("blob")
+            what = "update blob was garbage-collected" if ref is None else f"GridFS file {ref.get('gridfs')} is gone"
+            raise reject("missing", what)
         try:
             if W.digest_of(blob) != doc.get("sha256"):
                 raise W.WeightsError("checksum", "blob digest differs from the digest recorded in the document")
-            weights = W.decode(blob, expected)
+            return W.decode(blob, expected)
         except W.WeightsError as exc:
             raise reject(exc.reason, str(exc)) from None
-        return weights, _public(doc, duplicate=False)
 
     # -------------------------------------------------------------------------------------------------- gc
 

@@ -8,8 +8,13 @@ by file names; gzip is undone first (so ``.gz`` IDX and ``.npy.gz`` both work).
 
 Downloads use the standard library's ``urllib.request``, not ``requests``: the runtime may depend only on numpy
 and pymongo (it is copied into every function zip, and platforms such as Lambda do not ship ``requests``).
-Files are cached under ``<tempdir>/fedkeeper-data`` by URL hash, so warm invocations and the other functions
-on the same host do not download again; loaded arrays and partition indices are also cached in the process.
+Files are cached under ``<tempdir>/fedkeeper-data-<uid>`` (the user's own folder) by the hash of the URL without
+its credential, so warm invocations and the other functions on the same host do not download again; with a
+``sha256`` every reuse is checked. Loaded arrays and partition indices are also cached in the process.
+
+A URL's credential (``user:password@`` in it, or for the URL as the payload carries it, without one, the
+deploy-time setting ``FK_DATA_CREDENTIALS``) is sent as HTTP Basic auth to that URL's origin only: a redirect to
+another scheme, host or port does not carry it.
 
 Pickles run code when loaded, and a function may be handed any URL: they are refused unless the spec sets
 ``allow_pickle: true`` explicitly.
@@ -23,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import time
 import urllib.error
@@ -35,6 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from fedkeeper.runtime import urls
 
 FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 PARTITIONS = ("iid", "shards", "dirichlet")
@@ -382,6 +390,84 @@ def load_data(spec: DataSpec) -> tuple[Split, Split]:
     return train, test
 
 
+# ------------------------------------------------------------------------------ looking without loading
+
+
+def split_labels(spec: DataSpec, split: str) -> np.ndarray:
+    """The labels of a split without its images: what `fedkeeper validate` counts and checks (labels are small;
+    local files only in practice, since a URL would be downloaded)."""
+    if split not in ("train", "test"):
+        raise DataError(f"split must be train or test, got {split!r}")
+    if spec.dataset == "digits":
+        return load_split(spec, split).y
+    key = f"{split}_labels"
+    return _labels_to_int(key, _load_array(key, dict(spec.files)[key], dict(spec.sha256).get(key), spec))
+
+
+_PEEK_BYTES = 1 << 16
+
+
+def images_shape(spec: DataSpec, split: str) -> tuple[int, ...] | None:
+    """The shape of a split's images from the file's header alone (.npy, .npz, IDX; gzipped .npy/IDX too), or
+    None when only loading the whole file would tell (a URL, a pickle, a gzipped .npz, an odd file)."""
+    if spec.dataset == "digits":
+        return tuple(load_split(spec, split).x.shape)
+    key = f"{split}_images"
+    base, member = dict(spec.files)[key], None
+    if "#" in base:
+        head, _, name = base.rpartition("#")
+        if name and "/" not in name:
+            base, member = head, name
+    if _is_url(base):
+        return None
+    path = _local_file(key, base, spec.max_bytes, None)
+    try:
+        with path.open("rb") as f:
+            head = f.read(_PEEK_BYTES)
+            if head[:2] == b"\x1f\x8b":
+                f.seek(0)
+                with gzip.GzipFile(fileobj=f) as gz:
+                    head = gz.read(_PEEK_BYTES)
+                if head[:4] == b"PK\x03\x04":
+                    return None
+            elif head[:4] == b"PK\x03\x04":
+                return _npz_shape(path, member)
+        if member is not None:
+            return None  # '#name' on a file that is not an .npz: loading says so
+        if head[:6] == b"\x93NUMPY":
+            return _npy_shape(head)
+        if len(head) >= 4 and head[0] == 0 and head[1] == 0 and head[2] in _IDX_DTYPES and head[3] > 0:
+            ndim = head[3]
+            if len(head) >= 4 + 4 * ndim:
+                return tuple(int(d) for d in np.frombuffer(head, ">u4", count=ndim, offset=4))
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile):
+        return None
+    return None
+
+
+def _npy_shape(head: bytes) -> tuple[int, ...] | None:
+    buf = io.BytesIO(head)
+    version = np.lib.format.read_magic(buf)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(buf)
+    return None if dtype.hasobject else tuple(int(d) for d in shape)
+
+
+def _npz_shape(path: Path, member: str | None) -> tuple[int, ...] | None:
+    with zipfile.ZipFile(path) as zf:
+        arrays = [n for n in zf.namelist() if n.endswith(".npy")]
+        if member is None:
+            if len(arrays) != 1:
+                return None
+            name = arrays[0]
+        else:
+            name = f"{member}.npy"
+            if name not in arrays:
+                return None
+        with zf.open(name) as f:
+            return _npy_shape(f.read(_PEEK_BYTES))
+
+
 # ------------------------------------------------------------------------------------------------ fetching
 
 
@@ -391,17 +477,29 @@ def _is_url(location: str) -> bool:
 
 def _display(location: str) -> str:
     """A location safe for messages: no user:password, no query string (signed URLs carry tokens there)."""
-    parts = urllib.parse.urlsplit(location)
-    if parts.scheme.lower() in ("http", "https"):
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return f"{parts.scheme}://{host}{parts.path}"
+    parts = urls.wide_split(location)  # the wide reading: no piece of a raw password is taken for the host
+    if parts is not None and parts.scheme.lower() in ("http", "https"):
+        return f"{parts.scheme}://{re.split(r'[?#]', parts.rest, maxsplit=1)[0]}"
     return location
 
 
 def cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "fedkeeper-data"
+    """``<tempdir>/fedkeeper-data-<uid>``: this user's own (mode 0700), so that nobody else on a shared host can
+    plant a file where a download is looked for."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    return Path(tempfile.gettempdir()) / ("fedkeeper-data" if uid is None else f"fedkeeper-data-{uid}")
+
+
+def _private_cache_dir() -> Path:
+    folder = cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if hasattr(os, "getuid"):
+        info = folder.lstat()
+        if folder.is_symlink() or info.st_uid != os.getuid():
+            raise DataError(f"the download cache {folder} is not this user's own folder; remove it")
+        if info.st_mode & 0o077:
+            folder.chmod(0o700)
+    return folder
 
 
 def _local_file(key: str, location: str, max_bytes: int, sha256: str | None) -> Path:
@@ -436,13 +534,15 @@ def _sha256_file(path: Path) -> str:
 def download(url: str, *, key: str = "file", max_bytes: int = DEFAULT_MAX_BYTES, sha256: str | None = None) -> Path:
     """The cached local copy of ``url``, downloading it (with retries and a size cap) if needed.
 
-    The cache file name is a hash of the URL; it is written to a temporary name and renamed, so concurrent
-    functions on one host never see half a file. With ``sha256`` a cached copy is checked before use.
+    The cache file name is a hash of the URL without its credentials; it is written to a temporary name and
+    renamed, so concurrent functions on one host never see half a file. With ``sha256`` every use of a cached copy
+    checks it first (a stale or damaged copy is fetched again; a fresh download that does not match is an error).
+    A credential comes from the URL's ``user:password@`` or, as the orchestrator hands it over, from the
+    deploy-time setting `urls.DATA_CREDENTIALS_ENV`; it is sent to that URL's origin only (see `_request`).
     """
     display = _display(url)
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / hashlib.sha256(url.encode()).hexdigest()[:40]
+    folder = _private_cache_dir()
+    target = folder / hashlib.sha256(urls.strip_userinfo(url).encode()).hexdigest()[:40]
     if target.is_file():
         if sha256 is None or _sha256_file(target) == sha256:
             return target
@@ -458,7 +558,8 @@ def download(url: str, *, key: str = "file", max_bytes: int = DEFAULT_MAX_BYTES,
             continue
         if sha256 is not None and digest != sha256:
             target.unlink(missing_ok=True)
-            raise DataError(f"data.{key}: {display} has sha256 {digest}, expected {sha256}")
+            raise DataError(f"data.{key}: {display} has sha256 {digest}, expected {sha256} (the file at the URL "
+                            f"changed, or something in between altered it; nothing was cached)")
         return target
     raise DataError(f"data.{key}: download of {display} failed after {DOWNLOAD_ATTEMPTS} attempts: {last}")
 
@@ -467,20 +568,42 @@ class _Retryable(Exception):
     pass
 
 
+def credential_for(url: str) -> tuple[str, str] | None:
+    """(user, password) for a data URL: its own ``user:password@``, else what the deploy-time setting
+    `urls.DATA_CREDENTIALS_ENV` holds for exactly this URL (without its ``#name``)."""
+    parts = urls.split(url)
+    if parts is None:
+        return None
+    if parts.userinfo is not None:
+        return parts.credentials()
+    known = urls.decode_credentials(os.environ.get(urls.DATA_CREDENTIALS_ENV))
+    return known.get(url.partition("#")[0])
+
+
 def _request(url: str) -> urllib.request.Request:
-    """A GET request; ``user:password@`` in the URL becomes a Basic Authorization header (urllib cannot use it)."""
+    """A GET request; a credential (see `credential_for`) becomes a Basic Authorization header, and the URL that
+    is requested has no ``user:password@`` (urllib cannot use it, and it would end up in proxies' logs)."""
     headers = {"User-Agent": "fedkeeper-runtime", "Accept-Encoding": "identity"}
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is not None:
-        user = urllib.parse.unquote(parts.username)
-        password = urllib.parse.unquote(parts.password or "")
+    credential = credential_for(url)
+    if credential is not None:
+        user, password = credential
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
-    return urllib.request.Request(url, headers=headers)
+    return urllib.request.Request(urls.strip_userinfo(url), headers=headers)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but a credential never crosses origins: the Authorization header is dropped when a
+    redirect leads to another scheme, host or port (urllib would forward it anywhere)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urls.origin(new.full_url) != urls.origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
 def _fetch_to(url: str, target: Path, max_bytes: int, key: str, display: str) -> str:
@@ -491,7 +614,7 @@ def _fetch_to(url: str, target: Path, max_bytes: int, key: str, display: str) ->
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                with _OPENER.open(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
                     length = resp.headers.get("Content-Length")
                     if length is not None and length.isdigit() and int(length) > max_bytes:
                         raise DataError(
@@ -590,11 +713,23 @@ def client_split(spec: DataSpec, num_clients: int, client_id: int, seed: int) ->
     if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < num_clients:
         raise DataError(f"client_id must be an integer in 0..{num_clients - 1}, got {client_id!r}")
     train = load_split(spec, "train")
+    idx = _partition(spec, num_clients, seed, lambda: train.y)[client_id]
+    return Split(train.x[idx], train.y[idx], name=f"train[client {client_id}]")
+
+
+def shard_sizes(spec: DataSpec, num_clients: int, seed: int) -> list[int]:
+    """How many training samples each client's shard holds: the partition `client_split` cuts, from the labels
+    alone. The aggregator bounds an update's `num_examples` by it without loading the training images."""
+    return [len(p) for p in _partition(spec, num_clients, seed, lambda: split_labels(spec, "train"))]
+
+
+def _partition(spec: DataSpec, num_clients: int, seed: int, labels: Callable[[], np.ndarray]) -> list[np.ndarray]:
+    """The seeded partition of the training split, cached per process (labels are read only on a miss)."""
     key = (spec.source_key, spec.partition, spec.shards_per_client, spec.alpha, num_clients, int(seed))
-    parts = _PARTITIONS.get_or(
+    return _PARTITIONS.get_or(
         key,
         lambda: partition_indices(
-            train.y,
+            labels(),
             num_clients,
             scheme=spec.partition,
             seed=seed,
@@ -602,5 +737,3 @@ def client_split(spec: DataSpec, num_clients: int, client_id: int, seed: int) ->
             alpha=spec.alpha,
         ),
     )
-    idx = parts[client_id]
-    return Split(train.x[idx], train.y[idx], name=f"train[client {client_id}]")

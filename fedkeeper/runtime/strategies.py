@@ -20,6 +20,13 @@ import numpy as np
 
 Spec = Mapping[str, tuple[tuple[int, ...], Any]]
 
+#: the largest example count one update may carry: every count up to 2**53 is exact in float64, and weights are
+#: float64 (an int64 count would overflow in the sums; a float count above this would round)
+MAX_EXAMPLES = 2**53
+#: float64 arrays are summed scaled by 2**-64 (exact: a power of two) so that n·w cannot overflow for any finite w;
+#: float32 and float16 values times MAX_EXAMPLES fit in float64 as they are, so their bits do not change
+_F64_SCALE = 2.0**-64
+
 # Elements per step of the weighted add. The float64 scratch (256 KB) stays in L2, so each update costs one pass
 # over main memory (read w, read+write the accumulator) instead of two, and no model-sized temporary.
 _CHUNK = 32768
@@ -39,6 +46,7 @@ class FedAvg:
         self._acc: dict[str, np.ndarray] = {}
         self._plan: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = {}
         self._scratch = np.empty(_CHUNK, np.float64)
+        self._scale: dict[str, float] = {}
         self.total_examples = 0
         self.count = 0
         self._last_client: int | None = None
@@ -48,6 +56,7 @@ class FedAvg:
         if not self._spec:
             raise StrategyError("the model spec is empty")
         self._acc = {name: np.zeros(shape, np.float64) for name, (shape, _) in self._spec.items()}
+        self._scale = {name: _F64_SCALE if dtype == np.float64 else 1.0 for name, (_, dtype) in self._spec.items()}
         # The chunk views are made once here, not per update: per-call overhead matters next to a 0.2 ms sum.
         self._plan = {name: _chunk_plan(acc.reshape(-1), self._scratch) for name, acc in self._acc.items()}
         self.total_examples = 0
@@ -59,6 +68,8 @@ class FedAvg:
         who = "update" if client_id is None else f"update of client {client_id}"
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples <= 0:
             raise StrategyError(f"{who}: num_examples must be a positive integer, got {num_examples!r}")
+        if num_examples > MAX_EXAMPLES:
+            raise StrategyError(f"{who}: num_examples {num_examples} is above {MAX_EXAMPLES}")
         if client_id is not None:
             if self._last_client is not None and client_id <= self._last_client:
                 raise StrategyError(f"{who} added after client {self._last_client}: add in ascending client-id order")
@@ -70,14 +81,15 @@ class FedAvg:
                 raise StrategyError(f"{who}: {name!r} is {w.dtype}{list(w.shape)}, expected {dtype}{list(shape)}")
         # A float64 scalar (not a Python float, which NumPy 2 treats as "weak" and would multiply in float32):
         # the product of a float32 weight and an integer count below 2**29 is exact in float64.
-        n = np.float64(num_examples)
+        n = np.float64(int(num_examples))
         for name, plan in self._plan.items():
             flat = weights[name].reshape(-1)  # a view for contiguous arrays (decoded blobs always are)
+            factor = n * self._scale[name]
             for start, stop, acc, buf in plan:
                 # widen into the cache-resident scratch, scale there, add: measured faster than one mixed-type
                 # multiply, which widens through NumPy's own internal buffer first
                 np.copyto(buf, flat[start:stop])
-                np.multiply(buf, n, out=buf)
+                np.multiply(buf, factor, out=buf)
                 np.add(acc, buf, out=acc)
         self.total_examples += int(num_examples)
         self.count += 1
@@ -91,7 +103,10 @@ class FedAvg:
         out: dict[str, np.ndarray] = {}
         total = np.float64(self.total_examples)
         for name, (_, dtype) in spec.items():
-            avg = (self._acc[name] / total).astype(dtype)
+            avg = self._acc[name] / total
+            if self._scale[name] != 1.0:
+                avg *= 1.0 / self._scale[name]
+            avg = avg.astype(dtype)
             if not np.all(np.isfinite(avg)):
                 raise StrategyError(f"the average of {name!r} is not finite")
             out[name] = avg

@@ -26,8 +26,10 @@ def needs_store(scenario: str) -> bool:
 
 
 def progress_bar(app: Any, transient: bool = True) -> Progress:
+    """Only on a terminal and never with -q (off a terminal rich would leave a blank line on stderr)."""
+    terminal = bool(getattr(app.err, "is_terminal", False))
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=app.err, transient=transient, disable=app.quiet)
+                    TimeElapsedColumn(), console=app.err, transient=transient, disable=app.quiet or not terminal)
 
 
 def plan_table(plan: list[Deployment], title: str) -> Table:

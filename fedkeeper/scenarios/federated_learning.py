@@ -1,36 +1,62 @@
 """The federated-learning experiment: deploy what is missing, then rounds of clients → aggregator.
 
-Round r: choose clients from (seed, r); invoke `fl_client` for those without a stored update; wait under the
-resilience policy; hand the aggregator exactly the clients whose update is in the store (sorted, so the result
-does not depend on arrival order); record metrics. The store is the source of truth, so an interrupted run
-resumes at the first round without a global model and repeats nothing that was accepted; the tracker continues
-the attempt numbering and adopts what the interrupted run left in flight.
+Round r: choose and rank clients from (seed, r); invoke `fl_client` for those without a stored update; wait under
+the resilience policy; hand the aggregator the clients the round decided on — under over-selection the first
+`num_clients_per_round` by rank that succeeded (`scenarios.cohort`), so the result does not depend on arrival
+order — naming the activation whose update to take; record metrics. The store is the source of truth, so an
+interrupted run resumes at the first round without a global model and repeats nothing that was accepted; the
+tracker continues the attempt numbering and adopts what the interrupted run left in flight. One orchestrator at a
+time drives a run: it holds the run's lock (`store.locks`) from before it deploys until its end is recorded.
+
+Every way a run ends — all rounds done or the target accuracy reached (`completed`), too few clients in a round
+(`quorum_lost`), any error (`failed`), Ctrl-C or SIGTERM (`interrupted`) — writes summary.json and the end event
+with that status and its reason, and the same status and reason into the store's runs document. The counts and
+the wall time are recomputed from the records of the whole run (`fedkeeper.results.counts`), so they add up
+over resumed sessions.
 """
 
 from __future__ import annotations
 
 import math
-import signal
+import re
 import time
 import uuid
-from contextlib import ExitStack, contextmanager
-from collections.abc import Iterator
+from collections.abc import Mapping
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedkeeper import config as cfg
+from fedkeeper import signals
 from fedkeeper.activations import JobState
 from fedkeeper.config.models import Config, FederatedLearning
-from fedkeeper.errors import RunFailed, UsageProblem
+from fedkeeper.errors import FedkeeperError, Interrupted, RunFailed, UsageProblem
 from fedkeeper.fabric import Fabric
+from fedkeeper.results import counts
+from fedkeeper.results.run_folders import read_activations, read_events, read_rounds
 from fedkeeper.results.runlog import RunLog
+from fedkeeper.runtime import urls
+from fedkeeper.scenarios.cohort import Cohort
 from fedkeeper.scenarios.deployment import deploy_plan, store_env_for
-from fedkeeper.tracker import Attempt, Job, Tracker, select_clients
+from fedkeeper.scenarios.issued_updates import RoundUpdates, round_updates
+from fedkeeper.store.locks import RunLock, RunLocked
+from fedkeeper.tracker import Attempt, Job, Tracker, rank_clients
 
 MODEL_KEYS = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
+
+#: how a run ends (summary.json, the end event and the runs document say the same)
+COMPLETED, QUORUM_LOST, FAILED, INTERRUPTED = "completed", "quorum_lost", "failed", "interrupted"
+#: the end event of each status; a lost quorum is a failure to older readers (its event says the status)
+END_EVENTS = {COMPLETED: "run_finished", QUORUM_LOST: "run_failed", FAILED: "run_failed",
+              INTERRUPTED: "run_interrupted"}
+
+
+class QuorumLost(RunFailed):
+    """Fewer clients than `resilience.min_fraction` asks for stored an update: exit 1, resumable."""
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -41,10 +67,21 @@ def model_spec(fl: FederatedLearning) -> dict[str, Any]:
 
 
 def data_spec(fl: FederatedLearning) -> dict[str, Any]:
-    data = {k: v for k, v in fl.training_test_data.model_dump().items() if v not in (None, {})}
+    """The data part of a payload. Its URLs carry no `user:password@`: payloads are kept by the platforms and
+    shown to whoever holds a key; the functions get the credentials at deploy time (`Fabric.function_env`)."""
+    data, _credentials = urls.detach_credentials(fl.training_test_data.model_dump())
+    data = {k: v for k, v in data.items() if v not in (None, {})}
     ds = fl.data_sampling
     data.update(partition=ds.partition, shards_per_client=ds.shards_per_client, alpha=ds.alpha)
     return data
+
+
+def unchecked_downloads(fl: FederatedLearning) -> dict[str, str]:
+    """{key: URL} of the data files that are downloaded without a `sha256` to check them against."""
+    data = data_spec(fl)
+    sums = data.get("sha256") or {}
+    return {k: re.split(r"[?#]", str(data[k]), maxsplit=1)[0] for k in ("train_images", "train_labels", "test_images", "test_labels")
+            if isinstance(data.get(k), str) and re.match(r"(?i)https?://", data[k]) and k not in sums}
 
 
 def client_payload(run_id: str, round_number: int, client_id: int, fl: FederatedLearning) -> dict[str, Any]:
@@ -55,12 +92,65 @@ def client_payload(run_id: str, round_number: int, client_id: int, fl: Federated
 
 
 def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedLearning, keep_models: int,
-                       client_ids: list[int] | None = None) -> dict[str, Any]:
+                       updates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`updates`: per client, the activation whose stored update to aggregate (`RoundUpdates.for_aggregator`);
+    with `num_clients` the aggregator recomputes each client's shard size to bound its `num_examples`."""
     payload = {"mode": mode, "run_id": run_id, "round": round_number, "seed": fl.seed, "model": model_spec(fl),
                "data": data_spec(fl), "keep_models": keep_models}
-    if client_ids is not None:
-        payload["client_ids"] = client_ids
+    if updates is not None:
+        payload.update(updates=updates, num_clients=fl.clients_info.total_num_clients)
     return payload
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "–:––"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class RunClock:
+    """Elapsed time of the whole run (earlier sessions included) and the time the remaining rounds should take."""
+
+    def __init__(self, prior_s: float, prior_round_s: list[float], planned: int, done: int) -> None:
+        self.prior_s, self.session_start = prior_s, time.time()
+        self.round_s = list(prior_round_s)  # this session's rounds are added as they finish
+        self.planned, self.done = planned, done
+        self.round_start: float | None = None
+
+    def elapsed(self) -> float:
+        return self.prior_s + time.time() - self.session_start
+
+    def eta(self) -> float | None:
+        """Mean round time × rounds left, less what the current round has taken; None before any round."""
+        if not self.round_s:
+            return None
+        mean = sum(self.round_s[-10:]) / len(self.round_s[-10:])
+        current = time.time() - self.round_start if self.round_start is not None else 0.0
+        return max(0.0, mean * (self.planned - self.done) - current)
+
+
+class _Detail(ProgressColumn):
+    """The run line: rounds done, elapsed, ETA. A round line: clients ok / failed / retried, its time."""
+
+    def render(self, task: Task) -> Text:
+        clock: RunClock | None = task.fields.get("clock")
+        if clock is not None:
+            return Text(f"{clock.done}/{clock.planned} rounds · elapsed {_clock(clock.elapsed())} · "
+                        f"ETA {_clock(clock.eta())}")
+        return Text(f"{task.completed:.0f}/{task.total:.0f} ok · {task.fields.get('failed', 0)} failed · "
+                    f"{task.fields.get('retrying', 0)} retried · {_clock(task.elapsed)}")
+
+
+def progress_display(app: Any) -> Progress:
+    """The live lines on stderr: only on a terminal, never with -q (a pipe or a file gets none of it)."""
+    terminal = bool(getattr(app.err, "is_terminal", False))
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _Detail(), console=app.err,
+                    transient=True, disable=app.quiet or not terminal)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -70,18 +160,26 @@ class Experiment:
     """One `fedkeeper start`: owns the run document, the Logs/ folder, the tracker and the round loop."""
 
     def __init__(self, app: Any, config: Config, fabric: Fabric, store: Any, run: dict[str, Any],
-                 runlog: RunLog, rounds: int) -> None:
+                 runlog: RunLog, rounds: int, prior_events: list[dict[str, Any]] | None = None, *,
+                 lock: RunLock | None = None) -> None:
         self.app, self.config, self.fabric, self.store = app, config, fabric, store
+        self.lock = lock  # checked at each round and each tracker pass: a process that lost it stops writing
         self.fl = config.fl
         self.run = run
         self.run_id: str = run["_id"]
         self.runlog = runlog
         self.rounds = rounds
         self.store_env = store_env_for(store)
-        self.tracker = Tracker(fabric, store, runlog, self.fl.resilience, redeploy=self._redeploy, seed=self.fl.seed)
+        self.tracker = Tracker(fabric, store, runlog, self.fl.resilience, redeploy=self._redeploy, seed=self.fl.seed,
+                               guard=lock.check if lock is not None else None)
         self.started = time.time()
         self.round_rows: list[dict[str, Any]] = []
         self.last_model: dict[str, Any] | None = None
+        self.current_round: int | None = None
+        prior_rounds = read_rounds(runlog.dir)
+        self.clock = RunClock(counts.wall_s(prior_events or []) or 0.0,
+                              [float(r["round_s"]) for r in prior_rounds if r.get("round_s") is not None],
+                              rounds, int(run.get("last_completed_round") or 0))
 
     # ---------------------------------------------------------------- helpers
 
@@ -99,9 +197,20 @@ class Experiment:
         memory, timeout, _ = self.fabric.limits(function, cluster)
         return Job(self.run_id, round_number, client_id, cluster, function, name, payload, timeout, memory)
 
-    def _aggregate(self, round_number: int, mode: str, client_ids: list[int] | None) -> dict[str, Any]:
+    def _stored_updates(self, round_number: int, acks: Mapping[int, Any] | None = None, *,
+                        report: bool = False) -> RoundUpdates:
+        """Per client, the stored update an activation of this run wrote (`scenarios.issued_updates`); with
+        `report`, the round's other documents are logged as `update_ignored`."""
+        found = round_updates(self.store.find_activations(self.run_id, round=round_number),
+                              self.store.blobs.list_updates(self.run_id, round_number), run_id=self.run_id,
+                              round_number=round_number, acks=acks)
+        for item in found.ignored if report else ():
+            self.runlog.event("update_ignored", round=round_number, **item)
+        return found
+
+    def _aggregate(self, round_number: int, mode: str, updates: list[dict[str, Any]] | None) -> dict[str, Any]:
         job = self._job(round_number, None, aggregator_payload(
-            self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models, client_ids))
+            self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models, updates))
         self.tracker.run([job])
         if job.state is not JobState.SUCCEEDED or not job.result:
             raise RunFailed(f"round {round_number}: the aggregator failed after {job.attempts} attempt(s): {job.error}")
@@ -117,18 +226,39 @@ class Experiment:
                               seconds=round(time.perf_counter() - t0, 3))
         self.last_model = self.store.get_model_doc(self.run_id, 0)
 
-    def run_rounds(self, progress: Progress) -> None:
-        start = int(self.run.get("last_completed_round") or 0) + 1
+    def _target_reached(self, round_number: int, accuracy: float | None) -> str | None:
+        target = self.fl.target_accuracy
+        if target is None or round_number < 1 or accuracy is None or accuracy < target:
+            return None
+        return f"target accuracy {target:g} reached in round {round_number} (accuracy {accuracy:.4f})"
+
+    def run_rounds(self, progress: Progress) -> str:
+        """Rounds until the last one or the target accuracy; returns why the run is complete."""
+        done = int(self.run.get("last_completed_round") or 0)
+        if done:  # a resumed run whose last round already reached the target has nothing left to do
+            metrics = (self.store.get_model_doc(self.run_id, done) or {}).get("metrics") or {}
+            reached = self._target_reached(done, metrics.get("accuracy"))
+            if reached:
+                return reached
         fl = self.fl
         per_round = fl.clients_info.num_clients_per_round
         total = fl.clients_info.total_num_clients
         selected_count = min(total, math.ceil(per_round * (1 + fl.resilience.overselect)))
         quorum = max(1, math.ceil(fl.resilience.min_fraction * per_round))
-        for r in range(start, self.rounds + 1):
+        run_task = progress.add_task("run", total=self.rounds, completed=done, clock=self.clock)
+        for r in range(done + 1, self.rounds + 1):
+            self.current_round = r
+            if self.lock is not None:
+                self.lock.check()
+            self.clock.round_start = time.time()
             t0 = time.perf_counter()
-            selected = select_clients(fl.seed, r, total, selected_count)
-            self.runlog.event("round_started", round=r, selected=selected)
-            stored = {int(u["client_id"]) for u in self.store.blobs.list_updates(self.run_id, r)}
+            cohort = Cohort(tuple(rank_clients(fl.seed, r, total, selected_count)), per_round)
+            selected = sorted(cohort.ranked)
+            self.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
+            stored_updates = self._stored_updates(r)
+            stored = set(stored_updates.chosen)
+            if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
+                self.tracker.settle_stored(self.run_id, r, stored_updates.docs)
             jobs = [self._job(r, client_id, client_payload(self.run_id, r, client_id, fl))
                     for client_id in selected if client_id not in stored]
             task = progress.add_task(f"round {r}/{self.rounds}", total=len(selected), completed=len(stored),
@@ -140,37 +270,45 @@ class Experiment:
             def ok(js: list[Job]) -> int:
                 return len(stored) + sum(j.state is JobState.SUCCEEDED for j in js)
 
-            satisfied = (lambda js: ok(js) >= per_round) if selected_count > per_round else None
+            def settled(js: list[Job]) -> bool:  # over-selection: the ranked clients it takes are all in
+                return cohort.settled(stored | {j.client_id for j in js if j.state is JobState.SUCCEEDED},
+                                      {j.client_id for j in js if j.state is JobState.GAVE_UP})
+
+            satisfied = settled if selected_count > per_round else None
             try:
                 outcome = self.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
                                            satisfied=satisfied)
             finally:
                 self.tracker.listeners.remove(listener)
             invoke_s = time.perf_counter() - t0
-            accepted = sorted(int(u["client_id"]) for u in self.store.blobs.list_updates(self.run_id, r)
-                              if int(u["client_id"]) in set(selected))
-            if fl.resilience.overselect > 0:  # over-selected: the first per_round by id, so order never matters
-                accepted = accepted[:per_round]
+            stored_updates = self._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
+                                                      if j.state is JobState.SUCCEEDED}, report=True)
+            # only what the round decided on when it stopped waiting: stored before it, or seen to succeed (an
+            # abandoned client's update that landed since is not used), then by rank, never by arrival order
+            arrived = stored | {j.client_id for j in outcome.jobs if j.state is JobState.SUCCEEDED}
+            accepted = cohort.pick(c for c in stored_updates.chosen if c in arrived)
             if len(accepted) < quorum:
                 progress.remove_task(task)
                 failed = [f"client {j.client_id}: {j.error}" for j in outcome.jobs
                           if j.state is not JobState.SUCCEEDED][:5]
-                raise RunFailed(f"round {r}: only {len(accepted)} of {len(selected)} selected clients stored an "
-                                f"update; at least {quorum} needed (resilience.min_fraction). "
-                                f"Resume with --resume {self.run_id}. Failures: {'; '.join(failed)}")
+                raise QuorumLost(f"round {r}: only {len(accepted)} of {len(selected)} selected clients stored an "
+                                 f"update; at least {quorum} needed (resilience.min_fraction). "
+                                 f"Resume with --resume {self.run_id}. Failures: {'; '.join(failed)}")
             t1 = time.perf_counter()
-            result = self._aggregate(r, "aggregate", accepted)
+            result = self._aggregate(r, "aggregate", stored_updates.for_aggregator(accepted))
             aggregate_s = time.perf_counter() - t1
-            for rejected in result.get("rejected") or []:
-                self.runlog.event("update_rejected", round=r, **rejected)
+            rejected = list(result.get("rejected") or [])
+            for item in rejected:
+                self.runlog.event("update_rejected", round=r, **item)
             progress.remove_task(task)
             durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
                          for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
-            c = outcome.counts
-            row = {"round": r, "selected": len(selected), "succeeded": len(accepted), "failed": c.failed,
-                   "timed_out": c.timed_out, "lost": c.lost, "retries": c.retries,
-                   "rejected": len(result.get("rejected") or []), "accuracy": result.get("accuracy"),
-                   "loss": result.get("loss"), "invoke_s": invoke_s,
+            aggregated = result.get("num_updates")
+            row = {"round": r, **counts.round_counts(
+                       self.store.find_activations(self.run_id, round=r), selected=len(selected),
+                       aggregated=int(aggregated) if aggregated is not None else len(accepted) - len(rejected),
+                       rejected=len(rejected)),
+                   "accuracy": result.get("accuracy"), "loss": result.get("loss"), "invoke_s": invoke_s,
                    "slowest_client_s": max(durations) if durations else 0.0, "aggregate_s": aggregate_s,
                    "round_s": time.perf_counter() - t0}
             self.runlog.round(row)
@@ -180,18 +318,25 @@ class Experiment:
             self.run["last_completed_round"] = r
             self.last_model = {"accuracy": result.get("accuracy"), "loss": result.get("loss"),
                                "sha256": result.get("model_sha256")}
+            self.clock.done, self.clock.round_start = r, None
+            self.clock.round_s.append(row["round_s"])
+            progress.update(run_task, completed=r)
             if not self.app.quiet:
                 progress.console.print(
                     f"round {r:>3}/{self.rounds}  acc {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-                    f"clients {len(accepted)}/{len(selected)}  retries {c.retries}  {row['round_s']:.2f}s",
-                    highlight=False)
-            target = fl.target_accuracy
-            if target is not None and (result.get("accuracy") or 0) >= target:
-                self.runlog.event("target_reached", round=r, accuracy=result.get("accuracy"), target=target)
-                break
+                    f"clients {row['aggregated']}/{len(selected)}"
+                    + (f" ({len(rejected)} rejected)" if rejected else "")
+                    + f"  retries {row['retries']}  {row['round_s']:.2f}s", highlight=False)
+            reached = self._target_reached(r, result.get("accuracy"))
+            if reached:
+                self.runlog.event("target_reached", round=r, accuracy=result.get("accuracy"),
+                                  target=fl.target_accuracy)
+                return reached
+        self.current_round = None
+        return f"all {self.rounds} rounds completed"
 
     def _progress_listener(self, progress: Progress, task: Any) -> Any:
-        counts = {"failed": 0, "retrying": 0}
+        tally = {"failed": 0, "retrying": 0}
 
         def listener(job: Job, attempt: Attempt | None, what: str) -> None:
             if job.client_id is None:
@@ -199,29 +344,105 @@ class Experiment:
             if what == "succeeded":
                 progress.advance(task)
             elif what in ("gave_up", "abandoned"):
-                counts["failed"] += 1
+                tally["failed"] += 1
             elif what in ("retrying", "throttled"):
-                counts["retrying"] += 1
-            progress.update(task, failed=counts["failed"], retrying=counts["retrying"])
+                tally["retrying"] += 1
+            progress.update(task, failed=tally["failed"], retrying=tally["retrying"])
 
         return listener
 
-    # ---------------------------------------------------------------- summary
+    # ---------------------------------------------------------------- the end
 
-    def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
-        final = self.store.get_model_doc(self.run_id, int(self.run.get("last_completed_round") or 0)) or {}
-        metrics = final.get("metrics") or {}
-        t = self.tracker.totals
+    def execute(self, progress: Progress) -> dict[str, Any]:
+        """The run from its first missing round to its end, whatever the end: summary.json and the store say
+        how it ended. An interruption is re-raised as `Interrupted` (exit 130) once it is recorded; any other
+        failure is returned as the summary of a failed run, except a bug, which is recorded, then re-raised."""
+        try:
+            with progress:
+                self.initialise()
+                reason = self.run_rounds(progress)
+        except KeyboardInterrupt as exc:
+            where = f" in round {self.current_round}" if self.current_round else ""
+            how = f"{signals.describe(exc)}{where}"
+            self.finish(INTERRUPTED, f"{how}; resume with --resume {self.run_id}")
+            raise Interrupted(f"run {self.run_id} {how}; resume with: fedkeeper start -c {self.config.source} "
+                              f"--resume {self.run_id}") from None
+        except QuorumLost as exc:
+            return self.finish(QUORUM_LOST, exc.describe(), error=exc.describe())
+        except RunLocked as exc:  # another orchestrator holds the run now: its status and files are its own
+            self.runlog.logger.error("%s", exc.describe())
+            raise
+        except FedkeeperError as exc:
+            return self.finish(FAILED, exc.describe(), error=exc.describe())
+        except Exception as exc:  # a bug: recorded like any failure, then reported as one (traceback with -v)
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            self.finish(FAILED, message, error=message)
+            raise
+        return self.finish(COMPLETED, reason)
+
+    def finish(self, status: str, reason: str, *, error: str | None = None) -> dict[str, Any]:
+        """Record how the run ended: the store's runs document, summary.json, the end event. The store may be
+        what failed, so the files are written whatever it answers. A second Ctrl-C waits until it is done."""
+        with signals.deferred():
+            return self._record_end(status, reason, error)
+
+    def _record_end(self, status: str, reason: str, error: str | None) -> dict[str, Any]:
+        finished = round(time.time(), 6)
+        try:
+            self.tracker.flush()  # activation records of an interrupted polling pass
+        except Exception as exc:  # noqa: BLE001 - the store is gone: the Logs/ files still count
+            self.runlog.logger.warning("could not write the last activation records to the store: %s", exc)
+        summary = self.summary(status, reason, finished=finished, error=error)
+        try:
+            self.store.update_run(self.run_id, status=status, reason=reason, error=error, updated=finished,
+                                  finished=finished, wall_s=summary["wall_s"],
+                                  model_sha256=summary.get("model_sha256"))
+        except Exception as exc:  # noqa: BLE001
+            self.runlog.logger.warning("could not record the end of the run in the store: %s", exc)
+            summary["store_error"] = f"{type(exc).__name__}: {exc}"
+        self.runlog.write_json("summary.json", summary)
+        self.runlog.event(END_EVENTS[status], ts=finished, **{k: v for k, v in summary.items() if k != "run_id"})
+        self.runlog.logger.info("run %s %s after %s rounds: %s", self.run_id, status, summary["rounds_completed"],
+                                reason)
+        return summary
+
+    def _records(self) -> list[dict[str, Any]]:
+        """Every activation record of the run (all sessions): the store's, or Logs/ when the store fails."""
+        try:
+            return list(self.store.find_activations(self.run_id))
+        except Exception as exc:  # noqa: BLE001
+            self.runlog.logger.warning("counting activations from activations.csv: the store failed: %s", exc)
+            return read_activations(self.runlog.dir)
+
+    def _final_model(self) -> dict[str, Any]:
+        """accuracy, loss and sha256 of the last completed round's model (the store's, else what is known)."""
+        last = int(self.run.get("last_completed_round") or 0)
+        try:
+            doc = self.store.get_model_doc(self.run_id, last) or {}
+            metrics = doc.get("metrics") or {}
+            return {"accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"), "sha256": doc.get("sha256")}
+        except Exception:  # noqa: BLE001 - the store is what failed
+            model = self.last_model or {}
+            return {"accuracy": model.get("accuracy"), "loss": model.get("loss"), "sha256": model.get("sha256")}
+
+    def summary(self, status: str, reason: str, *, finished: float | None = None,
+                error: str | None = None) -> dict[str, Any]:
+        """summary.json: every count from the records of the whole run (`fedkeeper.results.counts`)."""
+        finished = finished if finished is not None else round(time.time(), 6)
+        events = list(read_events(self.runlog.dir / "events.jsonl"))
+        activations = {**counts.count_activations(self._records()).as_dict(),
+                       "redeploys": counts.count_redeploys(events)}
+        final = self._final_model()
         data: dict[str, Any] = {
-            "run_id": self.run_id, "experiment": self.config.experiment, "status": status,
+            "run_id": self.run_id, "experiment": self.config.experiment, "status": status, "reason": reason,
             "rounds_completed": int(self.run.get("last_completed_round") or 0), "rounds_planned": self.rounds,
-            "final": {"accuracy": metrics.get("accuracy"), "loss": metrics.get("loss")},
-            "wall_s": round(time.time() - self.started, 3),
-            "activations": {"total": t.succeeded + t.failed + t.timed_out + t.lost, "succeeded": t.succeeded,
-                            "failed": t.failed, "timed_out": t.timed_out, "lost": t.lost, "retries": t.retries,
-                            "throttled": t.throttled, "redeploys": t.redeploys},
-            "model_sha256": final.get("sha256"), "config_digest": self.run.get("config_digest"),
-            "started": self.run.get("started"), "finished": time.time(),
+            "final": {"accuracy": final["accuracy"], "loss": final["loss"]},
+            "wall_s": counts.wall_s(events, end=finished),
+            "sessions": len(counts.sessions(events)),
+            "activations": activations,
+            "totals": counts.sum_rounds(read_rounds(self.runlog.dir)),
+            "model_sha256": final["sha256"], "config_digest": self.run.get("config_digest"),
+            "started": self.run.get("started"), "finished": finished,
             "clusters": {n: c.kind for n, c in self.config.clusters().items()},
         }
         if error:
@@ -236,22 +457,41 @@ def new_run_id(experiment: str) -> str:
     return f"{experiment}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
-def _open_run(app: Any, config: Config, store: Any, resume: str | None, run_id: str | None,
+def _find_run(config: Config, store: Any, resume: str) -> dict[str, Any]:
+    run = store.latest_run(config.experiment) if resume == "latest" else store.get_run(resume)
+    if run is None:
+        raise UsageProblem(f"--resume {resume}: no run of experiment {config.experiment!r} in the store")
+    if run.get("experiment") != config.experiment:
+        raise UsageProblem(f"--resume {resume}: run belongs to experiment {run.get('experiment')!r}")
+    return run
+
+
+def completion(run: Mapping[str, Any], config: Config, rounds: int) -> str | None:
+    """Why a completed run has nothing left to do (None: it goes on). A run is complete when its rounds are
+    done or its last round reached the configured target accuracy; asking a run that completed all its rounds
+    for more (`--rounds`) continues it."""
+    if run.get("status") != COMPLETED:
+        return None
+    done = int(run.get("last_completed_round") or 0)
+    target = config.fl.target_accuracy
+    accuracy = run.get("last_accuracy")
+    if target is not None and isinstance(accuracy, (int, float)) and accuracy >= target:
+        return run.get("reason") or f"target accuracy {target:g} reached in round {done}"
+    if done >= rounds:
+        return run.get("reason") or f"all {done} rounds completed"
+    return None
+
+
+def _open_run(app: Any, config: Config, store: Any, previous: dict[str, Any] | None, run_id: str | None,
               rounds: int) -> dict[str, Any]:
     digest = cfg.config_digest(config)
-    if resume:
-        run = store.latest_run(config.experiment) if resume == "latest" else store.get_run(resume)
-        if run is None:
-            raise UsageProblem(f"--resume {resume}: no run of experiment {config.experiment!r} in the store")
-        if run.get("experiment") != config.experiment:
-            raise UsageProblem(f"--resume {resume}: run belongs to experiment {run.get('experiment')!r}")
-        if run.get("status") == "completed" and int(run.get("last_completed_round") or 0) >= rounds:
-            raise UsageProblem(f"--resume {resume}: run {run['_id']} already completed {rounds} rounds")
-        if run.get("config_digest") != digest:
-            app.info("[yellow]warning[/] the config changed since this run started; resuming with the new one")
-        store.update_run(run["_id"], status="running", updated=time.time(), rounds=rounds)
-        run["status"] = "running"
-        return run
+    if previous is not None:
+        if previous.get("config_digest") != digest:
+            app.warn("the config changed since this run started; resuming with the new one")
+        store.update_run(previous["_id"], status="running", reason=None, error=None, updated=time.time(),
+                         rounds=rounds)
+        previous["status"] = "running"
+        return previous
     run = {"_id": run_id or new_run_id(config.experiment), "experiment": config.experiment,
            "config_digest": digest, "config": cfg.redacted(config), "seed": config.fl.seed, "status": "running",
            "rounds": rounds, "last_completed_round": 0, "started": time.time(), "updated": time.time(),
@@ -262,92 +502,110 @@ def _open_run(app: Any, config: Config, store: Any, resume: str | None, run_id: 
     return run
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """`kill` (SIGTERM) stops a run like Ctrl-C: cleanly, resumable."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def _already_complete(app: Any, run: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """`--resume` of a complete run: nothing runs; its summary.json (else what the store knows) is the result."""
+    folder = app.logs_dir / str(run["_id"])
+    try:
+        import json
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (tests)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {"run_id": run["_id"], "experiment": run.get("experiment"), "status": COMPLETED,
+                   "reason": reason, "rounds_completed": int(run.get("last_completed_round") or 0),
+                   "rounds_planned": run.get("rounds"),
+                   "final": {"accuracy": run.get("last_accuracy"), "loss": run.get("last_loss")},
+                   "wall_s": run.get("wall_s"), "model_sha256": run.get("model_sha256"),
+                   "started": run.get("started"), "finished": run.get("finished")}
+    summary.update(status=COMPLETED, reason=summary.get("reason") or reason, already_complete=True)
+    app.info(f"run [bold]{run['_id']}[/] is already complete ({reason}); nothing to resume")
+    return summary
 
 
 def start_command(app: Any, config: Config, *, rounds: int | None = None, resume: str | None = None,
                   deploy: bool = True, run_id: str | None = None) -> dict[str, Any]:
-    """`fedkeeper start`: returns the run summary (also written to Logs/<run>/summary.json)."""
+    """`fedkeeper start`: returns the run summary (also written to Logs/<run>/summary.json).
+
+    A completed, quorum-lost or failed run returns its summary; an interrupted one raises `Interrupted` once
+    recorded; `--resume` of a complete run returns its summary without running anything.
+    """
     from fedkeeper.store import open_store
 
     fl = config.fl
     total_rounds = rounds or fl.rounds
     with ExitStack() as stack:
-        stack.enter_context(_sigterm_as_interrupt())
+        stack.enter_context(signals.interrupts_as_keyboard())  # SIGTERM: recorded and resumable like Ctrl-C
         store = stack.enter_context(open_store(config.mongo_config, workdir=app.workdir))
+        previous = _find_run(config, store, resume) if resume else None
+        run_id = previous["_id"] if previous is not None else run_id or new_run_id(config.experiment)
+        # one orchestrator per run, from before anything is deployed or written (RunLocked, exit 1, otherwise)
+        lock = RunLock(store, run_id).acquire()
+        stack.callback(lock.release)  # after the run's end is recorded (callbacks unwind last in, first out)
+        if lock.took_over is not None:
+            app.warn(f"run {run_id}: took over the lock of {lock.took_over.describe()}: {lock.took_over_because}")
+        if previous is not None:
+            previous = store.get_run(run_id) or previous  # as the last holder left it
+            reason = completion(previous, config, total_rounds)
+            if reason is not None:
+                return _already_complete(app, previous, reason)
         fabric = stack.enter_context(Fabric(config, app.workdir))
         if deploy:
             deploy_plan(fabric, app, fabric.plan("federated_learning"), store_env_for(store))
-        run = _open_run(app, config, store, resume, run_id, total_rounds)
+        run = _open_run(app, config, store, previous, run_id, total_rounds)
         runlog = stack.enter_context(RunLog(app.logs_dir, run["_id"], app.redactor))
+        prior_events = list(read_events(runlog.dir / "events.jsonl"))
         runlog.write_config(cfg.redacted(config))
-        runlog.event("run_started" if not resume else "run_resumed", experiment=config.experiment,
-                     rounds=total_rounds, from_round=int(run.get("last_completed_round") or 0) + 1)
+        for key, url in unchecked_downloads(fl).items():  # said plainly, where the run's record is kept
+            runlog.logger.warning("data %s (%s) is downloaded without a checksum: the functions use what the URL "
+                                  "serves (and their cached copy) unchecked; set training_test_data.sha256.%s",
+                                  key, url, key)
+        taken = {"lock_taken_from": f"{lock.took_over.describe()}: {lock.took_over_because}"} if lock.took_over else {}
+        runlog.event("run_started" if previous is None else "run_resumed", experiment=config.experiment,
+                     rounds=total_rounds, from_round=int(run.get("last_completed_round") or 0) + 1, **taken)
         runlog.logger.info("run %s: %s rounds, store %s", run["_id"], total_rounds, store.display_url)
-        experiment = Experiment(app, config, fabric, store, run, runlog, total_rounds)
-        stack.callback(experiment.tracker.close)
+        experiment = Experiment(app, config, fabric, store, run, runlog, total_rounds, prior_events, lock=lock)
+        stack.callback(_close_quietly, experiment.tracker, runlog)
         app.info(f"run [bold]{run['_id']}[/] → {runlog.dir}")
-        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.completed}/{task.total} ok · {task.fields[failed]} failed · "
-                                       "{task.fields[retrying]} retried"), TimeElapsedColumn(),
-                            console=app.err, transient=True, disable=app.quiet)
-        try:
-            with progress:
-                experiment.initialise()
-                experiment.run_rounds(progress)
-        except KeyboardInterrupt:
-            summary = experiment.summary("interrupted")
-            _finish(store, runlog, run, summary)
-            app.info(f"interrupted; resume with: fedkeeper start -c {config.source} --resume {run['_id']}")
-            raise
-        except RunFailed as exc:
-            summary = experiment.summary("failed", str(exc))
-            _finish(store, runlog, run, summary)
-            return summary
-        summary = experiment.summary("completed")
-        _finish(store, runlog, run, summary)
-        if not app.quiet:
+        summary = experiment.execute(progress_display(app))
+        if not getattr(app, "json", False):  # the result: printed with -q too; --json prints it as JSON instead
             print_summary(app, summary, runlog)
         return summary
 
 
-def _finish(store: Any, runlog: RunLog, run: dict[str, Any], summary: dict[str, Any]) -> None:
-    store.update_run(run["_id"], status=summary["status"], updated=time.time(), error=summary.get("error"),
-                     model_sha256=summary.get("model_sha256"))
-    runlog.write_json("summary.json", summary)
-    event = {"completed": "run_finished", "failed": "run_failed"}.get(summary["status"], "run_interrupted")
-    runlog.event(event, **{k: v for k, v in summary.items() if k not in ("run_id",)})
-    runlog.logger.info("run %s %s after %s rounds", run["_id"], summary["status"], summary["rounds_completed"])
+def _close_quietly(tracker: Tracker, runlog: RunLog) -> None:
+    """Stop the tracker's poll threads; its last records were written (or could not be) when the run ended."""
+    try:
+        tracker.close()
+    except Exception as exc:  # noqa: BLE001 - the store failed: the run's end is recorded already
+        runlog.logger.warning("closing the tracker: %s", exc)
 
 
 def print_summary(app: Any, summary: dict[str, Any], runlog: RunLog) -> None:
+    """The summary table, then one line that says how the run ended (the console's last line)."""
     table = Table(title=f"run {summary['run_id']}", title_justify="left", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
     final = summary["final"]
     acts = summary["activations"]
+    totals = summary.get("totals") or {}
     table.add_row("status", summary["status"])
+    table.add_row("reason", str(summary.get("reason") or ""))
     table.add_row("rounds", f"{summary['rounds_completed']}/{summary['rounds_planned']}")
     if final["accuracy"] is not None:
         table.add_row("final accuracy", f"{final['accuracy']:.4f}")
         table.add_row("final loss", f"{final['loss']:.4f}")
+    if totals.get("selected") is not None:
+        table.add_row("client updates", f"{totals['aggregated']} aggregated of {totals['selected']} selected, "
+                                        f"{totals['rejected']} rejected")
     table.add_row("activations", f"{acts['total']} ({acts['succeeded']} ok, {acts['failed']} failed, "
-                                 f"{acts['timed_out']} timed out, {acts['lost']} lost, {acts['retries']} retries)")
-    table.add_row("wall time", f"{summary['wall_s']:.1f} s")
+                                 f"{acts['timed_out']} timed out, {acts['lost']} lost, "
+                                 f"{acts.get('abandoned', 0)} abandoned, {acts.get('throttled', 0)} throttled; "
+                                 f"{acts['retries']} retries)")
+    wall = summary.get("wall_s")
+    sessions = summary.get("sessions") or 1
+    table.add_row("wall time", "–" if wall is None else
+                  f"{wall:.1f} s" + (f" over {sessions} sessions" if sessions > 1 else ""))
     table.add_row("model sha256", str(summary["model_sha256"]))
     table.add_row("logs", str(runlog.dir))
     app.console.print(table)
+    app.console.print(f"run {summary['run_id']} {summary['status']}: {summary.get('reason') or ''}",
+                      highlight=False, markup=False, soft_wrap=True)

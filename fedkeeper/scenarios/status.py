@@ -1,10 +1,17 @@
 """`fedkeeper status`: what is deployed where, whether it matches the config, and how the runs stand.
 
 Unlike `report`, this asks the live systems: every cluster for the functions labelled with the experiment,
-and the store for the runs and the activations of a run's current round. A function is *in sync* when the
-digest it was deployed with equals the digest `deploy` would give it now (same code, limits and store
-settings); otherwise the next `deploy`/`start` updates it. One unreachable cluster is reported in its rows
-and does not hide the others.
+and the store for the runs and the activations of a run's current round.
+
+Drift: a function is *current* when the digest the platform reports for it (`FunctionInfo.digest`, written at
+deploy time) equals the digest `deploy` would give it now (`Fabric.deploy_spec`: code, limits, settings and
+the store's address), and *outdated* when its code or settings changed since (the next `deploy`/`start`
+updates it). Each function also carries the digest of its code and settings alone (`LABEL_CODE`), so a
+function deployed before the embedded store came back on another port is not mistaken for changed code.
+
+Nothing unreachable hides the rest: a cluster that cannot be listed is reported in its row, a store that
+cannot be opened leaves the functions shown and the runs unknown, and `errors` lists both (the command then
+exits 1).
 """
 
 from __future__ import annotations
@@ -16,10 +23,10 @@ from typing import Any
 from rich.console import Console
 
 from fedkeeper.config.models import Config
-from fedkeeper.errors import UsageProblem
+from fedkeeper.errors import FedkeeperError, StoreFailure, UsageProblem
 from fedkeeper.fabric import Fabric
 from fedkeeper.packaging import PackagingError
-from fedkeeper.providers.base import LABEL_DIGEST, LABEL_FUNCTION, FunctionInfo, ProviderError
+from fedkeeper.providers.base import LABEL_CODE, LABEL_DIGEST, LABEL_FUNCTION, FunctionInfo, ProviderError
 
 #: run statuses whose current round is worth showing activation by activation
 OPEN_STATUSES = ("running", "interrupted")
@@ -38,9 +45,12 @@ class FunctionStatus:
     timeout_s: float | None = None
     digest: str | None = None
     expected_digest: str | None = None
-    in_sync: bool | None = None
+    in_sync: bool | None = None  # the deployed digest equals the expected one, store address included
     limits_match: bool | None = None
     note: str | None = None
+    #: the verdict: current | outdated (code or settings changed since the deploy) | unknown | missing |
+    #: unreachable (the cluster could not be listed)
+    sync: str | None = None
 
 
 def _digest_of(info: FunctionInfo) -> str | None:
@@ -48,35 +58,64 @@ def _digest_of(info: FunctionInfo) -> str | None:
 
 
 class _ExpectedDigests:
-    """What `deploy` would label each (function, cluster) with now; built once per pair (it packages a zip)."""
+    """What `deploy` would label each (function, cluster) with now; built once per pair (it packages a zip).
 
-    def __init__(self, fabric: Fabric, store_env: dict[str, str]) -> None:
+    `store_env` None: the store's address is unknown (it could not be opened), so only the code digests compare.
+    """
+
+    def __init__(self, fabric: Fabric, store_env: dict[str, str] | None) -> None:
         self.fabric, self.store_env = fabric, store_env
-        self._cache: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+        self._cache: dict[tuple[str, str], tuple[str | None, str | None, str | None]] = {}
 
-    def get(self, function: str, cluster: str) -> tuple[str | None, str | None]:
-        """(digest, why it is unknown)."""
+    def get(self, function: str, cluster: str) -> tuple[str | None, str | None, str | None]:
+        """(digest, code digest, why they are unknown)."""
         key = (function, cluster)
         if key not in self._cache:
             try:
-                self._cache[key] = (self.fabric.deploy_spec(function, cluster, self.store_env).digest, None)
+                spec = self.fabric.deploy_spec(function, cluster, self.store_env or {})
+                self._cache[key] = (spec.digest if self.store_env is not None else None, spec.labels.get(LABEL_CODE),
+                                    None)
             except (PackagingError, OSError, ValueError) as exc:  # e.g. wheels not downloadable: say so
-                self._cache[key] = (None, f"cannot build {function} for {cluster} to compare: "
-                                          f"{type(exc).__name__}: {exc}")
+                self._cache[key] = (None, None, f"cannot build {function} for {cluster} to compare: "
+                                                f"{type(exc).__name__}: {exc}")
         return self._cache[key]
 
 
 STALE_STORE_NOTE = ("deployed with an earlier address of the embedded store (it gets a new port each time it "
                     "starts); the next start or deploy refreshes it")
+OUTDATED_NOTE = "code or settings changed since the deploy; the next start or deploy updates it"
+OTHER_STORE_NOTE = "deployed with another store address; the next start or deploy updates it"
+UNCHECKED_STORE_NOTE = "the store's address was not compared (the store could not be reached)"
 
 
-def function_statuses(config: Config, fabric: Fabric, store_env: dict[str, str], *,
+def verdict(deployed: str | None, deployed_code: str | None, expected: str | None, expected_code: str | None, *,
+            fresh_store_address: bool = False) -> tuple[str, str | None]:
+    """(sync, note) of one deployed function from its digests.
+
+    `expected` None: the store's address is unknown. `deployed_code` None: deployed before functions carried
+    their code digest (then only the whole digest compares). `fresh_store_address`: this command started the
+    embedded store, so a function can only carry an earlier address of it.
+    """
+    if expected is not None and deployed == expected:
+        return "current", None
+    if deployed_code and expected_code:
+        if deployed_code != expected_code:
+            return "outdated", OUTDATED_NOTE
+        if expected is None:
+            return "current", UNCHECKED_STORE_NOTE
+        return ("current", STALE_STORE_NOTE) if fresh_store_address else ("outdated", OTHER_STORE_NOTE)
+    if expected is None or fresh_store_address:
+        return "unknown", ("deployed without a code digest, and the store's address cannot be compared: "
+                           "the next start or deploy labels it")
+    return "outdated", "code, settings or store address changed since the deploy; the next start or deploy updates it"
+
+
+def function_statuses(config: Config, fabric: Fabric, store_env: dict[str, str] | None, *,
                       fresh_store_address: bool = False) -> list[FunctionStatus]:
     """Every function of the experiment per cluster, compared with the deployment plan of the config.
 
-    `limits_match` compares memory and timeout with the plan on their own, because the digest also covers the
-    store address: with `fresh_store_address` (this command started the embedded store, so no function can
-    have been deployed with its address) every digest differs, and the note says why.
+    `limits_match` compares memory and timeout with the plan on their own. `store_env` is what functions get to
+    reach the store (None when it could not be opened: then only code and settings are compared).
     """
     plan = fabric.plan("federated_learning") if config.scenarios.federated_learning else []
     wanted = {(d.cluster, d.name): d for d in plan}
@@ -87,7 +126,8 @@ def function_statuses(config: Config, fabric: Fabric, store_env: dict[str, str],
         try:
             found = fabric.provider(cluster).list(fabric.labels)
         except (ProviderError, OSError, ImportError) as exc:
-            rows.append(FunctionStatus(cluster, kind, "–", None, "error", note=f"{type(exc).__name__}: {exc}"))
+            rows.append(FunctionStatus(cluster, kind, "–", None, "error", note=f"{type(exc).__name__}: {exc}",
+                                       sync="unreachable"))
             continue
         seen = set()
         for info in sorted(found, key=lambda i: i.name):
@@ -101,18 +141,24 @@ def function_statuses(config: Config, fabric: Fabric, store_env: dict[str, str],
                 row.limits_match = (info.memory_mb == planned.memory_mb
                                     and abs(float(info.timeout_s) - planned.timeout_s) < 1e-6)
             if function:
-                row.expected_digest, row.note = expected.get(function, cluster)
-                if row.expected_digest is not None:
-                    row.in_sync = row.digest == row.expected_digest
-                    if not row.in_sync and fresh_store_address:
-                        row.note = STALE_STORE_NOTE
+                row.expected_digest, expected_code, unknown = expected.get(function, cluster)
+                if unknown:
+                    row.sync, row.note = "unknown", unknown
+                else:
+                    if row.expected_digest is not None:
+                        row.in_sync = row.digest == row.expected_digest
+                    row.sync, row.note = verdict(row.digest, info.labels.get(LABEL_CODE), row.expected_digest,
+                                                 expected_code, fresh_store_address=fresh_store_address)
+            else:
+                row.sync, row.note = "unknown", "carries no function label"
             if row.state == "orphan":
                 row.note = "not in the config's deployment plan (remove deletes it)"
             rows.append(row)
         for (plan_cluster, name), d in wanted.items():
             if plan_cluster == cluster and name not in seen:
                 rows.append(FunctionStatus(cluster, kind, name, d.function, "missing", d.memory_mb, d.timeout_s,
-                                           in_sync=False, note="not deployed (start or deploy creates it)"))
+                                           in_sync=False, note="not deployed (start or deploy creates it)",
+                                           sync="missing"))
     return rows
 
 
@@ -156,40 +202,93 @@ def _fresh_embedded(store: Any) -> bool:
     return embedded is not None and not getattr(embedded, "reused", False)
 
 
-def collect_status(config: Config, fabric: Fabric, store: Any, store_env: dict[str, str],
-                   run_id: str | None = None) -> dict[str, Any]:
-    """The whole status document (what `--json` prints)."""
-    runs = store.list_runs(config.experiment)
-    if run_id is not None:
-        runs = [r for r in runs if r.get("_id", r.get("run_id")) == run_id]
-        if not runs:
-            raise UsageProblem(f"--run {run_id}: no run of experiment {config.experiment!r} in the store "
-                               f"({store.display_url})")
-    rounds = {}
-    for run in runs:
-        if run_id is not None or run.get("status") in OPEN_STATUSES:
-            rounds[str(run.get("_id", run.get("run_id")))] = current_round(store, run)
+class StatusIncomplete(FedkeeperError):
+    """`status` printed what it could, but a cluster or the store could not be reached (exit 1)."""
+
+
+def store_env_without_store(config: Config) -> dict[str, str] | None:
+    """What functions would get to reach a configured store that could not be opened (None for the embedded
+    store, whose address only a running server knows)."""
+    from types import SimpleNamespace
+
+    from fedkeeper.scenarios.deployment import store_env_for
+    from fedkeeper.store import resolve
+
+    mongo = config.mongo_config
+    if mongo.embedded:
+        return None
+    try:  # the URL a Store opened on this config would hand out (store.url is resolve(mongo).url)
+        return store_env_for(SimpleNamespace(url=resolve(mongo).url, db_name=mongo.db))
+    except StoreFailure:
+        return None
+
+
+def collect_status(config: Config, fabric: Fabric, store: Any, store_env: dict[str, str] | None,
+                   run_id: str | None = None, *, store_error: str | None = None) -> dict[str, Any]:
+    """The whole status document (what `--json` prints).
+
+    `store` None: it could not be opened (`store_error` says why); the functions are still compared (code and
+    settings; the store's address too when `store_env` is known) and `runs` is None: unknown, not empty.
+    `errors` lists what could not be reached; the command exits 1 when it is not empty.
+    """
+    errors: list[dict[str, str]] = []
+    runs: list[dict[str, Any]] | None = None
+    rounds: dict[str, Any] = {}
+    if store is not None:
+        try:
+            runs = store.list_runs(config.experiment)
+            if run_id is not None:
+                runs = [r for r in runs if r.get("_id", r.get("run_id")) == run_id]
+                if not runs:
+                    raise UsageProblem(f"--run {run_id}: no run of experiment {config.experiment!r} in the store "
+                                       f"({store.display_url})")
+            for run in runs:
+                if run_id is not None or run.get("status") in OPEN_STATUSES:
+                    rounds[str(run.get("_id", run.get("run_id")))] = current_round(store, run)
+        except StoreFailure as exc:  # reached, then lost
+            runs, rounds, store_error = None, {}, str(exc)
+    if store_error:
+        errors.append({"source": "store", "message": store_error})
+    functions = function_statuses(config, fabric, store_env, fresh_store_address=_fresh_embedded(store))
+    for row in functions:
+        if row.state == "error":
+            errors.append({"source": f"cluster {row.cluster}", "message": row.note or "cannot be listed"})
+    mongo = config.mongo_config
     return {
         "experiment": config.experiment,
-        "store": {"url": store.display_url, "db": store.db_name},
-        "functions": [asdict(f) for f in function_statuses(
-            config, fabric, store_env, fresh_store_address=_fresh_embedded(store))],
-        "runs": [run_row(r) for r in runs],
+        "store": {"url": store.display_url if store is not None else _configured_store_url(config),
+                  "db": store.db_name if store is not None else mongo.db, "reachable": store is not None
+                  and store_error is None},
+        "functions": [asdict(f) for f in functions],
+        "runs": [run_row(r) for r in runs] if runs is not None else None,
         "current_rounds": rounds,
+        "errors": errors,
     }
+
+
+def _configured_store_url(config: Config) -> str:
+    from fedkeeper.store import display_url
+
+    url = config.mongo_config.url
+    return url if config.mongo_config.embedded else display_url(url)
+
+
+def incomplete(data: dict[str, Any]) -> StatusIncomplete | None:
+    """The error the command ends with when something could not be reached (after printing the rest)."""
+    if not data["errors"]:
+        return None
+    return StatusIncomplete("status incomplete: " + "; ".join(f"{e['source']}: {e['message']}" for e in data["errors"]))
 
 
 # ---------------------------------------------------------------------------------------------- rendering
 
 
 def _sync(row: dict[str, Any]) -> str:
-    if row["state"] == "error":
-        return "[red]unreachable[/]"
-    if row["state"] == "missing":
-        return "[red]missing[/]"
-    if row["in_sync"] is False and row["note"] == STALE_STORE_NOTE:
-        return "[yellow]✗ store*[/]" if row["limits_match"] is not False else "[yellow]✗ differs[/]"
-    return {True: "[green]✓ in sync[/]", False: "[yellow]✗ differs[/]", None: "[dim]?[/]"}[row["in_sync"]]
+    sync = row.get("sync")
+    if sync == "current":
+        return "[green]✓ current[/]" + ("*" if row["note"] == STALE_STORE_NOTE else "")
+    return {"outdated": "[yellow]✗ outdated[/]", "missing": "[red]missing[/]", "unreachable": "[red]unreachable[/]"
+            }.get(str(sync), "[dim]?[/]")
 
 
 def _short_time(value: Any) -> str:
@@ -201,8 +300,9 @@ def _short_time(value: Any) -> str:
 def render_status(data: dict[str, Any], console: Console) -> None:
     from fedkeeper.results.render import _table, fmt_num
 
+    reach = "" if data["store"].get("reachable", True) else " [red]unreachable[/]"
     console.print(f"experiment [bold]{data['experiment']}[/] · store {data['store']['url']} "
-                  f"(db {data['store']['db']})", soft_wrap=True)
+                  f"(db {data['store']['db']}){reach}", soft_wrap=True)
     functions = _table("deployed functions")
     for col in ("cluster", "name", "MB", "timeout s", "digest", "config"):
         functions.add_column(col, justify="right" if col in ("MB", "timeout s") else "left",
@@ -223,11 +323,14 @@ def render_status(data: dict[str, Any], console: Console) -> None:
         runs.add_column(col, justify="right" if col in ("rounds", "accuracy") else "left",
                         overflow="fold" if col == "run" else "ellipsis")
     style = {"completed": "green", "failed": "red", "running": "yellow", "interrupted": "magenta"}
-    for r in data["runs"]:
+    for r in data["runs"] or []:
         runs.add_row(str(r["run_id"]), f"[{style.get(str(r['status']), 'white')}]{r['status']}[/]",
                      f"{r['rounds_done']}/{r['rounds_planned'] if r['rounds_planned'] is not None else '?'}",
                      fmt_num(r["last_accuracy"], 4), _short_time(r["started"]), _short_time(r["updated"]))
-    console.print(runs if data["runs"] else "no runs of this experiment in the store")
+    if data["runs"] is None:
+        console.print("runs: unknown (the store could not be reached)")
+    else:
+        console.print(runs if data["runs"] else "no runs of this experiment in the store")
     for run_id, current in data["current_rounds"].items():
         states = ", ".join(f"{n} {s}" for s, n in sorted(current["by_state"].items())) or "no activations yet"
         console.print(f"run [bold]{run_id}[/] round {current['round']}: {states}", soft_wrap=True)

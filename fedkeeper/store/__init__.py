@@ -7,6 +7,7 @@ Layout, one job per module:
 - ``connection.py``  ``mongo_config`` → one URL plus client options, and its password-free forms;
 - ``embedded.py``    the embedded nx-27017 server behind ``url: embedded`` (start, join, leases, stop);
 - ``nxserve.py``     that server's process entry (nx-27017 plus a lease watchdog);
+- ``locks.py``       ``RunLock``: one orchestrator per run (a lease in ``locks``, renewed by a heartbeat);
 - ``errors.py``      the typed errors.
 
 Production code speaks plain pymongo to real servers. Tests run one contract suite
@@ -25,6 +26,7 @@ _EXPORTS = {
     "embedded": ("HOME", "EmbeddedServer", "NxServer"),
     "errors": ("ActivationConflict", "ActivationMissing", "EmbeddedServerError", "RunMissing", "StoreAuthError",
                "StoreConfigError", "StoreError", "StoreUnavailable"),
+    "locks": ("Holder", "RunLock", "RunLocked"),
     "repository": ("EMBEDDED", "Store", "open_store"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -57,4 +59,5 @@ if TYPE_CHECKING:
         StoreError,
         StoreUnavailable,
     )
+    from fedkeeper.store.locks import Holder, RunLock, RunLocked
     from fedkeeper.store.repository import EMBEDDED, Store, open_store

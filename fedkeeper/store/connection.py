@@ -12,8 +12,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote_plus, unquote_plus, urlencode, urlunsplit
 
+from fedkeeper.runtime import urls
+from fedkeeper.secrets import url_for_display
 from fedkeeper.store.errors import StoreConfigError
 
 
@@ -32,6 +34,11 @@ class MongoSettings(Protocol):
     server_selection_timeout_ms: int
     keep_models: int
 
+
+#: why a URL whose password holds a raw ``/``, ``?``, ``#`` or ``@`` is refused (the value is never quoted)
+AMBIGUOUS_PASSWORD = ("mongo_config.url: the user name or password holds characters that must be percent-encoded "
+                      "in a URL (any of / ? # @ : % [ ]; urllib.parse.quote_plus does it), or give the password "
+                      "in mongo_config.password or password_file instead")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_QUERY_KEYS = {"authmechanismproperties", "tlscertificatekeyfilepassword"}
@@ -58,28 +65,28 @@ def _expand_env(text: str, key: str) -> str:
     return _ENV_REF.sub(sub, text)
 
 
-def _split_netloc(netloc: str) -> tuple[str | None, str | None, str]:
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        return None, None, netloc
-    user, colon, password = userinfo.partition(":")
-    return unquote_plus(user), (unquote_plus(password) if colon else None), hosts  # as pymongo parses it
-
-
 def hosts_of(url: str) -> str:
-    """``host:port[,host:port]`` of a MongoDB URL: what error messages may name."""
-    return _split_netloc(urlsplit(url).netloc)[2] or "?"
+    """``host:port[,host:port]`` of a MongoDB URL: what error messages may name. The wide reading of the userinfo
+    (`fedkeeper.runtime.urls`): a password with a raw ``/`` or ``?`` never ends up named as a host."""
+    parts = urls.wide_split(url)
+    return (parts.hosts if parts is not None else "") or "?"
 
 
 def display_url(url: str) -> str:
     """The URL with its password and secret options replaced by ``***`` (safe for logs and messages)."""
-    parts = urlsplit(url)
-    user, password, hosts = _split_netloc(parts.netloc)
+    parts = urls.wide_split(url)
+    if parts is None:
+        return url_for_display(url)
+    hosts, _, tail = parts.rest.partition("/")
+    path, _, query = tail.partition("?")
     netloc = hosts
-    if user is not None:
-        netloc = f"{quote_plus(user)}{':***' if password is not None else ''}@{hosts}"
-    query = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*,:/"), ""))
+    if parts.userinfo is not None:
+        user = unquote_plus(parts.user or "")
+        netloc = f"{quote_plus(user)}{':***' if parts.password is not None else ''}@{hosts}"
+    query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v)
+                       for k, v in parse_qsl(query.partition("#")[0], keep_blank_values=True)], safe="*,:/")
+    shown = f"{parts.scheme}://{netloc}" + (f"/{path.partition('#')[0]}" if tail else "") + (f"?{query}" if query else "")
+    return url_for_display(shown)
 
 
 @dataclass(frozen=True)
@@ -112,10 +119,16 @@ def resolve(mongo: MongoSettings, embedded_url: str | None = None) -> Connection
     if embedded_url is not None:
         return Connection(embedded_url, timeouts)
     raw = _expand_env(str(mongo.url), "mongo_config.url")
-    parts = urlsplit(raw)
-    if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc:
+    if urls.ambiguous(raw):
+        raise StoreConfigError(AMBIGUOUS_PASSWORD)
+    parts = urls.split(raw)  # not urlsplit: a raw '[' in a password is "Invalid IPv6 URL" to it
+    if parts is None or parts.scheme not in ("mongodb", "mongodb+srv") or not parts.rest:
         raise StoreConfigError(f"mongo_config.url must be 'embedded' or a mongodb:// URL, got {display_url(raw)!r}")
-    user, password, hosts = _split_netloc(parts.netloc)
+    hosts = parts.hosts
+    path, _, query_text = parts.rest[len(hosts):].partition("#")[0].partition("?")
+    user, password = parts.credentials(plus=True) or (None, None)
+    if parts.password is None:
+        password = None
     if mongo.username:
         user = _expand_env(mongo.username, "mongo_config.username")
     cfg_password = _secret(getattr(mongo, "password", None))
@@ -126,7 +139,7 @@ def resolve(mongo: MongoSettings, embedded_url: str | None = None) -> Connection
     netloc = hosts
     if user:
         netloc = f"{quote_plus(user)}{':' + quote_plus(password) if password else ''}@{hosts}"
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    query = parse_qsl(query_text, keep_blank_values=True)
     present = {k.lower() for k, _ in query}
 
     def add(key: str, value: Any) -> None:
@@ -139,7 +152,7 @@ def resolve(mongo: MongoSettings, embedded_url: str | None = None) -> Connection
     add("tlsCAFile", getattr(mongo, "tls_ca_file", None))
     if getattr(mongo, "tls_allow_invalid_certificates", False):
         add("tlsAllowInvalidCertificates", "true")
-    url = urlunsplit((parts.scheme, netloc, parts.path or "/", urlencode(query), ""))
+    url = urlunsplit((parts.scheme, netloc, path or "/", urlencode(query), ""))
     options = {k: v for k, v in timeouts.items() if k.lower() not in present}
     secrets = tuple(s for s in {password, quote_plus(password) if password else None} if s)
     return Connection(url, options, secrets)

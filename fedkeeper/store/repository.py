@@ -43,7 +43,7 @@ from fedkeeper.store.errors import (
 T = TypeVar("T")
 
 EMBEDDED = "embedded"
-RUNS, ACTIVATIONS = "runs", "activations"
+RUNS, ACTIVATIONS, LOCKS = "runs", "activations", "locks"
 ACTIVATION_KEY = ("run_id", "round", "client_id", "attempt")  # unique: one document per attempt
 
 
@@ -67,6 +67,15 @@ def _activation(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
     return {**doc, "duplicate": duplicate}
+
+
+def _answered(client: Any) -> bool:
+    """True when some server of the URL answered the client's monitor (it is there, only not ready to serve):
+    worth waiting for. A refused connection, a timeout or an unknown host leaves every server Unknown."""
+    from pymongo.server_type import SERVER_TYPE
+
+    return any(sd.server_type != SERVER_TYPE.Unknown
+               for sd in client.topology_description.server_descriptions().values())
 
 
 class Store:
@@ -95,27 +104,38 @@ class Store:
         self._attempts = attempts
         self.runs = db[RUNS]
         self.activations = db[ACTIVATIONS]
+        self.locks = db[LOCKS]
         self.blobs = BlobStore(db, inline_limit=inline_limit, retry=self._call)
 
     # ------------------------------------------------------------------------------------------- plumbing
 
     @classmethod
-    def connect(cls, conn: Connection, db_name: str, *, attempts: int = 3, start_attempts: int = 2, **kw: Any) -> Store:
-        """Connect and ping (retrying server selection at start-up); StoreUnavailable if it cannot be reached."""
+    def connect(cls, conn: Connection, db_name: str, *, attempts: int = 3, start_attempts: int = 3, **kw: Any) -> Store:
+        """Connect and ping; StoreUnavailable if it cannot be reached.
+
+        One ping already waits for the client's server selection (serverSelectionTimeoutMS, mongo_config's 2 s
+        by default), re-checking the server twice a second meanwhile, so a store nobody answers for is reported
+        after that one wait. Only a server that did answer (a replica set electing a primary, a server still
+        starting up) is pinged again, up to `start_attempts` times.
+        """
         try:
             client = pymongo.MongoClient(conn.url, **conn.options)
         except (ConfigurationError, ValueError) as exc:
             raise StoreConfigError(f"invalid MongoDB URL {conn.display_url}: {_one_line(exc, conn.secrets)}") from None
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(start_attempts), wait=wait_exponential(multiplier=0.2, max=2.0),
-                retry=retry_if_exception_type(AutoReconnect), reraise=True,
-            ):
-                with attempt:
+            for attempt in range(1, start_attempts + 1):
+                try:
                     client.admin.command("ping")
+                    break
+                except AutoReconnect:
+                    if attempt == start_attempts or not _answered(client):
+                        raise
+                    time.sleep(min(2.0, 0.2 * 2 ** (attempt - 1)))
         except AutoReconnect as exc:
             client.close()
-            raise StoreUnavailable(f"cannot reach MongoDB at {conn.hosts}: {_one_line(exc, conn.secrets)}") from None
+            waited = client.options.server_selection_timeout  # seconds; named, not measured: the line is stable
+            raise StoreUnavailable(f"cannot reach MongoDB at {conn.hosts} ({conn.display_url}) within {waited:g} s: "
+                                   f"{_one_line(exc, conn.secrets)}") from None
         except OperationFailure as exc:
             client.close()
             if exc.code in (18, 13) or "auth" in str(exc).lower():
@@ -126,9 +146,11 @@ class Store:
         return cls(client[db_name], url=conn.url, client=client, secrets=conn.secrets, attempts=attempts, **kw)
 
     def _call(self, fn: Callable[[], T]) -> T:
+        """`fn()` on a store that was reached, retrying transient network errors: each attempt may wait up to the
+        server selection timeout, and the pauses between them grow (0.25 s, 0.5 s, 1 s, ...)."""
         try:
             for attempt in Retrying(
-                stop=stop_after_attempt(self._attempts), wait=wait_exponential(multiplier=0.1, max=1.0),
+                stop=stop_after_attempt(self._attempts), wait=wait_exponential(multiplier=0.25, max=2.0),
                 retry=retry_if_exception_type(AutoReconnect), reraise=True,
             ):
                 with attempt:
@@ -267,6 +289,57 @@ class Store:
         return self._call(lambda: list(
             self.activations.find(query).sort([("round", 1), ("client_id", 1), ("attempt", 1)])))
 
+    # ---------------------------------------------------------------------------------------------- locks
+
+    def acquire_lock(self, name: str, holder: dict[str, Any], lease_s: float, *, now: float | None = None,
+                     take_from: str | None = None) -> dict[str, Any]:
+        """Take the lock ``name`` (one document in ``locks``, ``_id`` = name) for ``holder`` until now + lease_s.
+
+        ``holder`` is stored as the lock's fields and must carry a ``token`` that identifies the holder. The lock
+        is taken when it is free, its lease has lapsed (``expires`` ≤ now), it is already this token's, or it is
+        held under the token ``take_from`` (a holder the caller found dead). Each step is one atomic write (an
+        insert on the unique ``_id``, or a conditional update), so of two contenders exactly one gets it.
+        Returns the lock as it is after the call: the caller's when its ``token`` is the holder's, else the
+        current holder's. ``now`` is the caller's clock: hosts are expected to agree to well within a lease.
+        """
+        token = holder["token"]
+        for _ in range(5):  # a lock released between the two steps is tried again
+            stamp = time.time() if now is None else now
+            fields = {**{k: _plain(v) for k, v in holder.items()}, "acquired": stamp, "renewed": stamp,
+                      "expires": stamp + lease_s, "lease_s": lease_s}
+            try:
+                self._call(lambda: self.locks.insert_one({"_id": name, **fields}))
+                return {"_id": name, **fields}
+            except DuplicateKeyError:
+                pass
+            takeable: list[dict[str, Any]] = [{"expires": {"$lte": stamp}}, {"token": token}]
+            if take_from is not None:
+                takeable.append({"token": take_from})
+            doc = self._call(lambda: self.locks.find_one_and_update(
+                {"_id": name, "$or": takeable}, {"$set": fields}, return_document=pymongo.ReturnDocument.AFTER))
+            if doc is not None:
+                return doc
+            current = self.get_lock(name)
+            if current is not None:
+                return current
+        raise StoreUnavailable(f"lock {name} kept changing hands; try again")
+
+    def renew_lock(self, name: str, token: str, lease_s: float, *, now: float | None = None) -> dict[str, Any] | None:
+        """Extend the lease of the lock ``name`` held under ``token`` to now + lease_s; None when that token no
+        longer holds it (it lapsed and another holder took it, or it was released)."""
+        stamp = time.time() if now is None else now
+        return self._call(lambda: self.locks.find_one_and_update(
+            {"_id": name, "token": token}, {"$set": {"renewed": stamp, "expires": stamp + lease_s}},
+            return_document=pymongo.ReturnDocument.AFTER))
+
+    def release_lock(self, name: str, token: str) -> bool:
+        """Give up the lock ``name`` if ``token`` holds it (another holder's lock is left alone)."""
+        return self._call(lambda: self.locks.delete_one({"_id": name, "token": token})).deleted_count == 1
+
+    def get_lock(self, name: str) -> dict[str, Any] | None:
+        """The lock document ``name`` as stored (None: nobody holds it), lapsed or not."""
+        return self._call(lambda: self.locks.find_one({"_id": name}))
+
     # ------------------------------------------------------------------------------------ models / updates
 
     def get_model_doc(self, run_id: str, round: int) -> dict[str, Any] | None:
@@ -286,7 +359,7 @@ class Store:
 
 @contextlib.contextmanager
 def open_store(
-    mongo: MongoSettings, *, workdir: Path | str, start_timeout_s: float = 30.0, attempts: int = 3
+    mongo: MongoSettings, *, workdir: Path | str, start_timeout_s: float = 30.0, attempts: int = 4
 ) -> Iterator[Store]:
     """Connect to the configured store (starting or joining the embedded server for ``url: embedded``), create
     the indexes, and clean up on exit, also on Ctrl-C and errors."""

@@ -1,8 +1,8 @@
 """fl_client: one client's local training for one round.
 
 Reads the round's global model (``run:round-1``) from MongoDB, trains on this client's partition, stores the
-update under ``run:round:client`` and returns a small acknowledgement. Weights never travel in the payload or
-the result: platform payloads are capped near 1 MB and models are larger.
+update under ``run:round:client:activation_id`` and returns a small acknowledgement. Weights never travel in the
+payload or the result: platform payloads are capped near 1 MB and models are larger.
 
 Payload (built by the orchestrator)::
 
@@ -13,10 +13,13 @@ Payload (built by the orchestrator)::
               allow_pickle?, max_bytes?} plus {partition, shards_per_client, alpha},
      "activation_id": str, "attempt": int}
 
-Training is seeded from (seed, round, client_id), so a retried invocation computes the same update; the store keeps
-the first update written. A retry (``attempt`` > 1) first looks for a stored update and, if there is one, returns
-its acknowledgement without training; a first attempt skips that look-up, which would cost a store round trip on
-every call for nothing.
+Training is seeded from (seed, round, client_id), so every attempt computes the same update. Each activation
+stores its own document (key: the activation id the orchestrator issued), so nobody can take an honest
+activation's key before it writes; a repeated delivery of the same activation finds its own document and keeps
+it (first write wins). If that key already holds a different update (another writer got there first), the call
+fails with UpdateConflict rather than acknowledge an update it did not compute: the orchestrator retries under a
+new activation id. The acknowledgement names the activation, its attempt and the sha256 of the stored blob, which
+the orchestrator hands to the aggregator.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ from typing import Any, Mapping
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from fedkeeper.runtime import blobstore, data, model
+from fedkeeper.runtime import admission, blobstore, data, model
 from fedkeeper.runtime.params import required
 
 FUNCTION = "fl_client"
 
 _field = partial(required, FUNCTION)  # _field(params, key, kind, *, minimum=None)
+
+
+class UpdateConflict(blobstore.BlobStoreError):
+    """This activation's key already holds an update that is not the one it computed (someone else wrote it)."""
 
 # The global model of a round never changes once written, and a warm worker trains many clients of the same round:
 # keep the last one read (weights are read-only views) instead of fetching it from the store for every client.
@@ -68,18 +75,15 @@ def handle(params: dict, *, db: Any = None) -> dict:
     seed = _field(params, "seed", int, minimum=0)
     if client_id >= num_clients:
         raise ValueError(f"{FUNCTION}: params.client_id {client_id} is not below params.num_clients {num_clients}")
-    activation_id = params.get("activation_id")
+    activation_id = _field(params, "activation_id", str)
+    attempt = _field(params, "attempt", int, minimum=1)
+    if ":" in activation_id:
+        raise ValueError(f"{FUNCTION}: params.activation_id must not contain ':', got {activation_id!r}")
     mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
     cfg = model.TrainConfig.from_params(_field(params, "train", Mapping), "params.train")
     spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
 
     store = blobstore.BlobStore(db if db is not None else blobstore.connect())
-    attempt = params.get("attempt")
-    if isinstance(attempt, int) and attempt > 1:  # a retry: the earlier attempt may have stored its update
-        done = store.updates.find_one({"_id": f"{run_id}:{rnd}:{client_id}"}, {"blob": 0})
-        if done is not None:
-            return _ack(done, client_id, rnd, started, duplicate=True)
-
     global_weights = _global_model(store, run_id, rnd - 1, mdl.expected())
     local = data.client_split(spec, num_clients, client_id, seed)
     if local.x.shape[1] != mdl.spec.num_features:
@@ -114,13 +118,31 @@ def handle(params: dict, *, db: Any = None) -> dict:
             "train_s": metrics["train_s"],
             "duration_s": time.perf_counter() - started,
         },
-        activation_id=activation_id if isinstance(activation_id, str) else None,
+        activation_id=activation_id,
+        attempt=attempt,
     )
+    if stored.get("duplicate"):
+        _check_own(stored, run_id, rnd, admission.Issued(client_id, activation_id, attempt, stored["offered_sha256"]),
+                   metrics["num_examples"])
     return _ack(stored, client_id, rnd, started, duplicate=bool(stored.get("duplicate")))
 
 
+def _check_own(stored: dict[str, Any], run_id: str, rnd: int, mine: admission.Issued, num_examples: int) -> None:
+    """A document already under this activation's key must be the update this call computed (a repeated delivery
+    of the activation trains the same bits); anything else was written by someone else."""
+    try:
+        n = admission.check(stored, mine, run_id=run_id, round=rnd, shard_size=num_examples)
+    except blobstore.CorruptUpdate as exc:
+        raise UpdateConflict(f"{FUNCTION}: the store already holds another update under activation "
+                             f"{mine.activation_id} ({exc.reason}: {exc.detail}); not acknowledging it") from None
+    if n != num_examples:
+        raise UpdateConflict(f"{FUNCTION}: the update stored under activation {mine.activation_id} says "
+                             f"num_examples {n}, this client trained on {num_examples}")
+
+
 def _ack(doc: Mapping[str, Any], client_id: int, rnd: int, started: float, *, duplicate: bool) -> dict:
-    metrics = doc.get("metrics") or {}
+    metrics = doc.get("metrics")
+    metrics = metrics if isinstance(metrics, Mapping) else {}
     return {
         "ok": True,
         "client_id": client_id,
@@ -130,5 +152,7 @@ def _ack(doc: Mapping[str, Any], client_id: int, rnd: int, started: float, *, du
         "train_accuracy": metrics.get("train_accuracy"),
         "duration_s": round(time.perf_counter() - started, 6),
         "sha256": doc.get("sha256"),
+        "activation_id": doc.get("activation_id"),
+        "attempt": doc.get("attempt"),
         "duplicate": duplicate,
     }

@@ -2,13 +2,19 @@
 
 Payload::
 
-    {"mode": "init" | "aggregate", "run_id": str, "round": int, "client_ids": [int, ...] (aggregate),
-     "seed": int, "model": {...}, "data": {...}, "keep_models": int (0 = keep every global model)}
+    {"mode": "init" | "aggregate", "run_id": str, "round": int, "seed": int, "model": {...}, "data": {...},
+     "keep_models": int (0 = keep every global model),
+     aggregate only: "num_clients": int,
+                     "updates": [{"client_id": int, "activation_id": str, "attempt": int, "sha256"?: str}, ...]}
 
-``aggregate`` reads the accepted updates of ``round`` in ascending client-id order, validates each against the
-previous global model (names, shape, dtype, NaN/Inf, checksum, base round), averages them with streaming FedAvg
-weighted by num_examples (one update in memory at a time), evaluates the result on the test split and stores it as
-model ``round`` with its metrics. Bad updates are listed in ``rejected`` and the round goes on without them.
+``aggregate`` takes, for each client the orchestrator lists, only the update document the named activation wrote
+(``runtime.admission``): its run, round, client, activation id and attempt must be the issued ones, it must have
+trained on the previous global model, its ``num_examples`` must be an integer in [1, the size of that client's
+shard] (recomputed here from the seeded partition: ``data.shard_sizes``), its blob must be the one the client
+acknowledged (``sha256``, when the orchestrator saw it) and decode to the model's names, shapes and dtypes with
+finite values. Admitted updates are averaged in ascending client-id order with streaming FedAvg (float64 weights,
+one update in memory at a time); the result is evaluated on the test split and stored as model ``round`` with its
+metrics. Every other update is listed in ``rejected`` with its reason, and the round goes on without it.
 
 Both modes are idempotent: if the model of ``round`` already exists, the stored result comes back with
 ``already_done: true`` and nothing changes (a retried or duplicated aggregator call cannot fork the run).
@@ -16,7 +22,9 @@ Both modes are idempotent: if the model of ``round`` already exists, the stored 
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from functools import partial
 from typing import Any, Mapping
@@ -27,7 +35,9 @@ from typing import Any, Mapping
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from fedkeeper.runtime import blobstore, data, model, strategies
+import numpy as np
+
+from fedkeeper.runtime import admission, blobstore, data, model
 from fedkeeper.runtime.params import required
 
 FUNCTION = "fl_server_aggregator"
@@ -78,10 +88,9 @@ def _aggregate(
     started: float,
 ) -> dict:
     rnd = _field(params, "round", int, minimum=1)
-    client_ids = _field(params, "client_ids", list)
-    for cid in client_ids:
-        if isinstance(cid, bool) or not isinstance(cid, int) or cid < 0:
-            raise ValueError(f"{FUNCTION}: params.client_ids must hold non-negative integers, got {cid!r}")
+    seed = _field(params, "seed", int, minimum=0)
+    num_clients = _field(params, "num_clients", int, minimum=1)
+    issued = admission.parse_issued(_field(params, "updates", list), num_clients, f"{FUNCTION}: params.updates")
     keep_models = params.get("keep_models", 0)
     if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
         raise ValueError(f"{FUNCTION}: params.keep_models must be an integer >= 0, got {keep_models!r}")
@@ -93,37 +102,23 @@ def _aggregate(
     global_weights, _ = store.read_model(run_id, rnd - 1, mdl.expected())
     expected = model.expected_spec(global_weights)
     del global_weights  # only its spec is needed; keep peak memory at one model + one update
-    fedavg = strategies.FedAvg()
-    fedavg.begin(expected)
-    rejected: list[dict[str, Any]] = []
-    accepted: list[int] = []
-    for cid in sorted(set(client_ids)):  # fixed order: the same updates give the same bits
-        try:
-            weights, doc = store.read_update(run_id, rnd, cid, expected, base_round=rnd - 1)
-            fedavg.add(weights, doc.get("num_examples"), client_id=cid)
-        except blobstore.CorruptUpdate as exc:
-            rejected.append({"client_id": cid, "reason": exc.reason, "detail": exc.detail})
-            continue
-        except strategies.StrategyError as exc:
-            rejected.append({"client_id": cid, "reason": "bad_update", "detail": str(exc)})
-            continue
-        finally:
-            weights = None  # drop the view of this blob before reading the next one
-        accepted.append(cid)
-    if fedavg.count == 0:
-        reasons = ", ".join(f"client {r['client_id']}: {r['reason']}" for r in rejected) or "no client ids given"
+    shards = data.shard_sizes(spec, num_clients, seed)
+    outcome = admission.aggregate(issued, store, run_id=run_id, round=rnd, expected=expected, shard_sizes=shards)
+    rejected, accepted = outcome.rejected, outcome.accepted
+    if outcome.weights is None:
+        reasons = ", ".join(f"client {r['client_id']}: {r['reason']}" for r in rejected) or "no updates listed"
         raise NoValidUpdates(f"no valid updates for round {rnd} of run {run_id} ({reasons})")
 
-    new_weights = fedavg.result()
+    new_weights = outcome.weights
     loss, accuracy = _evaluate(mdl, spec, new_weights)
     metrics = {
         "accuracy": accuracy,
         "loss": loss,
         "rejected": rejected,
         "clients": accepted,
-        "num_examples": fedavg.total_examples,
+        "num_examples": outcome.total_examples,
     }
-    doc = store.write_model(run_id, rnd, new_weights, metrics, num_updates=fedavg.count)
+    doc = store.write_model(run_id, rnd, new_weights, metrics, num_updates=len(accepted))
     if keep_models > 0 and not doc.get("duplicate"):
         store.gc_models(run_id, keep_last=keep_models)
         store.gc_updates(run_id, through_round=rnd)  # aggregated: their blobs are no longer needed
@@ -140,7 +135,14 @@ def _evaluate(mdl: model.Model, spec: data.DataSpec, weights: Mapping[str, Any])
         raise ValueError(
             f"{FUNCTION}: test labels reach {test.y.max()}, params.model.output_size is {mdl.spec.output_size}"
         )
-    return mdl.evaluate(weights, test.x, test.y)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        loss, accuracy = mdl.evaluate(weights, test.x, test.y)
+    # A finite model can still overflow its own loss (weights of 1e20 are finite): NaN and Inf can be neither
+    # stored (the embedded store keeps JSON) nor returned as JSON, and a model that cannot be stored would fail
+    # the aggregator on every retry. Such a loss is recorded as the largest float.
+    if not math.isfinite(loss):
+        loss = sys.float_info.max
+    return float(loss), float(accuracy)
 
 
 def _result(doc: Mapping[str, Any], started: float, *, already_done: bool) -> dict:

@@ -12,7 +12,14 @@ import pytest
 from store_backends import Backend, backend, external_mongo, small_inline, store  # noqa: F401
 
 from fedkeeper.runtime import weights as W
-from fedkeeper.runtime.blobstore import INLINE_LIMIT, BlobStore, CorruptModel, CorruptUpdate, ModelMissing
+from fedkeeper.runtime.blobstore import (
+    INLINE_LIMIT,
+    BlobStore,
+    BlobTooLarge,
+    CorruptModel,
+    CorruptUpdate,
+    ModelMissing,
+)
 from fedkeeper.store import Store
 
 RUN = "run-a"
@@ -105,18 +112,73 @@ def test_corrupt_model_is_typed(small_inline: Store) -> None:
 # --------------------------------------------------------------------------------------------------- updates
 
 
-def test_update_first_write_wins_and_keeps_one_document(store: Store) -> None:
+def test_update_first_write_wins_per_activation_and_keeps_one_document(store: Store) -> None:
     first = store.blobs.write_update(RUN, 1, "c1", model(1.0), base_round=0, num_examples=10,
-                                     metrics={"loss": 0.5}, activation_id="act-c1")
-    second = store.blobs.write_update(RUN, 1, "c1", model(2.0), base_round=0, num_examples=99, activation_id="retry")
+                                     metrics={"loss": 0.5}, activation_id="act-c1", attempt=1)
+    second = store.blobs.write_update(RUN, 1, "c1", model(2.0), base_round=0, num_examples=99,
+                                      activation_id="act-c1", attempt=1)
     assert first["duplicate"] is False and second["duplicate"] is True
-    assert second["activation_id"] == "act-c1" and second["sha256"] == first["sha256"]
-    assert store.blobs.updates.count_documents({"_id": f"{RUN}:1:c1"}) == 1
-    weights, doc = store.blobs.read_update(RUN, 1, "c1", SPEC)
+    assert first["_id"] == f"{RUN}:1:c1:act-c1" and first["offered_sha256"] == first["sha256"]
+    assert second["sha256"] == first["sha256"] and second["offered_sha256"] != first["sha256"]
+    assert store.blobs.updates.count_documents({"_id": f"{RUN}:1:c1:act-c1"}) == 1
+    weights, doc = store.blobs.read_update(RUN, 1, "c1", SPEC, activation_id="act-c1")
     np.testing.assert_array_equal(weights["b1"], np.full(8, 1.0, np.float32))
-    for key in ("base_round", "num_examples", "metrics", "sha256", "activation_id", "created"):
+    for key in ("base_round", "num_examples", "metrics", "sha256", "activation_id", "attempt", "created"):
         assert key in doc
     assert doc["base_round"] == 0 and doc["num_examples"] == 10 and doc["metrics"] == {"loss": 0.5}
+    assert doc["attempt"] == 1
+
+
+def test_another_activation_of_the_same_client_writes_its_own_document(store: Store) -> None:
+    """A forger who wrote first under a client's key no longer decides which update that client stored."""
+    store.blobs.write_update(RUN, 1, "c1", model(9.0), base_round=0, num_examples=10**6)  # no activation: old key
+    store.blobs.write_update(RUN, 1, "c1", model(1.0), base_round=0, num_examples=10, activation_id="a1", attempt=1)
+    retry = store.blobs.write_update(RUN, 1, "c1", model(1.0), base_round=0, num_examples=10, activation_id="a2",
+                                     attempt=2)
+    assert retry["duplicate"] is False
+    assert sorted(d["_id"] for d in store.blobs.list_updates(RUN, 1)) == [
+        f"{RUN}:1:c1", f"{RUN}:1:c1:a1", f"{RUN}:1:c1:a2"]
+    assert [d["attempt"] for d in store.blobs.list_updates(RUN, 1)] == [None, 1, 2]  # by client, then attempt
+    for aid in ("a1", "a2"):
+        assert store.blobs.read_update(RUN, 1, "c1", SPEC, activation_id=aid)[1]["activation_id"] == aid
+    assert store.blobs.find_update(RUN, 1, "c1", "a1")["_id"] == f"{RUN}:1:c1:a1"
+    # an activation without a document of its own falls back to the pre-activation key (earlier versions)
+    assert store.blobs.find_update(RUN, 1, "c1", "a3")["_id"] == f"{RUN}:1:c1"
+    assert store.blobs.find_update(RUN, 1, "c2", "a1") is None
+    for bad in ("", "a:b", 5):
+        with pytest.raises(ValueError, match="activation id"):
+            store.blobs.write_update(RUN, 1, "c1", model(), base_round=0, num_examples=1, activation_id=bad)
+    with pytest.raises(ValueError, match="attempt"):
+        store.blobs.write_update(RUN, 1, "c1", model(), base_round=0, num_examples=1, activation_id="x", attempt=0)
+
+
+def test_decode_update_checks_the_blob_against_its_document(store: Store) -> None:
+    write(store.blobs, "c1", model(2.0))
+    doc = store.blobs.find_update(RUN, 1, "c1", "act-c1")
+    weights = store.blobs.decode_update(doc, SPEC, RUN, 1, "c1")
+    np.testing.assert_array_equal(weights["b1"], np.full(8, 2.0, np.float32))
+    for changed, reason in (({"sha256": "0" * 64}, "checksum"), ({"blob": None}, "missing"),
+                            ({"blob": {"inline": 3}}, "malformed")):
+        with pytest.raises(CorruptUpdate) as info:
+            store.blobs.decode_update({**doc, **changed}, SPEC, RUN, 1, "c1")
+        assert info.value.reason == reason and f"run {RUN} round 1 client c1" in str(info.value)
+    with pytest.raises(CorruptUpdate, match="at most 64 accepted") as info:
+        store.blobs.decode_update(doc, SPEC, RUN, 1, "c1", max_bytes=64)
+    assert info.value.reason == "malformed"
+
+
+def test_blob_references_of_the_wrong_shape_are_refused(store: Store) -> None:
+    write(store.blobs, "c1")
+    doc = store.blobs.find_update(RUN, 1, "c1", "act-c1")
+    for ref, match in (("text", "not a document"), ({"inline": "text"}, "not binary"),
+                       ({"gridfs": {"$exists": True}}, "not an ObjectId")):
+        with pytest.raises(ValueError, match=match):
+            store.blobs.blob_of({**doc, "blob": ref})
+        err = rejected(store, "c1", blob=ref)
+        assert err.reason == "malformed"
+    assert store.blobs.blob_of({**doc, "blob": None}) is None
+    with pytest.raises(BlobTooLarge):
+        store.blobs.blob_of(doc, max_bytes=10)
 
 
 def test_duplicate_gridfs_update_leaves_no_orphan_file(small_inline: Store) -> None:
@@ -124,7 +186,10 @@ def test_duplicate_gridfs_update_leaves_no_orphan_file(small_inline: Store) -> N
     assert first["storage"] == "gridfs"
     assert write(small_inline.blobs, "c1", model(5.0))["duplicate"] is True
     assert file_ids(small_inline) == {first["file_id"]}
-    np.testing.assert_array_equal(small_inline.blobs.read_update(RUN, 1, "c1", SPEC)[0]["w1"], model()["w1"])
+    np.testing.assert_array_equal(small_inline.blobs.read_update(RUN, 1, "c1", SPEC, activation_id="act-c1")[0]["w1"],
+                                  model()["w1"])
+    with pytest.raises(BlobTooLarge):  # a GridFS file longer than the caller accepts is not downloaded
+        small_inline.blobs.blob_of(small_inline.blobs.find_update(RUN, 1, "c1", "act-c1"), max_bytes=100)
 
 
 def test_list_updates_sorted_without_bytes(store: Store) -> None:
@@ -138,12 +203,16 @@ def test_list_updates_sorted_without_bytes(store: Store) -> None:
 
 
 def tamper(store: Store, client: str, data: bytes) -> None:
-    store.blobs.updates.update_one({"_id": f"{RUN}:1:{client}"}, {"$set": {"blob": {"inline": bson.Binary(data)}}})
+    store.blobs.updates.update_one({"_id": f"{RUN}:1:{client}:act-{client}"},
+                                   {"$set": {"blob": {"inline": bson.Binary(data)}}})
 
 
-def rejected(store: Store, client: str, **kw) -> CorruptUpdate:
+def rejected(store: Store, client: str, blob=None, **kw) -> CorruptUpdate:
+    """The rejection of `client`'s update (written by `write`); `blob` replaces its blob reference first."""
+    if blob is not None:
+        store.blobs.updates.update_one({"_id": f"{RUN}:1:{client}:act-{client}"}, {"$set": {"blob": blob}})
     with pytest.raises(CorruptUpdate) as info:
-        store.blobs.read_update(RUN, 1, client, kw.pop("expected", SPEC), **kw)
+        store.blobs.read_update(RUN, 1, client, kw.pop("expected", SPEC), activation_id=f"act-{client}", **kw)
     err = info.value
     assert (err.run_id, err.round, err.client_id) == (RUN, 1, client)
     assert f"run {RUN} round 1 client {client}" in str(err)
@@ -197,7 +266,7 @@ def test_corrupt_updates_are_rejected_naming_run_round_client(store: Store) -> N
 
     write(store.blobs, "stale", base_round=-5)
     assert rejected(store, "stale", base_round=0).reason == "stale_round"
-    assert store.blobs.read_update(RUN, 1, "stale", SPEC)[1]["base_round"] == -5  # no check unless asked
+    assert store.blobs.read_update(RUN, 1, "stale", SPEC, activation_id="act-stale")[1]["base_round"] == -5
 
     assert rejected(store, "nobody").reason == "missing"
 
@@ -240,7 +309,7 @@ def test_gc_updates_drops_blobs_of_aggregated_rounds(small_inline: Store) -> Non
     assert len(file_ids(small_inline)) == 2
     assert len(small_inline.blobs.list_updates(RUN, 1)) == 2  # docs (metadata) stay
     assert rejected(small_inline, "c1").reason == "missing"
-    small_inline.blobs.read_update(RUN, 3, "c2", SPEC)
+    small_inline.blobs.read_update(RUN, 3, "c2", SPEC, activation_id="act-c2")
     assert small_inline.blobs.gc_updates(RUN, through_round=2) == 0
 
 

@@ -234,6 +234,74 @@ def test_model_docs_and_collect_garbage(store: Store) -> None:
     assert store.list_model_docs("nope") == []
 
 
+# ---------------------------------------------------------------------------------------------------- locks
+
+
+def holder(token: str, **kw) -> dict:
+    return {"host": "lab-1", "pid": 4242, "process_start": 1.0e9, "token": token, **kw}
+
+
+def test_acquire_lock_takes_a_free_lock_and_refuses_a_held_one(store: Store) -> None:
+    assert store.get_lock("r1") is None
+    mine = store.acquire_lock("r1", holder("a"), 15, now=1000.0)
+    assert (mine["_id"], mine["token"], mine["host"], mine["pid"]) == ("r1", "a", "lab-1", 4242)
+    assert (mine["acquired"], mine["expires"], mine["lease_s"]) == (1000.0, 1015.0, 15)
+    stored = store.get_lock("r1")
+    assert stored["token"] == "a" and stored["expires"] == 1015.0
+    theirs = store.acquire_lock("r1", holder("b", pid=7), 15, now=1010.0)  # not lapsed: a's lock comes back
+    assert theirs["token"] == "a" and theirs["expires"] == 1015.0
+    again = store.acquire_lock("r1", holder("a"), 15, now=1012.0)  # its own holder may take it again
+    assert again["token"] == "a" and again["expires"] == 1027.0
+    assert store.acquire_lock("other", holder("b"), 15, now=1012.0)["token"] == "b"  # one lock per name
+
+
+def test_a_lapsed_lock_or_one_taken_from_a_named_holder_changes_hands(store: Store) -> None:
+    store.acquire_lock("r1", holder("a"), 15, now=1000.0)
+    taken = store.acquire_lock("r1", holder("b", pid=7), 15, now=1015.0)  # expires <= now: lapsed
+    assert (taken["token"], taken["pid"], taken["expires"]) == ("b", 7, 1030.0)
+    assert store.renew_lock("r1", "a", 15, now=1016.0) is None  # a lost it
+    assert store.acquire_lock("r1", holder("c"), 15, now=1016.0, take_from="a")["token"] == "b"  # a is not b
+    assert store.acquire_lock("r1", holder("c"), 15, now=1016.0, take_from="b")["token"] == "c"
+
+
+def test_renew_and_release_only_by_the_holder(store: Store) -> None:
+    store.acquire_lock("r1", holder("a"), 15, now=1000.0)
+    renewed = store.renew_lock("r1", "a", 15, now=1010.0)
+    assert (renewed["renewed"], renewed["expires"], renewed["acquired"]) == (1010.0, 1025.0, 1000.0)
+    assert store.acquire_lock("r1", holder("b"), 15, now=1020.0)["token"] == "a"  # renewed: still held
+    assert store.renew_lock("r1", "b", 15) is None and store.renew_lock("nope", "a", 15) is None
+    assert store.release_lock("r1", "b") is False and store.get_lock("r1")["token"] == "a"
+    assert store.release_lock("r1", "a") is True and store.get_lock("r1") is None
+    assert store.release_lock("r1", "a") is False
+    assert store.acquire_lock("r1", holder("b"), 15)["token"] == "b"  # free again; now defaults to the clock
+
+
+def test_of_many_contenders_exactly_one_gets_the_lock(backend: Backend) -> None:
+    """Separate clients racing for one lock (the threads of two orchestrators): one winner, all agree on it."""
+    import threading
+
+    stores = [Store.connect(Connection(backend.url, {"serverSelectionTimeoutMS": 5000}), backend.db.name)
+              for _ in range(6)]
+    results: dict[str, str] = {}
+    start = threading.Barrier(len(stores))
+
+    def contend(i: int, s: Store) -> None:
+        start.wait()
+        results[f"t{i}"] = s.acquire_lock("race", holder(f"t{i}"), 30)["token"]
+
+    threads = [threading.Thread(target=contend, args=(i, s)) for i, s in enumerate(stores)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for s in stores:
+            s.close()
+    winners = set(results.values())
+    assert len(results) == len(stores) and len(winners) == 1 and winners <= set(results)
+
+
 # ------------------------------------------------------------------------------------- every method is covered
 
 CONTRACT_MODULES = sorted(Path(__file__).parent.glob("test_store_*.py"))

@@ -80,6 +80,7 @@ ENTRY_FILE = "lambda_function.py"
 MAX_ZIP_BYTES = 50 * 1024 * 1024            # direct upload limit (zipped)
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024      # function + layers, unzipped
 MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024    # RequestResponse request and response
+CREATE_TRIES = 3                             # creates tried while a look says the function still does not exist
 
 T = TypeVar("T")
 
@@ -209,15 +210,19 @@ class LambdaProvider(Provider):
         sha = code_sha256(spec.artifact)
         arch = [self.config.architecture]
         current = self._get(spec.name)
-        if current is None:
+        for tries_left in reversed(range(CREATE_TRIES)):
+            if current is not None:
+                break
             try:
                 self._create(spec, want, arch)
                 action = "created"
+                break
             except (PlatformError, Throttled):
                 # Not retried blindly (create is not idempotent): a create that timed out may have worked, or
-                # another deploy may have created it meanwhile. Then it exists now and is updated below.
+                # another deploy may have created it meanwhile. Then it exists now and is updated below; if it
+                # does not, the create never happened and is tried again.
                 current = self._get(spec.name)
-                if current is None:
+                if current is None and not tries_left:
                     raise
         if current is not None:
             live = current.get("Configuration", {})

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+from fedkeeper.providers.aws import limits as aws_limits
 from fedkeeper.providers.aws.config import LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S, LambdaCluster
 from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, UnitPrice
+from fedkeeper.providers.limits import RuntimeKind
 
 
 class LambdaPlatform(PlatformSpec):
@@ -23,12 +25,21 @@ class LambdaPlatform(PlatformSpec):
     max_timeout_s: ClassVar[float | None] = LAMBDA_TIMEOUT_S
     takes_vendored_wheels: ClassVar[bool] = True
     legacy_count_keys: ClassVar[tuple[str, ...]] = ("lambda_clients_count",)
+    function_settings: ClassVar[frozenset[str]] = frozenset({"layers"})
+
+    stock_limits = aws_limits.STOCK
+    kinds: ClassVar[dict[str, RuntimeKind]] = aws_limits.KINDS
+
+    def declared_kind(self, name: str, python: str) -> RuntimeKind:
+        """A runtime newer than this table: Lambda's newest runtimes are Amazon Linux 2023 ones."""
+        return RuntimeKind(name, python, "manylinux_2_28", "declared in the cluster's limits.kinds")
 
     def packaging_options(self, cluster: Any) -> PackagingOptions:
-        runtime = str(cluster.runtime)
-        version = runtime.removeprefix("python") if runtime.startswith("python3") else "3.11"
+        kind = self.runtime_kind(cluster)
+        assert kind is not None and kind.wheel_platform is not None
         vendor = bool(cluster.vendor_wheels) and not cluster.layers
-        return PackagingOptions(vendor_wheels=vendor, architecture=cluster.architecture, python_version=version)
+        return PackagingOptions(vendor_wheels=vendor, architecture=cluster.architecture, python_version=kind.python,
+                                wheel_platform=kind.wheel_platform)
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         out: list[ConfigProblem] = []
@@ -44,7 +55,7 @@ class LambdaPlatform(PlatformSpec):
             out.append((f"{path}.profile", "give profile or access_key_id/secret_access_key, not both"))
         if cluster.endpoint_url and not re.match(r"https?://[^/\s]+", cluster.endpoint_url):
             out.append((f"{path}.endpoint_url", "must be an http(s) URL"))
-        return out
+        return out + self.check_runtime(path, cluster)
 
 
 SPEC = LambdaPlatform()

@@ -7,10 +7,12 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from fedkeeper.config.base import Model, is_loopback_url
+from fedkeeper.providers.google.limits import MEMORY_MB, TIMEOUT_S
+from fedkeeper.providers.limits import LimitOverrides
 
-#: Cloud Functions 2nd gen limits for HTTP functions (docs/config-reference.md)
-GCF_MEMORY_MB = (128, 32768)
-GCF_TIMEOUT_S = 3600
+#: Cloud Functions 2nd gen limits for HTTP functions (the table: providers/google/limits.py)
+GCF_MEMORY_MB = MEMORY_MB
+GCF_TIMEOUT_S = TIMEOUT_S
 
 
 class GcfCluster(Model):
@@ -21,9 +23,11 @@ class GcfCluster(Model):
         None, description="service-account JSON file, 'anonymous' (emulators/tests), or unset for ADC")
     service_account_info: dict[str, Any] | None = Field(None, description="inline service account (legacy 'auth')",
                                                         repr=False)  # holds a private key
-    runtime: str = "python311"
-    memory: int | None = Field(None, ge=GCF_MEMORY_MB[0], le=GCF_MEMORY_MB[1], description="MB")
-    timeout: float | None = Field(None, gt=0, le=GCF_TIMEOUT_S, description="seconds")
+    runtime: str = Field("python311", description="GCF runtime (resolved from providers/google/limits.py)")
+    memory: int | None = Field(None, gt=0, description="MB")
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    limits: LimitOverrides | None = Field(None, description="the project's own limits where they differ "
+                                          "(timeouts in s)")
     max_instances: int | None = Field(None, ge=1)
     concurrency: int | None = Field(None, ge=1)
     environment: dict[str, str] = Field(default_factory=dict)

@@ -186,7 +186,10 @@ class GcfProvider(Provider):
                 TimeoutError) as exc:
             raise self._error(exc, what, secrets) from None
 
+    @_api_retry
     def _wait(self, operation: Any, what: str, secrets: tuple[str, ...] = ()) -> Any:
+        """The operation's result. A poll that fails in transit is asked again: the operation object keeps its
+        name and asks anew on the next `result()`."""
         from google.api_core.future.polling import DEFAULT_POLLING
 
         polling = DEFAULT_POLLING.with_delay(initial=self._operation_poll_s, maximum=10.0, multiplier=1.5)
@@ -280,8 +283,10 @@ class GcfProvider(Provider):
         log.info("%s: %s %s (digest %s)", self.cluster, spec.name, action, spec.digest[:12])
         return DeployResult(spec.name, action, spec.digest, time.perf_counter() - started)  # type: ignore[arg-type]
 
+    @_api_retry
     def _create_call(self, function: Any, name: str, secrets: tuple[str, ...]) -> Any | None:
-        """The create operation, or None when the function exists already."""
+        """The create operation, or None when the function exists already (also when an earlier try of this
+        create was carried out but its answer lost: the repeat says ALREADY_EXISTS and the caller updates)."""
         from google.api_core import exceptions as gapi
 
         def create() -> Any | None:
@@ -295,6 +300,7 @@ class GcfProvider(Provider):
 
         return self._call(f"create {name}", create, secrets)
 
+    @_api_retry
     def _update_call(self, function: Any, name: str, secrets: tuple[str, ...]) -> Any:
         from google.protobuf import field_mask_pb2
 

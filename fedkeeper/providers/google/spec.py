@@ -12,9 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fedkeeper.config.base import expand_path
+from fedkeeper.config.base import UnreadableFile, expand_path, read_small_file
 from fedkeeper.providers.base import ConfigProblem, PlatformSpec, UnitPrice
+from fedkeeper.providers.google import limits as gcf_limits
 from fedkeeper.providers.google.config import GCF_MEMORY_MB, GCF_TIMEOUT_S, GcfCluster
+from fedkeeper.providers.limits import RuntimeKind
 
 #: vCPU a Cloud Functions 2nd gen instance gets per GiB at the 1 GiB setting (used for the GB-s equivalent)
 GCF_VCPU_PER_GIB = 0.583
@@ -40,17 +42,12 @@ class GooglePlatform(PlatformSpec):
     #: GCF builds the function by installing the zip's requirements.txt
     installs_requirements: ClassVar[bool] = True
     legacy_count_keys: ClassVar[tuple[str, ...]] = ("gcf_clients_count",)
+    #: parameters become environment variables; a deploy refuses docker_image and layers
+    function_settings: ClassVar[frozenset[str]] = frozenset({"parameters"})
 
-    def check_limits(self, path: str, memory: int | None, timeout_s: float | None,
-                     raw_timeout: float | None) -> list[ConfigProblem]:
-        out: list[ConfigProblem] = []
-        lo, hi = GCF_MEMORY_MB
-        if memory is not None and not lo <= memory <= hi:
-            out.append((f"{path}.memory", f"Cloud Functions memory must be {lo}..{hi} MB (got {memory})"))
-        if timeout_s is not None and timeout_s > GCF_TIMEOUT_S:
-            out.append((f"{path}.timeout", f"Cloud Functions (2nd gen, HTTP) timeout must be <= {GCF_TIMEOUT_S} s "
-                                           f"(got {timeout_s:g} s)"))
-        return out
+    stock_limits = gcf_limits.STOCK
+    kinds: ClassVar[dict[str, RuntimeKind]] = gcf_limits.KINDS
+    limits_title: ClassVar[str | None] = "Cloud Functions (2nd gen, HTTP)"
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         out: list[ConfigProblem] = []
@@ -72,7 +69,7 @@ class GooglePlatform(PlatformSpec):
                 and not cluster.is_loopback:
             out.append((f"{path}.project_id", "a Google Cloud project id has 6-30 lower-case letters, digits and "
                                               "'-', starting with a letter"))
-        return out
+        return out + self.check_runtime(path, cluster)
 
     def read_credential_files(self, path: str, raw_cluster: dict[str, Any], base_dir: Path,
                               secrets: set[str]) -> list[ConfigProblem]:
@@ -86,11 +83,9 @@ class GooglePlatform(PlatformSpec):
                           "credentials")]
         file = expand_path(base_dir, creds)
         try:
-            info = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return [(key, f"service-account file not found: {file}")]
-        except (OSError, UnicodeDecodeError) as exc:
-            return [(key, f"cannot read service-account file {file}: {type(exc).__name__}")]
+            info = json.loads(read_small_file(file, "service-account file"))
+        except UnreadableFile as exc:
+            return [(key, str(exc))]
         except ValueError:
             return [(key, f"{file} is not JSON (expected a service-account key file)")]
         if not isinstance(info, dict) or "client_email" not in info or "private_key" not in info:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedkeeper.config.base import Model
+from fedkeeper.config.base import MAX_WAIT_S, Model
 
 
 class Faults(Model):
@@ -23,8 +23,8 @@ class Faults(Model):
         if self.failure_rate + self.timeout_rate + self.crash_rate > 1:
             raise ValueError("failure_rate + timeout_rate + crash_rate must be <= 1")
         lo, hi = self.latency_ms
-        if lo < 0 or hi < lo:
-            raise ValueError("latency_ms must be [lo, hi] with 0 <= lo <= hi")
+        if lo < 0 or hi < lo or hi > MAX_WAIT_S * 1000:
+            raise ValueError(f"latency_ms must be [lo, hi] with 0 <= lo <= hi <= {MAX_WAIT_S * 1000:.0f}")
         return self
 
     @property
@@ -37,8 +37,8 @@ class LocalCluster(Model):
 
     kind: ClassVar[str] = "local"
     concurrency: int = Field(2, ge=1, le=256, description="maximum worker processes on this cluster")
-    keep_warm_s: float = Field(60.0, ge=0)
-    cold_start_ms: float = Field(0.0, ge=0)
+    keep_warm_s: float = Field(60.0, ge=0, le=MAX_WAIT_S)
+    cold_start_ms: float = Field(0.0, ge=0, le=MAX_WAIT_S * 1000)
     faults: Faults = Field(default_factory=Faults)
     python: str | None = Field(None, description="interpreter for workers (default: the one running fedkeeper)")
 

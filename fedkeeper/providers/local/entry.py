@@ -38,7 +38,7 @@ import time
 import traceback
 from typing import Any, BinaryIO
 
-from fedkeeper.runtime.entry_support import mask  # this file's folder (the unpacked zip) is sys.path[0]
+from fedkeeper.runtime.entry_support import mask, secret_values  # this file's folder (the unpacked zip) is sys.path[0]
 
 _MAX_ERROR_CHARS = 2000
 _TRACEBACK_LINES = 6
@@ -83,8 +83,7 @@ def _secret_values() -> list[str]:
     names = [n for n in os.environ.pop("FK_LOCAL_MASKED", "").split(",") if n]
     if not names:  # started by something else than the platform: mask what looks like settings
         names = [k for k in os.environ if k.startswith("FK_MONGO")]
-    values = {os.environ[n] for n in names if len(os.environ.get(n, "")) >= 4}
-    return sorted(values, key=len, reverse=True)
+    return secret_values(os.environ[n] for n in names if n in os.environ)  # a URL's password on its own too
 
 
 def _describe(exc: BaseException, secrets: list[str]) -> tuple[str, str]:

@@ -46,6 +46,7 @@ from fedkeeper.providers.base import (
 )
 from fedkeeper.providers.local.pool import MAX_PAYLOAD_BYTES, WorkerPool
 from fedkeeper.providers.local.worker import ENTRY_FILE, FunctionRuntime
+from fedkeeper.signals import deferred
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 META_FILE = "meta.json"
@@ -83,21 +84,23 @@ class LocalProvider(Provider):
         fdir.mkdir(parents=True, exist_ok=True)
         staging = fdir / f".code-{uuid.uuid4().hex[:8]}"
         trash = fdir / f".old-{uuid.uuid4().hex[:8]}"
-        try:
-            self._unpack(spec, staging)
-            if code.exists():
-                code.rename(trash)
-            staging.rename(code)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(trash, ignore_errors=True)
         meta = {
             "name": spec.name, "function": spec.function, "digest": spec.digest, "labels": dict(spec.labels),
             "memory_mb": int(spec.memory_mb), "timeout_s": float(spec.timeout_s),
             "concurrency": int(spec.concurrency), "env": dict(spec.env), "extra": spec.extra,
             "deployed": time.time(),
         }
-        self._write_private_json(fdir / META_FILE, meta)
+        try:
+            self._unpack(spec, staging)
+            with deferred():  # Ctrl-C/SIGTERM wait: the code and its meta.json change together or not at all
+                if code.exists():
+                    code.rename(trash)
+                staging.rename(code)
+                self._write_private_json(fdir / META_FILE, meta)
+        finally:
+            with deferred():  # a signal must not cut the cleanup short and leave a staging folder behind
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.rmtree(trash, ignore_errors=True)
         self._runtimes.pop(spec.name, None)
         if self._pool is not None:
             self._pool.retire(spec.name)  # warm workers run the old code: let them go
@@ -153,11 +156,12 @@ class LocalProvider(Provider):
         if self._pool is not None:
             self._pool.retire(name)
         trash = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            fdir.rename(trash)  # disappears at once for every reader, then the files go
-        except FileNotFoundError:
-            return False
-        shutil.rmtree(trash, ignore_errors=True)
+        with deferred():  # Ctrl-C/SIGTERM wait until the folder is gone: no half-removed trash is left behind
+            try:
+                fdir.rename(trash)  # disappears at once for every reader, then the files go
+            except FileNotFoundError:
+                return False
+            shutil.rmtree(trash, ignore_errors=True)
         return existed
 
     def exists(self, name: str) -> bool:

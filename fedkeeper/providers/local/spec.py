@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import os
+import shutil
+from typing import Any, ClassVar
 
-from fedkeeper.providers.base import PlatformSpec, UnitPrice
+from fedkeeper.providers.base import ConfigProblem, PlatformSpec, UnitPrice
 from fedkeeper.providers.local.config import LocalCluster
 
 
@@ -18,6 +20,26 @@ class LocalPlatform(PlatformSpec):
     price: ClassVar[UnitPrice] = UnitPrice(0.0, 0.0, "local worker processes: free")
     #: polling is a dictionary lookup in this process: keep it tight so a finished call is seen at once
     poll_max_s: ClassVar[float | None] = 0.01
+    #: a worker's address space is capped at memory + 128 MB (worker.ADDRESS_SPACE_ALLOWANCE_MB), and the
+    #: interpreter with numpy and pymongo reserves about 147 MB: below 128 MB the worker cannot even import its
+    #: handler (the clouds' minimum too); the cap's byte count must fit the 64 bits setrlimit takes
+    memory_mb: ClassVar[tuple[int, int] | None] = (128, 1 << 30)
+    #: workers run the zip with this machine's interpreter: no images or layers; parameters are kept with the
+    #: function (its meta.json) as a platform that binds them would keep them
+    function_settings: ClassVar[frozenset[str]] = frozenset({"parameters"})
+
+    def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
+        """`python` must be an interpreter this machine can start: workers are spawned with it, from their own
+        code folder, so a path must be absolute (a bare name is looked up on PATH)."""
+        python = cluster.python
+        if not python:
+            return []
+        if os.sep in python and not os.path.isabs(python):
+            return [(f"{path}.python", f"{python!r}: give an absolute path (workers start in their own folder)")]
+        if not shutil.which(python):
+            return [(f"{path}.python", f"{python!r} is not an executable file (give the path of a Python "
+                                       "interpreter, or leave the key out to use the one running fedkeeper)")]
+        return []
 
 
 SPEC = LocalPlatform()

@@ -133,7 +133,10 @@ class OpenWhiskClient:
     # ------------------------------------------------------------------ paths
 
     def action_path(self, name: str | None = None) -> str:
-        return f"{self.base_path}/actions" + (f"/{quote(name, safe='')}" if name is not None else "")
+        """`actions/{name}`; an action inside a package is `package/name` (each part quoted on its own)."""
+        if name is None:
+            return f"{self.base_path}/actions"
+        return f"{self.base_path}/actions/" + "/".join(quote(part, safe="") for part in name.split("/", 1))
 
     def activation_path(self, activation_id: str) -> str:
         return f"{self.base_path}/activations/{quote(activation_id, safe='')}"

@@ -12,8 +12,10 @@
   `FK_ENV_KEYS`). That is the OpenWhisk convention for an application error (the activation's `response.status` becomes
   "application error", `success: false`), and it is what the runtime itself would return for an uncaught
   exception, except that the runtime would neither name the type nor mask secrets. The traceback goes to stderr,
-  i.e. the activation logs, masked as well. A handler that cannot be imported (e.g. numpy missing from the
-  `python:3.11` kind's image) gives the same kind of error on every call, with a hint.
+  i.e. the activation logs, masked as well. A handler that cannot be imported gives the same kind of error on
+  every call, with a hint: numpy missing from the kind's image (ModuleNotFoundError), or vendored wheels built
+  for another Python than the kind runs (an ImportError such as numpy's "source directory" message, what cp311
+  wheels say on `python:default`, which is Python 3.10 on a stock installation).
 
 This file runs inside the function: standard library and the function folder only.
 """

@@ -10,9 +10,41 @@ from fedkeeper.config.legacy import Issue, drop_noop
 
 
 def normalise(raw: dict[str, Any], secrets: set[str], warnings: list[Issue]) -> None:
-    """Rewrite the OpenWhisk clusters' legacy keys in place (and the prototype's top-level `auth:`)."""
+    """Rewrite the OpenWhisk clusters' legacy keys in place (and the prototype's top-level `auth:`), and the
+    prototype's per-function OpenWhisk concurrency."""
     providers = raw.get("providers")
     _openwhisk(raw, providers if isinstance(providers, dict) else {}, secrets, warnings)
+    _prototype_concurrency(raw, warnings)
+
+
+def _prototype_concurrency(raw: dict[str, Any], warnings: list[Issue]) -> None:
+    """The prototype set `concurrency: "100"` on its actions. OpenWhisk's Python runtime runs one activation per
+    container (docs/intra-concurrency.md: several are for the nodejs kinds only), so more garbles or hangs
+    activations: a prototype config (its functions nested under a scenario) is read with concurrency 1.
+    A current config (top-level `functions`) asking for more is refused by validation instead."""
+    scenarios = raw.get("scenarios")
+    if not isinstance(scenarios, dict):
+        return
+    for scenario, section in scenarios.items():
+        functions = section.get("functions") if isinstance(section, dict) else None
+        if not isinstance(functions, dict):
+            continue
+        for fn, per_kind in functions.items():
+            if not isinstance(per_kind, dict):
+                continue
+            for kind in ("openwhisk", "ow"):
+                settings = per_kind.get(kind)
+                if not isinstance(settings, dict) or "concurrency" not in settings:
+                    continue
+                try:
+                    value = int(float(str(settings["concurrency"]).strip()))
+                except ValueError:
+                    continue  # validation reports it
+                if value > 1:
+                    settings["concurrency"] = 1
+                    warnings.append((f"scenarios.{scenario}.functions.{fn}.{kind}.concurrency",
+                                     f"{value} read as 1: OpenWhisk's Python runtime runs one activation per "
+                                     "container (more garbles or hangs activations)"))
 
 
 

@@ -6,14 +6,23 @@
   `fedkeeper-settings` (what only this provider sees: kind or image, cluster-level parameters and annotations).
   When both match, no PUT is sent.
 - secrets (`DeploySpec.env`, e.g. `FK_MONGO_URL`) are bound action parameters; OpenWhisk merges them into the
-  activation's `args`, and the entry file (`entries/openwhisk.py`) moves them into `os.environ` before the
-  handler runs. They never appear in invocation payloads, URLs or messages. `provide-api-key: false` keeps the
-  namespace key out of the action's environment.
+  activation's `args`, and the entry file (`providers/openwhisk/entry.py`) moves them into `os.environ` before
+  the handler runs. They never appear in invocation payloads, URLs or messages. `provide-api-key: false` keeps
+  the namespace key out of the action's environment, and `final: true` makes the bound parameters immutable:
+  the controller merges an invocation's payload over the bound parameters unless the action is final, and then
+  refuses (400) a payload that names one (`Actions.scala`, `WhiskActionLike.immutableParameters`), so nobody
+  holding the namespace key can point a function at another store with `{"FK_MONGO_DB": ...}`.
+- updates: the controller merges the annotations of an update into the old ones (`old ++ new`), so an
+  annotation FedKeeper no longer wants is named in `delAnnotations`.
 - invoke: `POST .../actions/{name}?blocking=false` → 202 + activation id; poll: `GET .../activations/{id}`
   (404 until the record is written). One GET per poll over a pooled connection, because the tracker polls many
   activations at once.
 - remove/list: by annotation, so that actions left by a crashed deploy are found and removed too. An existing
-  action under our name that carries another experiment's annotation (or none) is never overwritten.
+  action under our name that carries another experiment's annotation (or none) is never overwritten. A listing
+  is newest first, at most 200 a page, paged by `skip`, and includes the actions inside packages (their
+  `namespace` is `ns/package`; they are named `package/name` here): pages are read until one is empty, and the
+  whole listing is repeated until a pass finds nothing new, since an action updated meanwhile moves to the
+  front and shifts the pages under the reader.
 - errors: 401/403 → AuthError, 404 on invoke → FunctionMissing (the tracker redeploys), 429 → Throttled (with
   Retry-After), 5xx and connection failures → PlatformError, other 4xx → InvocationFailed; messages name method,
   path, status and the controller's error text, never the key. Retries (openwhisk_client.py): GET/PUT/DELETE
@@ -38,6 +47,7 @@ import requests
 from fedkeeper import __version__
 from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
 from fedkeeper.providers.base import (
+    LABEL_CODE,
     LABEL_DIGEST,
     LABEL_EXPERIMENT,
     LABEL_FUNCTION,
@@ -62,9 +72,13 @@ ANNOTATION_SETTINGS = "fedkeeper-settings"
 ENV_KEYS_PARAMETER = "FK_ENV_KEYS"
 #: how OpenWhisk words a timed-out activation ("The action exceeded its time limits of 100 milliseconds.")
 _TIME_LIMIT = re.compile(r"exceeded its time limits?", re.IGNORECASE)
-#: page size of the action list (the controller's maximum)
+#: page size of the action list (the controller's maximum, `whisk.query-limit.max-list-limit`)
 _PAGE = 200
-_OUR_LABELS = (LABEL_EXPERIMENT, LABEL_FUNCTION, LABEL_DIGEST)
+#: listings repeated at most this often while a pass still finds actions the previous ones missed
+_LIST_PASSES = 4
+#: annotations the controller writes itself (`WhiskActionsApi.amendAnnotations`): never deleted by an update
+_SYSTEM_ANNOTATIONS = frozenset({"exec"})
+_OUR_LABELS = (LABEL_EXPERIMENT, LABEL_FUNCTION, LABEL_DIGEST, LABEL_CODE)
 
 
 def _annotations_dict(items: Any) -> dict[str, Any]:
@@ -111,6 +125,7 @@ class OpenWhiskProvider(Provider):
         annotations = {**self.config.annotations, **(spec.extra.get("annotations") or {})}
         annotations.update(spec.labels)
         annotations["provide-api-key"] = False
+        annotations["final"] = True  # bound parameters (the store URL and database) cannot be overridden
         annotations[ANNOTATION_SETTINGS] = self._settings_digest(exec_, parameters, annotations)
         return {
             "exec": exec_,
@@ -156,6 +171,10 @@ class OpenWhiskProvider(Provider):
                 log.info("%s: %s unchanged (digest %s)", self.cluster, spec.name, spec.digest[:12])
                 return DeployResult(spec.name, "unchanged", spec.digest, time.monotonic() - started)
         action = "updated" if current is not None else "created"
+        if current is not None:
+            stale = sorted(set(_annotations_dict(current.get("annotations"))) - set(wanted) - _SYSTEM_ANNOTATIONS)
+            if stale:  # an update merges annotations (old ++ new): drop the ones no longer wanted
+                body["delAnnotations"] = stale
         path = self.client.action_path(spec.name)
         # overwrite=false on create: if another deploy created it in between we learn it (409) and update instead.
         response = self.client.send("PUT", path, params={"overwrite": str(current is not None).lower()},
@@ -187,34 +206,56 @@ class OpenWhiskProvider(Provider):
         return self._get_action(name) is not None
 
     def list(self, labels: dict[str, str] | None = None) -> list[FunctionInfo]:
-        """Actions carrying every given annotation; with None, every action that carries our experiment label."""
+        """Actions carrying every given annotation; with None, every action that carries our experiment label.
+
+        Packaged actions are included as `package/name`. The listing is repeated until a pass adds nothing
+        (at most `_LIST_PASSES`): skip-based pages shift when an action is created, updated or deleted meanwhile.
+        """
         wanted = labels if labels is not None else {}
-        out: list[FunctionInfo] = []
+        found: dict[str, FunctionInfo] = {}
+        for _ in range(_LIST_PASSES):
+            before = len(found)
+            for item in self._list_pass():
+                annotations = _annotations_dict(item.get("annotations"))
+                if LABEL_EXPERIMENT not in annotations:
+                    continue
+                if any(str(annotations.get(k)) != str(v) for k, v in wanted.items()):
+                    continue
+                name = self._qualified_name(item)
+                limits = item.get("limits") or {}
+                timeout_ms = limits.get("timeout")
+                found.setdefault(name, FunctionInfo(
+                    name=name,
+                    labels={k: str(annotations[k]) for k in _OUR_LABELS if k in annotations},
+                    digest=annotations.get(LABEL_DIGEST),
+                    memory_mb=limits.get("memory"),
+                    timeout_s=timeout_ms / 1000.0 if isinstance(timeout_ms, (int, float)) else None,
+                ))
+            if len(found) == before:
+                break
+        return list(found.values())
+
+    def _list_pass(self) -> list[dict[str, Any]]:
+        """Every row of one paged listing, pages read until an empty one."""
         path = self.client.action_path()
+        rows: list[dict[str, Any]] = []
         skip = 0
         while True:
             response = self.client.send("GET", path, params={"limit": _PAGE, "skip": skip})
             page = self._json(response, "GET", path)
             if not isinstance(page, list):
                 raise PlatformError(self.cluster, f"GET {path}: expected a JSON list of actions")
-            for item in page:
-                annotations = _annotations_dict(item.get("annotations"))
-                if LABEL_EXPERIMENT not in annotations:
-                    continue
-                if any(str(annotations.get(k)) != str(v) for k, v in wanted.items()):
-                    continue
-                limits = item.get("limits") or {}
-                timeout_ms = limits.get("timeout")
-                out.append(FunctionInfo(
-                    name=str(item.get("name")),
-                    labels={k: str(annotations[k]) for k in _OUR_LABELS if k in annotations},
-                    digest=annotations.get(LABEL_DIGEST),
-                    memory_mb=limits.get("memory"),
-                    timeout_s=timeout_ms / 1000.0 if isinstance(timeout_ms, (int, float)) else None,
-                ))
-            if len(page) < _PAGE:
-                return out
+            if not page:
+                return rows
+            rows += [item for item in page if isinstance(item, dict)]
             skip += len(page)
+
+    @staticmethod
+    def _qualified_name(item: dict[str, Any]) -> str:
+        """`name`, or `package/name` for an action inside a package (its namespace is `ns/package`)."""
+        name = str(item.get("name"))
+        namespace = str(item.get("namespace") or "")
+        return f"{namespace.split('/', 1)[1]}/{name}" if "/" in namespace else name
 
     # ------------------------------------------------------------------ invoke / poll
 

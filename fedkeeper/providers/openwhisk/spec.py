@@ -1,6 +1,7 @@
 """What FedKeeper knows about Apache OpenWhisk: milliseconds, `uuid:key` auth, `.wskprops`, `__main__.py` zips.
 
-Limits are the controller's own checks (`whisk.memory`, `whisk.time-limit`; ../shared/reference/providers.md).
+Limits and kinds are the table in `limits.py` (a stock controller's own checks and runtimes manifest); a
+cluster's `limits:` overrides them for an installation configured otherwise.
 """
 
 from __future__ import annotations
@@ -9,14 +10,16 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from fedkeeper.config.base import expand_path
+from fedkeeper.config.base import UnreadableFile, expand_path, read_small_file
 from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, UnitPrice
+from fedkeeper.providers.limits import RuntimeKind
+from fedkeeper.providers.openwhisk import limits as ow_limits
 from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
 
 #: OpenWhisk timeouts are milliseconds; below this a value was most likely meant as seconds
 SUSPICIOUS_TIMEOUT_MS = 1000
 #: the controller refuses action timeouts below this (`whisk.time-limit.min`)
-MIN_TIMEOUT_MS = 100
+MIN_TIMEOUT_MS = int(ow_limits.STOCK.timeout_s[0] * 1000)  # type: ignore[index]
 
 
 class OpenWhiskPlatform(PlatformSpec):
@@ -31,25 +34,55 @@ class OpenWhiskPlatform(PlatformSpec):
     timeout_unit_s: ClassVar[float] = 0.001
     takes_vendored_wheels: ClassVar[bool] = True
     legacy_count_keys: ClassVar[tuple[str, ...]] = ("ow_clients_count", "edge_clients_count")
+    function_settings: ClassVar[frozenset[str]] = frozenset({"docker_image", "parameters"})
+
+    stock_limits = ow_limits.STOCK
+    kinds: ClassVar[dict[str, RuntimeKind]] = ow_limits.KINDS
+
+    def declared_kind(self, name: str, python: str) -> RuntimeKind:
+        """A kind an installation lists beyond the stock manifest: its image is one of the bookworm ones."""
+        if not re.fullmatch(r"python:[\w.-]+", name):
+            return RuntimeKind(name, python, None, refused=f"{name!r} is not a python kind; FedKeeper's functions "
+                                                           "are Python")
+        return RuntimeKind(name, python, "manylinux_2_28", "declared in the cluster's limits.kinds")
 
     def packaging_options(self, cluster: Any) -> PackagingOptions:
-        match = re.fullmatch(r"python:(3\.\d+)", str(cluster.runtime))
-        vendor = bool(cluster.vendor_wheels) and not cluster.docker_image
-        return PackagingOptions(vendor_wheels=vendor, python_version=match.group(1) if match else "3.11")
+        if cluster.docker_image:
+            return PackagingOptions(vendor_wheels=False)  # the image brings its Python and the wheels
+        kind = self.runtime_kind(cluster)
+        assert kind is not None and kind.wheel_platform is not None
+        return PackagingOptions(vendor_wheels=bool(cluster.vendor_wheels), python_version=kind.python,
+                                wheel_platform=kind.wheel_platform)
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
+        out: list[ConfigProblem] = []
         if not cluster.auth and not cluster.auth_file:
-            return [(f"{path}.auth", "required: uuid:key, from ${ENV} (auth: ${OW_AUTH}) or auth_file")]
-        if cluster.auth and (":" not in cluster.auth or not all(cluster.auth.split(":", 1))):
-            return [(f"{path}.auth", "must be uuid:key (the two parts of an OpenWhisk key, joined by ':')")]
-        return []
+            out.append((f"{path}.auth", "required: uuid:key, from ${ENV} (auth: ${OW_AUTH}) or auth_file"))
+        elif cluster.auth and (":" not in cluster.auth or not all(cluster.auth.split(":", 1))):
+            out.append((f"{path}.auth", "must be uuid:key (the two parts of an OpenWhisk key, joined by ':')"))
+        if not cluster.docker_image:  # with an image, the image decides the Python
+            out += self.check_runtime(path, cluster)
+        return out
 
-    def check_limits(self, path: str, memory: int | None, timeout_s: float | None,
-                     raw_timeout: float | None) -> list[ConfigProblem]:
-        if raw_timeout is not None and raw_timeout < MIN_TIMEOUT_MS:
-            return [(f"{path}.timeout", f"OpenWhisk timeouts are milliseconds and at least {MIN_TIMEOUT_MS} "
-                                        f"(got {raw_timeout:g})")]
-        return []
+    def check_limits(self, path: str, memory: int | None, timeout_s: float | None, raw_timeout: float | None,
+                     *, concurrency: int | None = None, cluster: Any = None,
+                     cluster_name: str | None = None) -> list[ConfigProblem]:
+        """The controller's limits, plus what holds whatever the installation allows: timeouts are milliseconds,
+        and a Python action runs one activation per container."""
+        limits = self.limits(cluster)
+        if raw_timeout is not None and limits.timeout_s is not None and raw_timeout / 1000.0 < limits.timeout_s[0]:
+            return [(f"{path}.timeout", f"OpenWhisk timeouts are milliseconds and at least "
+                                        f"{limits.timeout_s[0] * 1000:g} (got {raw_timeout:g})")]
+        python_refusal = concurrency is not None and concurrency > ow_limits.PYTHON_CONCURRENCY_MAX
+        out = super().check_limits(path, memory, timeout_s, raw_timeout,
+                                   concurrency=None if python_refusal else concurrency, cluster=cluster,
+                                   cluster_name=cluster_name)
+        if python_refusal:
+            out.append((f"{path}.concurrency",
+                        f"must be 1 (got {concurrency}): OpenWhisk's Python runtime runs one activation per "
+                        "container (intra-container concurrency is for the nodejs kinds only: OpenWhisk's "
+                        "docs/intra-concurrency.md); more would garble or hang activations"))
+        return out
 
     def setting_warnings(self, path: str, raw_timeout: float | None) -> list[ConfigProblem]:
         if raw_timeout is not None and raw_timeout < SUSPICIOUS_TIMEOUT_MS:
@@ -73,11 +106,9 @@ class OpenWhiskPlatform(PlatformSpec):
             return [(key, "give auth or auth_file, not both")]
         file = expand_path(base_dir, str(raw_cluster["auth_file"]))
         try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return [(key, f"auth file not found: {file}")]
-        except (OSError, UnicodeDecodeError):
-            return [(key, f"cannot read auth file {file}")]
+            text = read_small_file(file, "auth file")
+        except UnreadableFile as exc:
+            return [(key, str(exc))]
         props: dict[str, str] = {}
         for line in text.splitlines():
             line = line.strip()

@@ -1,0 +1,210 @@
+"""Which stored client updates the aggregator may use, and the streaming aggregation over the admitted ones.
+
+Why: an update document is written by whoever holds the store's credentials (every client function does), so each
+of its fields is the writer's word. The orchestrator is the authority on what was asked for: for every client it
+names the activation it issued (id and attempt) whose update it will take, and the aggregator recomputes how many
+samples that client's shard holds from the seeded partition (``data.shard_sizes``). An update enters the average
+only if its document is the one that activation wrote (run, round, client, activation id, attempt), it trained on
+the previous global model, its ``num_examples`` is an integer in [1, shard size], its blob is the one the client
+acknowledged (when the orchestrator saw the acknowledgement) and decodes to the model's names, shapes and dtypes
+with finite values. Anything else is rejected with one of ``REASONS``, and the round goes on with the rest.
+
+Weights are float64 from these validated integers (``strategies.FedAvg``), so no count can overflow or dominate
+beyond its shard: the total is at most the training set's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import strategies
+from . import weights as W
+from .blobstore import CorruptUpdate, update_key
+
+log = logging.getLogger(__name__)
+
+#: why an update was rejected (the ``reason`` of a ``rejected`` entry), with what it means
+REASONS: dict[str, str] = {
+    "missing": "no update stored for the activation, or its blob was garbage-collected or is gone",
+    "malformed": "a metadata field is absent or of the wrong type (e.g. client_id null), or the blob reference "
+                 "or size is not one a FedKeeper writer produces",
+    "forged": "the document names another run, round, client, activation id or attempt than the activation the "
+              "orchestrator issued",
+    "mismatch": "the stored blob is not the one the client function acknowledged (its sha256 differs)",
+    "stale_round": "trained on another global model than the previous round's",
+    "num_examples": "num_examples is not an integer between 1 and the number of samples of the client's shard",
+    "bad_update": "the aggregation strategy refused the update",
+    **{reason: "the weight blob failed validation (runtime/weights.py)" for reason in sorted(W.REASONS)},
+}
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class UpdateSource(Protocol):
+    """What the aggregation reads (``blobstore.BlobStore`` implements it)."""
+
+    def find_update(self, run_id: str, round: int, client_id: Any, activation_id: str | None = None
+                    ) -> dict[str, Any] | None: ...
+
+    def decode_update(self, doc: Mapping[str, Any], expected: W.Expected, run_id: str, round: int, client_id: Any,
+                      *, max_bytes: int | None = None) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Issued:
+    """One client's update the orchestrator asks for: the activation it issued (and, if it saw the client's
+    acknowledgement, the sha256 the client reported)."""
+
+    client_id: int
+    activation_id: str
+    attempt: int
+    sha256: str | None = None
+
+    def as_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"client_id": self.client_id, "activation_id": self.activation_id,
+                               "attempt": self.attempt}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def parse_issued(raw: Any, num_clients: int, where: str = "params.updates") -> list[Issued]:
+    """The orchestrator's list ``[{client_id, activation_id, attempt, sha256?}, ...]``, checked and in ascending
+    client-id order (the aggregation order); ValueError naming the entry otherwise (a bad payload, not a bad
+    update: the orchestrator built it)."""
+    if not isinstance(raw, list):
+        raise ValueError(f"{where} must be a list of {{client_id, activation_id, attempt}}, got {type(raw).__name__}")
+    out: dict[int, Issued] = {}
+    for i, entry in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{at} must be an object, got {entry!r}")
+        cid, aid, attempt, sha = (entry.get(k) for k in ("client_id", "activation_id", "attempt", "sha256"))
+        if not _is_int(cid) or not 0 <= cid < num_clients:
+            raise ValueError(f"{at}.client_id must be an integer in 0..{num_clients - 1}, got {cid!r}")
+        if not isinstance(aid, str) or not aid or ":" in aid or len(aid) > 200:
+            raise ValueError(f"{at}.activation_id must be a non-empty string without ':', got {aid!r}")
+        if not _is_int(attempt) or attempt < 1:
+            raise ValueError(f"{at}.attempt must be an integer >= 1, got {attempt!r}")
+        if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
+            raise ValueError(f"{at}.sha256 must be 64 lowercase hex digits, got {sha!r}")
+        if int(cid) in out:
+            raise ValueError(f"{at}.client_id {cid} is listed twice")
+        out[int(cid)] = Issued(int(cid), aid, int(attempt), sha)
+    return [out[c] for c in sorted(out)]
+
+
+def check(doc: Any, item: Issued, *, run_id: str, round: int, shard_size: int) -> int:
+    """The ``num_examples`` to weight this update with, once every metadata field the aggregation relies on is
+    checked against the issued activation; CorruptUpdate with one of ``REASONS`` otherwise. The blob is not
+    read here (``decode_update`` does that): metadata is cheap to refuse first."""
+
+    def reject(reason: str, detail: str) -> CorruptUpdate:
+        return CorruptUpdate(run_id, round, item.client_id, reason, detail)
+
+    if doc is None:
+        raise reject("missing", f"no update stored for activation {item.activation_id}")
+    if not isinstance(doc, Mapping):
+        raise reject("malformed", f"the update document is a {type(doc).__name__}")
+    for key, kind, want in (("run_id", str, run_id), ("round", int, round), ("client_id", int, item.client_id),
+                            ("activation_id", str, item.activation_id)):
+        value = doc.get(key)
+        if not (_is_int(value) if kind is int else isinstance(value, kind)):
+            raise reject("malformed", f"{key} is {_show(value)}, not {'an integer' if kind is int else 'a string'}")
+        if value != want:
+            raise reject("forged", f"{key} is {_show(value)}, the orchestrator issued {want!r}")
+    attempt = doc.get("attempt")
+    if attempt is None:
+        if doc.get("_id") != update_key(run_id, round, item.client_id):  # only pre-activation-key docs lack it
+            raise reject("malformed", "attempt is missing")
+    elif not _is_int(attempt):
+        raise reject("malformed", f"attempt is {_show(attempt)}, not an integer")
+    elif attempt != item.attempt:
+        raise reject("forged", f"attempt is {_show(attempt)}, the orchestrator issued attempt {item.attempt}")
+    sha = doc.get("sha256")
+    if not isinstance(sha, str):
+        raise reject("malformed", f"sha256 is {_show(sha)}, not a string")
+    if item.sha256 is not None and sha != item.sha256:
+        raise reject("mismatch", f"stored update {sha[:16]}… is not the one the client acknowledged "
+                                 f"({item.sha256[:16]}…)")
+    base = doc.get("base_round")
+    if not _is_int(base):
+        raise reject("malformed", f"base_round is {_show(base)}, not an integer")
+    if base != round - 1:
+        raise reject("stale_round", f"trained on round {_show(base)}, expected {round - 1}")
+    n = doc.get("num_examples")
+    if not _is_int(n) or not 1 <= n <= shard_size:
+        raise reject("num_examples", f"num_examples is {_show(n)}; client {item.client_id}'s shard holds "
+                                     f"{shard_size} samples")
+    return int(n)
+
+
+def _show(value: Any) -> str:
+    """A hostile value, shown short: a document may hold megabytes in any field."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def max_blob_bytes(expected: W.Expected) -> int:
+    """The largest blob an update of this model can be: its arrays, their alignment, a generous header."""
+    payload = sum(math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize + W.ALIGN
+                  for shape, dtype in expected.values())
+    header = sum(512 + 12 * len(name) + 24 * len(shape) for name, (shape, _) in expected.items())
+    return W.PREFIX_SIZE + header + W.ALIGN + payload
+
+
+@dataclass
+class Outcome:
+    """What one aggregation made of the issued updates."""
+
+    weights: dict[str, np.ndarray] | None  # None when no update was admitted
+    accepted: list[int]
+    rejected: list[dict[str, Any]]
+    total_examples: int
+
+
+def rejection(item: Issued, reason: str, detail: str) -> dict[str, Any]:
+    return {"client_id": item.client_id, "activation_id": item.activation_id, "attempt": item.attempt,
+            "reason": reason, "detail": detail}
+
+
+def aggregate(issued: Sequence[Issued], source: UpdateSource, *, run_id: str, round: int, expected: W.Expected,
+              shard_sizes: Sequence[int], strategy: strategies.FedAvg | None = None) -> Outcome:
+    """Admit and average the issued updates in ascending client-id order, one update in memory at a time."""
+    fedavg = strategy or strategies.FedAvg()
+    fedavg.begin(expected)
+    limit = max_blob_bytes(expected)
+    accepted: list[int] = []
+    rejected: list[dict[str, Any]] = []
+    for item in sorted(issued, key=lambda i: i.client_id):
+        doc: Any = None
+        weights: dict[str, np.ndarray] | None = None
+        try:
+            doc = source.find_update(run_id, round, item.client_id, item.activation_id)
+            n = check(doc, item, run_id=run_id, round=round, shard_size=shard_sizes[item.client_id])
+            weights = source.decode_update(doc, expected, run_id, round, item.client_id, max_bytes=limit)
+            fedavg.add(weights, n, client_id=item.client_id)
+        except CorruptUpdate as exc:
+            rejected.append(rejection(item, exc.reason, exc.detail))
+            log.warning("%s", exc)
+            continue
+        except strategies.StrategyError as exc:
+            rejected.append(rejection(item, "bad_update", str(exc)))
+            log.warning("update of client %s rejected (bad_update): %s", item.client_id, exc)
+            continue
+        finally:
+            weights = doc = None  # drop the views of this blob before reading the next one
+        accepted.append(item.client_id)
+    result = fedavg.result() if fedavg.count else None
+    return Outcome(result, accepted, rejected, fedavg.total_examples)

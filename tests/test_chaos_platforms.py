@@ -1,0 +1,129 @@
+"""Chaos on the platforms: real runs whose platforms misbehave at random, then the audit of tests/chaos_audit.py
+and the final model against an undisturbed run of the same config and seed.
+
+- `test_platform_errors_on_every_fake`: the clients run on the OpenWhisk, Lambda and Cloud Functions fakes at
+  once, each fake answering requests at random (tests/chaos.py) with 5xx, 429, reset connections, lost answers
+  (carried out, then reset: the function ran and stored its update, the orchestrator saw a broken
+  connection) and slow answers — deploy, token, invoke and poll requests alike;
+- `test_function_crashes_and_timeouts`: the local platform's own faults (a worker killed mid-call, a call held
+  past its timeout, a raised error) at high rates.
+
+Every draw is seeded; the seed is printed (`FK_CHAOS_SEED=<n>` replays it). No over-selection and no round
+deadline, so the outcome depends on no timing: with enough attempts every client succeeds once, and the model
+is bit for bit the undisturbed one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos import Chaos
+from chaos_audit import audit_run
+from chaos_support import CLIENTS, Databases, chaos_seed, experiment, record
+from round_support import start_in_process
+from test_secrets_canary import LAMBDA_LOOPBACK, lambda_on_loopback
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dbs(nx_server: str) -> Iterator[Databases]:
+    found = Databases(nx_server)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+# ---------------------------------------------------------------------------------------------- remote fakes
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The OpenWhisk, Cloud Functions (with ID tokens) and Lambda fakes, chaos off until the test sets it."""
+    from fake_gcf import FakeGcf, loopback_only
+    from fake_lambda import FakeLambda
+    from fake_openwhisk import FakeOpenWhisk
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(loopback_only())
+        ow = FakeOpenWhisk(workdir=tmp_path / "fakes" / "openwhisk")
+        ow.start()
+        stack.callback(ow.stop)
+        gcf = FakeGcf(workdir=tmp_path / "fakes" / "gcf", pending_polls=1)
+        gcf.start()
+        stack.callback(gcf.close)
+        gcf.require_access_token = gcf.require_id_token = True
+        lam = FakeLambda(tmp_path / "fakes" / "lambda", access_key_ids={"AKIACHAOS00000000001"})
+        lam.start()
+        stack.callback(lam.stop)
+        stack.enter_context(lambda_on_loopback())
+        yield {"ow": ow, "gcf": gcf, "lam": lam}
+
+
+def remote_clusters(fakes: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
+    """The three clusters, their keys read from ${ENV} as the config rules want."""
+    from fake_lambda import REGION
+
+    monkeypatch.setenv("FKC_OW_AUTH", fakes["ow"].auth)
+    monkeypatch.setenv("FKC_AWS_KEY_ID", "AKIACHAOS00000000001")
+    monkeypatch.setenv("FKC_AWS_SECRET", "chaos-secret-not-a-real-one")
+    fakes["gcf"].service_account(folder / "sa.json", "fk-chaos")
+    return {
+        "openwhisk": {"ow": {"api_host": fakes["ow"].url, "auth": "${FKC_OW_AUTH}", "request_timeout_s": 10}},
+        "aws": {"lam": {"region": REGION, "role_arn": fakes["lam"].role_arn, "endpoint_url": LAMBDA_LOOPBACK,
+                        "access_key_id": "${FKC_AWS_KEY_ID}", "secret_access_key": "${FKC_AWS_SECRET}",
+                        "vendor_wheels": False, "max_inflight": 4}},
+        "google": {"gcf": {"project_id": "fk-chaos", "region": "europe-west1", "credentials": "sa.json",
+                           "api_endpoint": fakes["gcf"].endpoint, "max_inflight": 4}},
+    }
+
+
+@pytest.mark.slow
+def test_platform_errors_on_every_fake(fakes: dict[str, Any], dbs: Databases, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, chaos_reference_sha: str) -> None:
+    seed = chaos_seed(1601)
+    rates = dict(error=0.1, throttle=0.08, reset=0.05, lost=0.05, slow=0.07)
+    for offset, name in enumerate(("ow", "gcf", "lam")):
+        fakes[name].chaos = Chaos(seed + offset, **rates)
+    folder = tmp_path / "chaos"
+    folder.mkdir()
+    text = experiment(dbs.mongo(), remote_clusters(fakes, folder, monkeypatch), {"ow": 2, "lam": 2, "gcf": 2},
+                      functions={"openwhisk": {"memory": 512, "timeout": 60000}, "aws": {"memory": 512, "timeout": 60},
+                                 "google": {"memory": 512, "timeout": 60}})
+    run = start_in_process(folder, text, dbs.client)
+    injected = {name: dict(fakes[name].chaos.counts) for name in ("ow", "gcf", "lam")}
+    print(f"faults injected per fake: {injected}")
+    assert run.summary["status"] == "completed", run.summary
+    audit = audit_run(run.db, run.folder)
+    record("platform_errors", audit, faults=sum(fakes[name].chaos.injected for name in injected),
+           requests=sum(fakes[name].chaos.requests for name in injected))
+    assert {a["cluster"] for a in run.activations()} == {"ow", "lam", "gcf"}
+    for name in ("ow", "gcf", "lam"):
+        assert fakes[name].chaos.injected > 0, f"no fault reached {name}"
+    assert run.summary["model_sha256"] == chaos_reference_sha
+
+
+# ---------------------------------------------------------------------------------------------- local faults
+
+
+def test_function_crashes_and_timeouts(dbs: Databases, tmp_path: Path, chaos_reference_sha: str) -> None:
+    seed = chaos_seed(1602)
+    faults = {"crash_rate": 0.2, "timeout_rate": 0.15, "failure_rate": 0.1, "seed": seed}
+    folder = tmp_path / "faulty"
+    folder.mkdir()
+    text = experiment(dbs.mongo(), {"local": {"lab": {"concurrency": 3, "faults": faults}}}, {"lab": CLIENTS},
+                      functions={"local": {"memory": 512, "timeout": 1}})
+    run = start_in_process(folder, text, dbs.client)
+    assert run.summary["status"] == "completed", run.summary
+    audit = audit_run(run.db, run.folder)
+    injected = [a["injected"] for a in run.activations() if a["injected"] in ("crash", "timeout", "failure")]
+    record("function_faults", audit, faults=len(injected))
+    assert "crash" in injected and "timeout" in injected, injected
+    assert run.summary["activations"]["failed"] > 0 and run.summary["activations"]["timed_out"] > 0
+    assert run.summary["model_sha256"] == chaos_reference_sha
