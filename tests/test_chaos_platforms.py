@@ -25,7 +25,8 @@ import pytest
 from chaos import Chaos
 from chaos_audit import audit_run
 from chaos_support import CLIENTS, Databases, chaos_seed, experiment, record
-from round_support import start_in_process
+from fedkeeper.errors import FedkeeperError
+from round_support import Run, start_in_process
 from test_secrets_canary import LAMBDA_LOOPBACK, lambda_on_loopback
 
 pytestmark = pytest.mark.integration
@@ -38,6 +39,27 @@ def dbs(nx_server: str) -> Iterator[Databases]:
         yield found
     finally:
         found.close()
+
+
+def run_to_completion(folder: Path, text: str, dbs: Databases, tries: int = 4) -> tuple[Run, list[str]]:
+    """`start`, and after a clean failure (exit 1: a deploy that ran out of retries, a run that failed) what a
+    user does: `start` again, or `start --resume` once the run exists. Returns the completed run and how the
+    sessions before it ended; anything but exit 1 (a crash, exit 2) fails the test."""
+    endings: list[str] = []
+    resume: str | None = None
+    for _ in range(tries):
+        try:
+            run = start_in_process(folder, text, dbs.client, resume=resume)
+        except FedkeeperError as exc:
+            assert exc.exit_code == 1 and resume is None, f"exit {exc.exit_code}: {exc}"
+            endings.append(f"before the run: {exc}")
+            continue
+        if run.summary["status"] == "completed":
+            return run, endings
+        assert run.summary["status"] == "failed", run.summary  # exit 1; `quorum_lost` cannot happen here
+        endings.append(f"run {run.summary['status']}: {run.summary['reason']}")
+        resume = run.run_id
+    pytest.fail(f"no completed run after {tries} sessions: {endings}")
 
 
 # ---------------------------------------------------------------------------------------------- remote fakes
@@ -96,13 +118,12 @@ def test_platform_errors_on_every_fake(fakes: dict[str, Any], dbs: Databases, tm
     text = experiment(dbs.mongo(), remote_clusters(fakes, folder, monkeypatch), {"ow": 2, "lam": 2, "gcf": 2},
                       functions={"openwhisk": {"memory": 512, "timeout": 60000}, "aws": {"memory": 512, "timeout": 60},
                                  "google": {"memory": 512, "timeout": 60}})
-    run = start_in_process(folder, text, dbs.client)
+    run, endings = run_to_completion(folder, text, dbs)
     injected = {name: dict(fakes[name].chaos.counts) for name in ("ow", "gcf", "lam")}
-    print(f"faults injected per fake: {injected}")
-    assert run.summary["status"] == "completed", run.summary
+    print(f"faults injected per fake: {injected}; sessions that ended in a clean failure first: {endings}")
     audit = audit_run(run.db, run.folder)
     record("platform_errors", audit, faults=sum(fakes[name].chaos.injected for name in injected),
-           requests=sum(fakes[name].chaos.requests for name in injected))
+           requests=sum(fakes[name].chaos.requests for name in injected), resumed=len(endings))
     assert {a["cluster"] for a in run.activations()} == {"ow", "lam", "gcf"}
     for name in ("ow", "gcf", "lam"):
         assert fakes[name].chaos.injected > 0, f"no fault reached {name}"

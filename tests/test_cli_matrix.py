@@ -14,7 +14,8 @@ config; for `logs`, an unknown run), `platform` (an OpenWhisk cluster at a close
 - that no secret of the config appears anywhere, and that nothing piped was cut (`…`).
 
 All rows share one prepared working directory with one finished run (`tiny-run`, 2 rounds), so `logs` and
-`report` read a real run. About 180 subprocesses: marked slow (a few minutes on the 2-core test machine).
+`report` read a real run. 180 rows, one subprocess each: marked slow (6.5–8 minutes on the shared 2-core test
+machine, about 3.5 CPU-minutes; an unreachable OpenWhisk costs its client's retries, about 1.4 s per call).
 """
 
 from __future__ import annotations

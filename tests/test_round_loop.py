@@ -217,6 +217,7 @@ def _arrivals(run: Run, round_number: int) -> list[int]:
     return [int(a["client_id"]) for a in sorted(done, key=lambda a: float(a["end"]))]
 
 
+@pytest.mark.slow
 def test_overselect_gives_the_same_model_whatever_the_arrival_order(loop: Loop) -> None:
     """Same config and seed, per-client latency drawn from different fault seeds: the clients arrive in another
     order, the aggregated sets and the model are the same."""

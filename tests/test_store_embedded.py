@@ -158,3 +158,26 @@ def test_start_failure_reports_the_log_tail(tmp_path: Path) -> None:
     assert text.endswith("file is not a database")
     assert not (tmp_path / ".fedkeeper" / "store.json").exists()
     assert list((tmp_path / ".fedkeeper" / "leases").iterdir()) == []
+
+
+@pytest.mark.parametrize("forgotten", [("store.json",), ("store.json", "nx.pid")])
+def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path, forgotten: tuple[str, ...]) -> None:
+    """A server that serves the data but is not recorded (its state file, even its pid file, gone) is found by
+    its process and refused, rather than a second server opening the same SQLite files."""
+    first = EmbeddedServer(tmp_path).open()
+    try:
+        pid = server_pid(tmp_path)
+        for name in forgotten:
+            (tmp_path / ".fedkeeper" / name).unlink()
+        with pytest.raises(EmbeddedServerError) as info:
+            EmbeddedServer(tmp_path).open()
+        assert f"an nx-27017 server (pid {pid}) serves {tmp_path.resolve() / '.fedkeeper' / 'store'}" in str(info.value)
+        assert str(info.value).endswith("stop it first")
+        servers = [p for p in psutil.process_iter(["cmdline"])
+                   if "fedkeeper.store.nxserve" in (p.info["cmdline"] or [])
+                   and str(tmp_path.resolve()) in " ".join(p.info["cmdline"] or [])]
+        assert [p.pid for p in servers] == [pid]  # no second one was started
+        assert psutil.Process(pid).is_running()
+    finally:
+        first.close()
+    assert gone(pid, within_s=5)

@@ -203,6 +203,11 @@ class NxServer:
         return proc.returncode
 
 
+def _is_server(cmdline: list[str]) -> bool:
+    """A command line of an nx-27017 server: ours (``-m fedkeeper.store.nxserve``) or one started by hand."""
+    return any(part in (SERVER_MODULE, "nx-27017") or "nx_27017" in part for part in cmdline)
+
+
 def _stop_pid(pid: int, create_time: float, timeout_s: float = 5.0) -> None:
     """Stop a server started by another fedkeeper process (not our child: its parent or init reaps it)."""
     if not _same_process(pid, create_time):
@@ -312,14 +317,31 @@ class EmbeddedServer:
             pid = None
         if pid is not None and _create_time(pid) is not None:
             with contextlib.suppress(psutil.Error):
-                if any(part in (SERVER_MODULE, "nx-27017") or "nx_27017" in part
-                       for part in psutil.Process(pid).cmdline()):
+                if _is_server(psutil.Process(pid).cmdline()):
                     raise EmbeddedServerError(
                         f"an nx-27017 server (pid {pid}) serves {self.data_dir} but is not recorded in "
                         f"{self.state_file.name}: stop it first"
                     )
+        other = self._server_on_data_dir()  # its pid file gone too: the command line still names the data
+        if other is not None:
+            raise EmbeddedServerError(
+                f"an nx-27017 server (pid {other}) serves {self.data_dir} but is not recorded in "
+                f"{self.state_file.name}: stop it first"
+            )
         for path in (pid_file, self.state_file):
             path.unlink(missing_ok=True)
+
+    def _server_on_data_dir(self) -> int | None:
+        """The pid of a running server whose command line names this data directory (a few ms to scan)."""
+        mine = str(self.data_dir.resolve())
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info.get("cmdline") or []
+            if not _is_server(cmd):
+                continue
+            for flag, value in zip(cmd, cmd[1:]):
+                if flag == "--data-dir" and os.path.abspath(value) == mine:
+                    return proc.pid
+        return None
 
     @property
     def _port_file(self) -> Path:

@@ -11,8 +11,8 @@ end in an ``ActivationConflict`` crash. Now a run is driven only by the process 
 - a second orchestrator is refused with ``RunLocked`` (exit 1) naming the holder and when its lease expires;
 - a lock left by a process killed with SIGKILL is taken over once its lease lapses, or at once when the holder ran
   on this host (``FK_RUN_LOCK_HOST``, else the host name) and its pid with that start time no longer runs;
-- a holder that finds its lock gone (lapsed and taken: it was frozen longer than the lease) stops at the next
-  round boundary (``RunLock.check``) rather than write over the new holder's work.
+- a holder that finds its lock gone (lapsed and taken: it was frozen longer than the lease) stops before its next
+  tracker pass or round (``RunLock.check``) rather than write over the new holder's work.
 
 Clocks: the lease's expiry is written with the holder's clock and read with the contender's; hosts are expected
 to agree to well within a lease (NTP does).
@@ -167,15 +167,13 @@ class RunLock:
                 f"Wait for it to end; if that process is gone, resume again after the lease expires")
 
     def _beat(self) -> None:
-        """Renew every heartbeat; a renewal the store refuses (another holder) or none for a lease: lost."""
+        """Renew every heartbeat. A renewal the store refuses means another holder took the lock: lost. One the
+        store does not answer is tried again; `check` settles it if a whole lease goes by without one."""
         while not self._stop.wait(self.heartbeat_s):
             try:
                 doc = self.store.renew_lock(self.run_id, self.holder.token, self.lease_s)
             except Exception as exc:  # noqa: BLE001 - the store is unreachable for now: try again next beat
                 log.warning("run %s: could not renew the run lock: %s", self.run_id, exc)
-                if time.time() - self._renewed > self.lease_s:
-                    self._lost = f"could not renew its lock for {self.lease_s:g} s (the store did not answer)"
-                    return
                 continue
             if doc is None:
                 self._lost = "its lock lapsed and another orchestrator took it over"
@@ -183,12 +181,18 @@ class RunLock:
             self._renewed = time.time()
 
     def check(self) -> None:
-        """Raise `RunLocked` if this process no longer holds the lock: it must stop writing to the run."""
+        """Raise `RunLocked` if this process no longer holds the lock: it must stop writing to the run.
+
+        Cheap while the heartbeat keeps the lease fresh. After a whole lease without a renewal (this process
+        was frozen, or the store did not answer) it asks the store: still ours → go on; taken → `RunLocked`; no
+        answer → the store's error, and the run ends as failed like on any store failure."""
+        if self._lost is None and self._thread is not None and time.time() - self._renewed > self.lease_s:
+            if self.store.renew_lock(self.run_id, self.holder.token, self.lease_s) is None:
+                self._lost = "its lock lapsed and another orchestrator took it over"
+            else:
+                self._renewed = time.time()
         if self._lost is not None:
             raise RunLocked(f"run {self.run_id}: this orchestrator stopped: {self._lost}")
-        if self._thread is not None and time.time() - self._renewed > self.lease_s:
-            raise RunLocked(f"run {self.run_id}: this orchestrator stopped: its lock was not renewed for "
-                            f"{time.time() - self._renewed:.0f} s (longer than the {self.lease_s:g} s lease)")
 
     def release(self) -> None:
         """Stop the heartbeat and give the lock up (only if still ours). Idempotent."""

@@ -81,6 +81,7 @@ MAX_ZIP_BYTES = 50 * 1024 * 1024            # direct upload limit (zipped)
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024      # function + layers, unzipped
 MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024    # RequestResponse request and response
 CREATE_TRIES = 3                             # creates tried while a look says the function still does not exist
+WAIT_TRIES = 4                               # waits for a ready function, when its polls are lost in transit
 
 T = TypeVar("T")
 
@@ -129,11 +130,19 @@ class LambdaProvider(Provider):
             return None
 
     def _wait(self, waiter_name: str, name: str) -> None:
-        """Wait until Lambda has finished creating/updating; a terminal failure names Lambda's reason."""
+        """Wait until Lambda has finished creating/updating; a terminal failure names Lambda's reason. A poll
+        lost in transit (botocore's waiters do not retry a dropped connection) is polled again."""
         control = self._clients.control
         try:
-            control.get_waiter(waiter_name).wait(FunctionName=name, WaiterConfig={
-                "Delay": self._wait_delay_s, "MaxAttempts": max(1, int(self._wait_max_s / self._wait_delay_s))})
+            for tries_left in reversed(range(WAIT_TRIES)):
+                try:
+                    control.get_waiter(waiter_name).wait(FunctionName=name, WaiterConfig={
+                        "Delay": self._wait_delay_s,
+                        "MaxAttempts": max(1, int(self._wait_max_s / self._wait_delay_s))})
+                    return
+                except BotoCoreError as exc:
+                    if isinstance(exc, WaiterError) or not tries_left:
+                        raise
         except WaiterError as exc:
             last = exc.last_response or {}
             cfg = last.get("Configuration", {})
@@ -147,6 +156,8 @@ class LambdaProvider(Provider):
                                                      f"{reason or 'state Failed'}") from None
             raise PlatformError(self.cluster, f"deploy {name!r}: still not ready after {self._wait_max_s:.0f} s"
                                               + (f" ({reason})" if reason else "")) from None
+        except BotoCoreError as exc:
+            raise map_transport_error(self.cluster, f"waiting for {waiter_name}", name, exc) from None
 
     def _layers(self, spec: DeploySpec) -> list[str]:
         out: list[str] = []

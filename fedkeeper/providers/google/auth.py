@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fedkeeper.providers.base import AuthError
+from fedkeeper.providers.base import AuthError, PlatformError
 
 if TYPE_CHECKING:
     from fedkeeper.providers.google.config import GcfCluster
@@ -68,6 +68,27 @@ def admin_credentials(cluster: str, config: GcfCluster) -> Any:
                                  "or run `gcloud auth application-default login`") from None
 
 
+#: the token endpoint's refusals (RFC 6749, section 5.2): these credentials will not do, retrying cannot help
+OAUTH_REFUSALS = frozenset({"invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                            "unsupported_grant_type", "invalid_scope", "access_denied"})
+
+
+def transient(exc: BaseException) -> bool:
+    """A google-auth failure that says nothing about the credentials: the token endpoint was not reached
+    (`TransportError`: refused, reset, timed out) or did not answer with an OAuth refusal (a 5xx page google-auth
+    gave up retrying, or did not retry at all: it retries only 500, 503, 408 and 429). Only a `RefreshError`
+    whose body names an RFC 6749 error code (`invalid_grant`: a deleted or wrong key) is a verdict."""
+    from google.auth import exceptions as gexc
+
+    if isinstance(exc, gexc.TransportError):
+        return True
+    if not isinstance(exc, gexc.RefreshError):
+        return False
+    body = exc.args[1] if len(exc.args) > 1 else None
+    code = body.get("error") if isinstance(body, dict) else None
+    return bool(exc.retryable) or not (isinstance(code, str) and code in OAUTH_REFUSALS)
+
+
 def id_token_fetcher(cluster: str, config: GcfCluster) -> Callable[[str], str]:
     """A function audience -> fresh ID token, for the credentials the cluster is configured with."""
     source = credential_source(config)
@@ -98,6 +119,9 @@ def id_token_fetcher(cluster: str, config: GcfCluster) -> Callable[[str], str]:
         except AuthError:
             raise
         except (gexc.GoogleAuthError, ValueError, KeyError, OSError) as exc:
+            if transient(exc):  # the token endpoint could not be reached or failed: no verdict on the key
+                raise PlatformError(cluster, f"cannot mint an ID token for {audience}: the token endpoint failed "
+                                             f"({type(exc).__name__}); asked again on the next attempt") from None
             raise AuthError(cluster, f"cannot mint an ID token for {audience} from {source}: {type(exc).__name__}; "
                                      "user credentials from gcloud cannot do this: use a service-account key "
                                      "file (credentials:) or set id_token: false for unauthenticated functions") from None

@@ -58,7 +58,7 @@ from fedkeeper.providers.base import (
     Status,
     Throttled,
 )
-from fedkeeper.providers.google.auth import IdTokenCache, admin_credentials, id_token_fetcher
+from fedkeeper.providers.google.auth import IdTokenCache, admin_credentials, id_token_fetcher, transient
 from fedkeeper.providers.google.http import Target, TokenRejected, classify, post
 from fedkeeper.providers.threaded import CallPool, settled_status
 
@@ -163,6 +163,8 @@ class GcfProvider(Provider):
         message = f"{what}: {message}"[:500]
         if isinstance(exc, gapi.NotFound):
             return FunctionMissing(self.cluster, message)
+        if transient(exc):  # the token endpoint failed in transit or answered 5xx: no verdict on the credentials
+            return PlatformError(self.cluster, message)
         if isinstance(exc, (gapi.Unauthorized, gapi.Forbidden, gauth.RefreshError, gauth.DefaultCredentialsError)):
             return AuthError(self.cluster, message)
         if isinstance(exc, gapi.TooManyRequests):
