@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 KINDS = ("error", "throttle", "reset", "lost", "slow")
 
@@ -94,3 +95,21 @@ def abort(connection: socket.socket) -> None:
     """Make the closing of this server-side socket a TCP RST (SO_LINGER 0), as a dropped connection looks to
     the caller; the handler then returns without answering."""
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def in_order(*steps: tuple[Any, ...]) -> Callable[[str, str], bool]:
+    """An `only` for faults at exact places: steps `(method, test_of_path)` or `(method, test_of_path, False)`,
+    taken in order. The first request with the step's method whose path the test accepts takes the step: it draws
+    (with a rate of 1: gets the fault) unless the step says False, which only lets a matching request go by. Then
+    the next step waits for its request, and so on; requests that take no step never draw."""
+    left = list(steps)
+    lock = threading.Lock()
+
+    def pick(method: str, path: str) -> bool:
+        with lock:
+            if left and method == left[0][0] and left[0][1](path):
+                step = left.pop(0)
+                return len(step) < 3 or bool(step[2])
+            return False
+
+    return pick

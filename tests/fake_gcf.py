@@ -13,7 +13,8 @@ Deploying unpacks the uploaded zip and starts the real GCF Python runtime (`pyth
 The function URL points back at this server (`/fn/{id}`), which forwards to that process the way Google's front
 end does, so tests can switch on throttling (429), remove a function behind the client's back (404), demand an ID
 token (401/403) and read what every request carried; `chaos` (tests/chaos.py) answers any request at random
-with 5xx, 429, a reset, a lost answer (carried out, then reset) or a late answer. Every process it starts is stopped by `close()`.
+with 5xx, 429, a reset, a lost answer (carried out, then reset) or a late answer. Every process it starts is
+stopped by `close()`.
 
 Sources it follows: the Cloud Functions v2 REST reference (https://cloud.google.com/functions/docs/reference/
 rest/v2/projects.locations.functions: `generateUploadUrl`, `create`, `patch`, `get`, `list`, `delete`, and the

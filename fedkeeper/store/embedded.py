@@ -315,19 +315,27 @@ class EmbeddedServer:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             pid = None
+        candidates = []
         if pid is not None and _create_time(pid) is not None:
             with contextlib.suppress(psutil.Error):
                 if _is_server(psutil.Process(pid).cmdline()):
-                    raise EmbeddedServerError(
-                        f"an nx-27017 server (pid {pid}) serves {self.data_dir} but is not recorded in "
-                        f"{self.state_file.name}: stop it first"
-                    )
+                    candidates.append(pid)
         other = self._server_on_data_dir()  # its pid file gone too: the command line still names the data
-        if other is not None:
-            raise EmbeddedServerError(
-                f"an nx-27017 server (pid {other}) serves {self.data_dir} but is not recorded in "
-                f"{self.state_file.name}: stop it first"
-            )
+        if other is not None and other not in candidates:
+            candidates.append(other)
+        for server_pid in candidates:
+            # A server nobody recorded: left by a command killed between starting it and writing store.json.
+            # We hold the lock, so nobody is starting one now; if no other live command holds a lease it is an
+            # orphan (its watchdog would stop it within the grace anyway): stop it now rather than refuse.
+            others = [lease for lease in _live_leases(self.lease_dir) if lease != self._lease]
+            created = _create_time(server_pid)
+            if others or created is None:
+                raise EmbeddedServerError(
+                    f"an nx-27017 server (pid {server_pid}) serves {self.data_dir} but is not recorded in "
+                    f"{self.state_file.name}: stop it first"
+                )
+            log.warning("stopping an orphaned nx-27017 server (pid %s) left on %s", server_pid, self.data_dir)
+            _stop_pid(server_pid, created)
         for path in (pid_file, self.state_file):
             path.unlink(missing_ok=True)
 
