@@ -132,7 +132,9 @@ def test_rounds_csv_summary_and_report_agree_with_a_recount_after_interrupt_and_
         acts = _csv(folder / "activations.csv")
         store_records = list(client[db]["activations"].find({"run_id": run_id}))
         by_hand = recount(acts)
-        assert by_hand["failed"] > 0 and by_hand["retries"] > 0 and by_hand["abandoned"] > 0, by_hand
+        # (abandoned clients are not required: under the ranked over-selection rule whether a lower-ranked client
+        # is still running when the round has its k depends on timing; when there are some, they are counted below)
+        assert by_hand["failed"] > 0 and by_hand["retries"] > 0, by_hand
         assert hooks.rejected_client is not None and in_flight > 0
         # what the interrupted session left in flight has an outcome now: adopted and polled, or settled as
         # succeeded because its update is in the store
