@@ -347,3 +347,20 @@ def test_min_fraction_just_met_lets_every_round_go_on(loop: Loop) -> None:
         assert int(row["retries"]) == 0  # max_attempts 1
         assert clients_by_state(run.store_activations(r)) == {"succeeded": {0, 1}, "failed": {2, 3}}
         assert model_doc(run, r)["metrics"]["clients"] == [0, 1]
+
+
+def test_a_round_row_written_before_a_kill_is_not_recorded_twice(loop: Loop) -> None:
+    """A session killed after writing round 2's rounds.csv row but before the store recorded round 2 as completed:
+    the resume runs round 2 again and rounds.csv holds it once (the stale row is dropped, and said so)."""
+    text, _ = loop.yaml(clusters={"lab": {"concurrency": 3}}, placement={"lab": 4}, rounds=2, per_round=2)
+    first = loop.start(text)
+    assert [int(r["round"]) for r in first.rounds()] == [1, 2]
+    # what the store holds when the kill lands between `RunLog.round` and `update_run(last_completed_round=2)`
+    first.db["runs"].update_one({"_id": first.run_id}, {"$set": {"last_completed_round": 1, "status": "interrupted"}})
+
+    resumed = loop.start(text, resume=first.run_id)
+    assert resumed.summary["status"] == "completed" and resumed.summary["rounds_completed"] == 2
+    assert [int(r["round"]) for r in resumed.rounds()] == [1, 2]
+    assert [e["rounds"] for e in resumed.events("round_rows_dropped")] == [[2]]
+    assert resumed.summary["model_sha256"] == first.summary["model_sha256"]
+    assert resumed.summary["totals"]["selected"] == 4

@@ -25,7 +25,7 @@ TERMINAL_EVENTS = tuple(END_STATUS)
 #: every event type a run writes to events.jsonl (tests/test_cli_options.py checks the writers against it)
 KNOWN_EVENTS = tuple(dict.fromkeys((*LIFECYCLE_EVENTS, "model_initialised", "round_started", "activation",
                                     "round_finished", "update_rejected", "update_ignored", "target_reached",
-                                    "throttled", "redeploy")))
+                                    "throttled", "redeploy", "round_rows_dropped")))
 _A = ActivationState
 STATE_STYLE = {_A.SUCCEEDED: "green", _A.FAILED: "red", _A.TIMED_OUT: "yellow", _A.LOST: "magenta",
                _A.INVOKED: "cyan", _A.THROTTLED: "yellow", _A.ABANDONED: "bright_black", "pending": "cyan"}

@@ -101,6 +101,42 @@ class RunLog:
             handle.flush()
         self.event("round_finished", **{k: row.get(k) for k in ROUND_COLUMNS})
 
+    def drop_rounds_after(self, last_completed: int) -> list[int]:
+        """Keep only the rows of rounds the store records as completed; returns the rounds dropped.
+
+        A session killed between writing a round's row and recording the round as completed in the store leaves
+        a row for a round that the next session runs again; without this, rounds.csv would hold that round twice.
+        The file is rewritten whole and swapped in atomically, so a kill here leaves the old or the new file."""
+        with self._lock:
+            handle, writer = self._rounds
+            handle.flush()
+            path = self.dir / "rounds.csv"
+            with open(path, encoding="utf-8", newline="") as existing:
+                rows = list(csv.DictReader(existing))
+            keep, dropped = [], []
+            for row in rows:
+                try:
+                    number = int(row.get("round") or "")
+                except ValueError:
+                    number = None
+                if number is not None and number <= last_completed:
+                    keep.append(row)
+                else:
+                    dropped.append(number if number is not None else -1)
+            if not dropped:
+                return []
+            tmp = path.with_suffix(".csv.tmp")
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                rewrite = csv.DictWriter(out, fieldnames=writer.fieldnames, extrasaction="ignore")
+                rewrite.writeheader()
+                rewrite.writerows(keep)
+            handle.close()
+            os.replace(tmp, path)
+            new_handle = open(path, "a", encoding="utf-8", newline="")
+            self._rounds = (new_handle, csv.DictWriter(new_handle, fieldnames=writer.fieldnames,
+                                                       extrasaction="ignore"))
+        return dropped
+
     def _cell(self, value: Any) -> Any:
         value = _jsonable(value)
         if value is None:

@@ -553,6 +553,11 @@ def start_command(app: Any, config: Config, *, rounds: int | None = None, resume
         run = _open_run(app, config, store, previous, run_id, total_rounds)
         runlog = stack.enter_context(RunLog(app.logs_dir, run["_id"], app.redactor))
         prior_events = list(read_events(runlog.dir / "events.jsonl"))
+        if previous is not None:  # a row written by a session killed before the store recorded its round
+            dropped = runlog.drop_rounds_after(int(run.get("last_completed_round") or 0))
+            if dropped:
+                runlog.event("round_rows_dropped", rounds=dropped,
+                             reason="the store does not record these rounds as completed; they run again")
         runlog.write_config(cfg.redacted(config))
         for key, url in unchecked_downloads(fl).items():  # said plainly, where the run's record is kept
             runlog.logger.warning("data %s (%s) is downloaded without a checksum: the functions use what the URL "
