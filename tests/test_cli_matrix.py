@@ -45,10 +45,16 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "remove": ("remove", "-c", "CONFIG"),
     "package": ("package", "-c", "CONFIG", "--out", "build/zips"),
     "start": ("start", "-c", "CONFIG", "--rounds", "1"),
+    "sweep": ("sweep", "-c", "CONFIG", "--grid", "fl.model_params.lr=0.05", "--set", "fl.rounds=1"),
     "status": ("status", "-c", "CONFIG"),
     "smoke": ("smoke", "-c", "CONFIG"),
     "logs": ("logs", RUN_ID),
     "report": ("report", RUN_ID),
+    "cost": ("cost", "-c", "CONFIG", "--rounds", "1"),
+    "stop": ("stop", RUN_ID, "-c", "CONFIG"),
+    "export": ("export", RUN_ID, "--out", "build/model.npz", "-c", "CONFIG"),
+    "runs list": ("runs", "list", "-c", "CONFIG"),
+    "runs show": ("runs", "show", RUN_ID, "-c", "CONFIG"),
 }
 #: README's exit-code table, per command and situation (None: the situation does not apply)
 EXPECTED: dict[str, dict[str, int | None]] = {
@@ -59,10 +65,16 @@ EXPECTED: dict[str, dict[str, int | None]] = {
     "remove":           dict(ok=0, config=2, platform=1, store=0),     # needs no store
     "package":          dict(ok=0, config=2, platform=0, store=0),     # builds zips locally
     "start":            dict(ok=0, config=2, platform=1, store=1),
+    "sweep":            dict(ok=0, config=2, platform=1, store=1),
     "status":           dict(ok=0, config=2, platform=1, store=1),
     "smoke":            dict(ok=0, config=2, platform=1, store=0),     # needs no store
     "logs":             dict(ok=0, config=2, platform=None, store=None),   # reads Logs/ only
     "report":           dict(ok=0, config=2, platform=None, store=None),   # reads Logs/ only (+ -c pricing)
+    "cost":             dict(ok=0, config=2, platform=0, store=0),     # deploys nothing, contacts nothing
+    "stop":             dict(ok=0, config=2, platform=0, store=1),     # a finished run: a note; needs the store only
+    "export":           dict(ok=0, config=2, platform=0, store=1),     # reads the store only
+    "runs list":        dict(ok=0, config=2, platform=0, store=1),     # the store and Logs/
+    "runs show":        dict(ok=0, config=2, platform=0, store=1),
 }
 #: the first line of stderr on failure (after the traceback with -v)
 FAILURE_LINE = {

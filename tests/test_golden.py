@@ -40,6 +40,9 @@ CASES: dict[str, tuple[tuple[str, ...], bool]] = {
     "report.json": (("report", RUN, "--json", "--logs-dir", "LOGS"), True),
     "report.csv": (("report", RUN, "--csv", "--logs-dir", "LOGS"), False),
     "report-two-runs.txt": (("report", RUN, f"{RUN}-sgd", "--logs-dir", "LOGS"), False),
+    "report-sweep.txt": (("report", "--sweep", "lr-grid", "--logs-dir", "LOGS"), False),
+    "report-sweep.csv": (("report", "--sweep", "lr-grid", "--csv", "--logs-dir", "LOGS"), False),
+    "report-clients.txt": (("report", RUN, "--clients", "--logs-dir", "LOGS"), False),
 }
 
 
@@ -58,6 +61,9 @@ def inputs(tmp_path: Path, make_run_folder: Any, utc: None) -> dict[str, Path]:
     logs = tmp_path / "Logs"
     make_run_folder(logs, RUN, rounds=3, clients=4)
     make_run_folder(logs, f"{RUN}-sgd", optim="sgd", rounds=3, clients=4, t0=1_700_000_900.0)
+    from report_sweep_support import write_sweep
+
+    write_sweep(logs, "lr-grid", skip=("lr-grid-lr0.01-s2",))  # 2 × 2 over lr and seed, one run missing
     config = tmp_path / "config.yaml"
     config.write_text((GOLDEN / "config.yaml").read_text())
     return {"CONFIG": config, "LOGS": logs, "tmp": tmp_path}

@@ -34,6 +34,9 @@ def test_rounds_in_the_report_are_the_rows_of_rounds_csv(tmp_path: Path, make_ru
     assert [r["round"] for r in report["rounds"]] == [int(r["round"]) for r in raw] == [1, 2, 3]
     for got, row in zip(report["rounds"], raw):
         for key, text in row.items():
+            if text == "":  # a column this run has no value for (epsilon, clip_norm without privacy)
+                assert got[key] is None, key
+                continue
             assert got[key] == pytest.approx(float(text)), key
     assert report["status"] == "completed"
     assert report["optimizer"] == "adam"
@@ -215,7 +218,8 @@ def test_json_document_and_csv_for_several_runs(tmp_path: Path, make_run_folder)
         original = _csv_rows(tmp_path / run_id / "rounds.csv")
         assert len(mine) == len(original)
         for a, b in zip(mine, original):
-            assert {k: float(v) for k, v in a.items()} == {k: pytest.approx(float(v)) for k, v in b.items()}
+            assert {k: float(v) for k, v in a.items() if v != ""} == \
+                {k: pytest.approx(float(v)) for k, v in b.items() if v != ""}
 
     single = io.StringIO()
     write_rounds_csv(reports[:1], single)

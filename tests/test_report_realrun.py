@@ -163,3 +163,29 @@ def test_a_copied_results_folder_reports_the_same(runs: dict[str, Any], tmp_path
     a, b = json.loads(here), json.loads(there)
     a.pop("path"), b.pop("path")
     assert a == b
+
+
+def test_groups_label_real_runs_by_their_one_differing_key(runs: dict[str, Any], run_cli: Any) -> None:
+    code, out, err = run_cli("report", "run-adam", "run-sgd", "--groups", "--json", "--logs-dir", str(runs["logs"]))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["varying"] == ["scenarios.federated_learning.model_params.optim"]
+    assert [g["label"] for g in doc["groups"]] == ["optim=adam", "optim=sgd"]
+
+
+def test_clients_from_the_store_and_from_logs_agree(runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                    run_cli: Any) -> None:
+    monkeypatch.chdir(runs["work"])
+    code, out, err = run_cli("report", "run-adam", "--clients", "-c", "adam.yaml", "--json")
+    assert code == 0, err
+    store_view = json.loads(out)
+    code, out, err = run_cli("report", "run-adam", "--clients", "--json")
+    assert code == 0, err
+    logs_view = json.loads(out)
+    assert store_view["sources"]["examples"] == "store (update documents)"
+    assert logs_view["sources"]["examples"].startswith("events.jsonl")
+    assert store_view["clients"] == logs_view["clients"]
+    rows = _csv(runs["logs"] / "run-adam" / "rounds.csv")
+    assert sum(c["aggregated"] for c in logs_view["clients"]) == sum(int(r["aggregated"]) for r in rows)
+    assert sum(c["selected"] for c in logs_view["clients"]) == sum(int(r["selected"]) for r in rows)
+    assert all(c["examples"] > 0 for c in logs_view["clients"] if c["aggregated"])

@@ -135,6 +135,8 @@ class App:
     logs_dir: Path = Path("Logs")
     workdir: Path = field(default_factory=Path.cwd)
     redactor: Redactor = field(default_factory=Redactor)
+    #: `--set`/`--seed` of a command that takes a config (fedkeeper.config.overrides.Override), applied by load_config
+    overrides: list[Any] = field(default_factory=list)
     _consoles: tuple[Console, Console] | None = field(default=None, init=False, repr=False)
 
     # the consoles are built on first use, after the options have been parsed (--no-color, tests' redirects)
@@ -159,11 +161,13 @@ class App:
         """Build the consoles again on next use (after --no-color, or when sys.stdout/sys.stderr changed)."""
         self._consoles = None
 
-    def load_config(self, path: str) -> Any:
-        """Load and validate a config; its secrets join the redactor before anything else is printed."""
+    def load_config(self, path: str, extra: Any = ()) -> Any:
+        """Load and validate a config with the command's `--set`/`--seed` (then `extra` overrides, which win);
+        its secrets join the redactor before anything else is printed."""
         from fedkeeper import config
+        from fedkeeper.config import overrides
 
-        loaded = config.load(path)
+        loaded = config.load(path, overrides=overrides.merge(self.overrides, extra))
         self.redactor.add(loaded.secrets())
         for warning in loaded.warnings:
             self.warn(str(warning))
@@ -254,10 +258,34 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _set_overrides(ctx: click.Context, param: click.Parameter, values: Any) -> None:
+    """--set key=value (repeatable) and --seed N: parsed here (a malformed one is a usage error, exit 2),
+    applied by `App.load_config`, --seed after every --set."""
+    from fedkeeper.config import overrides
+
+    app = _app_from(ctx)
+    try:
+        if param.name == "seed":
+            if values is not None:
+                app.overrides = overrides.merge(app.overrides, [overrides.seed_override(values)])
+        else:
+            app.overrides = overrides.merge([overrides.parse(v) for v in values or ()], app.overrides)
+    except overrides.OverrideSyntax as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 def config_option(required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """-c/--config FILE."""
-    return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), required=required,
-                        help="The experiment's YAML config.")
+    """-c/--config FILE, with --set key.path=value (repeatable) and --seed N changing it before validation."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--seed", type=int, expose_value=False, callback=_set_overrides, metavar="N",
+                            help="Same as --set scenarios.federated_learning.seed=N.")(func)
+        func = click.option("--set", "set_", multiple=True, expose_value=False, callback=_set_overrides,
+                            metavar="KEY.PATH=VALUE",
+                            help="Change one config key (YAML value; fl. = scenarios.federated_learning.); "
+                                 "repeatable.")(func)
+        return click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), required=required,
+                            help="The experiment's YAML config.")(func)
+    return decorate
 
 
 def current_app(ctx: click.Context | None = None) -> App:

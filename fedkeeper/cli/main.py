@@ -19,18 +19,23 @@ from rich.markup import escape
 from fedkeeper import __version__, signals
 from fedkeeper.cli.console import EXIT_CODES_HELP, EXIT_OUTPUT_CLOSED, App, OutputClosed, closed_std_stream, \
     silence_closed_output, verbosity_options
+from fedkeeper.cli.cost import cost
 from fedkeeper.cli.deployment import deploy, package, remove
+from fedkeeper.cli.export import export
 from fedkeeper.cli.logs import logs
 from fedkeeper.cli.report import report
 from fedkeeper.cli.run import start
+from fedkeeper.cli.runs import runs
 from fedkeeper.cli.smoke import smoke
 from fedkeeper.cli.status import status
+from fedkeeper.cli.stop import stop
+from fedkeeper.cli.sweep import sweep
 from fedkeeper.cli.validate import validate
 from fedkeeper.errors import EXIT_CONFIG, EXIT_FAILURE, FedkeeperError, Interrupted
 
 __all__ = ["App", "cli", "main"]
 
-COMMANDS = (validate, deploy, remove, package, start, smoke, status, logs, report)
+COMMANDS = (validate, deploy, remove, package, start, smoke, status, logs, report, cost, stop, sweep, export, runs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

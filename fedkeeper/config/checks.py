@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedkeeper.config import legacy as config_legacy
 from fedkeeper.config.errors import ConfigIssue
 from fedkeeper.config.base import MAX_WAIT_S, UnreadableFile, regular_file
@@ -62,6 +64,8 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
     store_issues, store_warnings = _check_store(config.mongo_config, base_dir)
     issues += store_issues
     warnings += store_warnings
+    if config.scenarios.federated_learning is not None:
+        issues += _check_strategy(config.scenarios.federated_learning)
     if not clusters:
         if not broken:
             issues.append(ConfigIssue("providers", "define at least one cluster (e.g. providers.local.laptop: {})"))
@@ -231,7 +235,109 @@ def _check_fl(config: Config, fl: FederatedLearning, clusters: dict[str, Cluster
         data_issues += _check_data_fit(fl)
     if hosts:
         issues += _check_model_size(config, fl, clusters)
+        issues += _check_strategy_memory(config, fl, clusters)
     return issues + data_issues, warnings + data_warnings
+
+
+_STRATEGY_PATH = "scenarios.federated_learning.strategy"
+_PRIVACY_PATH = "scenarios.federated_learning.privacy"
+#: PrivacySpec parameter → the config key that sets it
+_PRIVACY_KEYS = {"mode": "mode", "noise_multiplier": "noise_multiplier", "clip_norm": "clip_norm",
+                 "adaptive": "adaptive_clipping", "target_quantile": "adaptive_clipping.target_quantile",
+                 "clip_learning_rate": "adaptive_clipping.learning_rate",
+                 "count_noise_multiplier": "adaptive_clipping.count_noise_multiplier", "seed": "seed",
+                 "secure_noise": "secure_noise", "expected_clients": "sampling"}
+
+
+def _make_strategy(fl: FederatedLearning) -> tuple[Any, list[ConfigIssue]]:
+    """The strategy the aggregator will build from this config (the same `make_strategy`), or the issues that
+    stop it, each at the key to blame: `strategy.name`, `strategy.<parameter>`."""
+    from fedkeeper.runtime import strategies as rstrategies
+
+    spec = fl.strategy_params()
+    name, params = spec.pop("name"), spec
+    if name not in rstrategies.STRATEGIES:
+        close = difflib.get_close_matches(name, list(rstrategies.STRATEGIES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return None, [ConfigIssue(f"{_STRATEGY_PATH}.name", f"unknown strategy {name!r}{hint}; known: "
+                                                            f"{', '.join(rstrategies.STRATEGIES)}")]
+    known = rstrategies.strategy_parameters(name)
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        return None, [ConfigIssue(f"{_STRATEGY_PATH}.{k}", f"{name} takes no parameter {k!r}; it takes: "
+                                                           f"{', '.join(known) or 'none'}") for k in unknown]
+    try:
+        return rstrategies.make_strategy(name, params), []
+    except rstrategies.StrategyError as exc:
+        named = getattr(exc, "parameter", None)  # the strategy names the parameter it refused
+        if named is None:
+            found = [k for k in known if re.search(rf"\b{re.escape(k)}\b", str(exc))]
+            named = found[0] if len(found) == 1 else None
+        where = f"{_STRATEGY_PATH}.{named}" if named else _STRATEGY_PATH
+        return None, [ConfigIssue(where, str(exc))]
+
+
+def _check_strategy(fl: FederatedLearning) -> list[ConfigIssue]:
+    """The strategy and its parameters, FedProx's two spellings of mu, and privacy: its parameters as the
+    functions will read them, and only with a strategy that supports it (the FedAvg family)."""
+    strategy, issues = _make_strategy(fl)
+    given = fl.strategy.params
+    if fl.strategy.name == "fedprox" and "mu" in given and "mu" in fl.model_params.model_fields_set \
+            and given["mu"] != fl.model_params.mu:
+        issues.append(ConfigIssue(f"{_STRATEGY_PATH}.mu",
+                                  f"is {given['mu']!r} but model_params.mu is {fl.model_params.mu!r}: give one "
+                                  "(strategy fedprox sets the clients' proximal term)"))
+    params = fl.privacy_params()
+    if params is None:
+        return issues
+    from fedkeeper.runtime import privacy as rprivacy
+
+    try:
+        rprivacy.PrivacySpec.from_params(params, "privacy")
+    except ValueError as exc:
+        key = re.match(r"privacy\.(\w+)", str(exc))
+        where = _PRIVACY_KEYS.get(key.group(1), "") if key else ""
+        message = re.sub(r"^privacy\.\w+: ", "", str(exc))
+        issues.append(ConfigIssue(f"{_PRIVACY_PATH}.{where}" if where else _PRIVACY_PATH, message))
+    if strategy is not None and not strategy.supports_dp:
+        issues.append(ConfigIssue(_PRIVACY_PATH, f"strategy {strategy.name!r} does not support differential "
+                                                 "privacy: DP-FedAvg clips and noises a mean, so use fedavg or "
+                                                 "another of the FedAvg family (fedavgm, fedadam, fedyogi, "
+                                                 "fedadagrad, fedprox)"))
+    return issues
+
+
+def _check_strategy_memory(config: Config, fl: FederatedLearning, clusters: dict[str, ClusterConfig]
+                           ) -> list[ConfigIssue]:
+    """An order-statistics strategy (median, trimmed mean, krum, bulyan) holds every update of a round at once:
+    what it says it needs (`memory_bytes`) plus the previous model must fit the aggregator's memory."""
+    from fedkeeper.runtime import model as rmodel
+
+    strategy, problems = _make_strategy(fl)
+    if strategy is None or problems or strategy.streaming:
+        return []
+    keys = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
+    try:
+        mdl = rmodel.build_model(rmodel.ModelSpec.from_params(
+            {k: v for k, v in fl.data_sampling.model_dump().items() if k in keys and v is not None}))
+    except rmodel.ModelError:
+        return []  # reported by _check_model_size
+    model_bytes = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in mdl.expected().values())
+    updates = fl.clients_info.num_clients_per_round
+    need = strategy.memory_bytes(updates, model_bytes) + model_bytes
+    server = server_cluster(config)
+    if server not in clusters:
+        return []
+    kind = registry.of(clusters[server]).kind
+    memory, _timeout, _conc = function_limits(config, "fl_server_aggregator", kind, cluster=server)
+    if need <= memory * 2**20:
+        return []
+    return [ConfigIssue(_STRATEGY_PATH, f"{strategy.name} holds all {updates} updates of a round at once: "
+                                        f"{need / 2**20:,.1f} MB with the previous model, but "
+                                        f"fl_server_aggregator on {server} has {memory} MB; give "
+                                        f"functions.fl_server_aggregator.{kind}.memory at least "
+                                        f"{math.ceil(need / 2**20)}, fewer clients per round, or a streaming "
+                                        "strategy (the FedAvg family)")]
 
 
 def _check_store_reach(mongo: MongoConfig, remote: list[str], clusters: dict[str, ClusterConfig]) -> list[ConfigIssue]:

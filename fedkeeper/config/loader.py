@@ -21,9 +21,11 @@ module: `config_sources` (steps 1, 2 and 4), `config_errors` (issue types, and s
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedkeeper.config import legacy as config_legacy
+from fedkeeper.config import overrides as config_overrides
 from fedkeeper.config.checks import _cross_checks
 from fedkeeper.config.errors import ConfigError, ConfigIssue, _validate
 from fedkeeper.config.models import Config
@@ -48,8 +50,10 @@ SCENARIO_FUNCTIONS: dict[str, dict[str, str]] = {
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read and validate a config file (relative file names inside it are relative to its folder)."""
+def load(path: str | os.PathLike[str], env: dict[str, str] | None = None,
+         overrides: Iterable[config_overrides.Override] = ()) -> Config:
+    """Read and validate a config file (relative file names inside it are relative to its folder), with the
+    command line's `--set` overrides written into it before validation."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -61,12 +65,14 @@ def load(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Con
         raise ConfigError([ConfigIssue("", f"{p} is not UTF-8 text")], str(p)) from None
     except OSError as exc:
         raise ConfigError([ConfigIssue("", f"cannot read config file {p}: {exc.strerror or exc}")], str(p)) from None
-    return load_text(text, source=str(p), base_dir=p.parent, env=env)
+    return load_text(text, source=str(p), base_dir=p.parent, env=env, overrides=overrides)
 
 
 def load_text(text: str, *, source: str = "<config>", base_dir: Path | None = None,
-              env: dict[str, str] | None = None) -> Config:
-    """Validate config text; `env` replaces os.environ for ${NAME} references (tests)."""
+              env: dict[str, str] | None = None, overrides: Iterable[config_overrides.Override] = ()) -> Config:
+    """Validate config text; `env` replaces os.environ for ${NAME} references (tests); `overrides` (`--set`)
+    are written into the mapping after the legacy keys are translated, before anything reads it."""
+    overrides = list(overrides)
     env = dict(os.environ) if env is None else env
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     raw, issues = _parse_yaml(text, source)
@@ -81,6 +87,7 @@ def load_text(text: str, *, source: str = "<config>", base_dir: Path | None = No
     warnings = [ConfigIssue(p, m) for p, m in config_legacy.normalise(raw, secrets, legacy_errors)]
     warnings += inline
     issues += [ConfigIssue(p, m) for p, m in legacy_errors]
+    issues += config_overrides.apply(raw, overrides)
     _read_credential_files(raw, base_dir, secrets, issues)
     _collect_known_secrets(raw, secrets)
     redact = Redactor(secrets)
@@ -93,11 +100,13 @@ def load_text(text: str, *, source: str = "<config>", base_dir: Path | None = No
         issues += cross
         warnings += cross_warnings
     if issues:
+        issues = config_overrides.blame(issues, overrides)
         raise ConfigError([_scrub(i, redact) for i in issues], source)
     assert config is not None
     config._source = source
     config._warnings = [_scrub(w, redact) for w in warnings]
     config._secrets = {s for s in secrets if s and len(s) >= 4}
+    config._overrides = config_overrides.recorded(overrides)
     return config
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, create_model, field_validator, model_validator
 
-from fedkeeper.config.base import MAX_WAIT_S, Model, is_loopback_url  # noqa: F401  (is_loopback_url: re-exported)
+from fedkeeper.config.base import MAX_WAIT_S, Model, _unstorable, is_loopback_url  # noqa: F401  (is_loopback_url: re-exported)
 from fedkeeper.providers import registry
+from fedkeeper.runtime.privacy import DPMode
 
 #: any platform's cluster model (each is a `Model`; `registry.of(cluster)` tells which platform it belongs to)
 ClusterConfig = Model
@@ -186,6 +187,57 @@ class Resilience(Model):
     poll_max_s: float = Field(0.5, gt=0, le=MAX_WAIT_S)
 
 
+class StrategyConfig(Model):
+    """`strategy: {name: fedadam, server_learning_rate: 0.1, ...}`: the aggregation strategy and its parameters.
+
+    The parameters depend on the strategy, so they are not fields: `config.checks` validates them through
+    `fedkeeper.runtime.strategies.make_strategy` (the code the aggregator runs) and names each bad one."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("fedavg", description="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedmedian, "
+                                            "trimmed_mean, krum, multikrum, bulyan")
+
+    @model_validator(mode="after")
+    def _storable_params(self) -> "StrategyConfig":
+        problem = _unstorable(dict(self.model_extra or {}))
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The strategy's parameters (every key but `name`)."""
+        return dict(self.model_extra or {})
+
+
+class AdaptiveClipping(Model):
+    """Adaptive quantile clipping (Andrew et al. 2021): the clip norm follows a quantile of the update norms."""
+
+    target_quantile: float = Field(0.5, ge=0, le=1, description="γ: share of updates left unclipped")
+    learning_rate: float = Field(0.2, gt=0, description="η_C of the geometric update of the clip norm")
+    count_noise_multiplier: float | None = Field(None, gt=0, description="σ_b, std of the noise on the count of "
+                                                                         "unclipped updates (null: clients/20)")
+
+
+class PrivacyConfig(Model):
+    """Differential privacy (DP-FedAvg): per-client clipping and Gaussian noise, added by the aggregator
+    (`central`) or by each client (`local`)."""
+
+    mode: DPMode = DPMode.CENTRAL
+    noise_multiplier: float = Field(ge=0, description="z: noise std = z × clip_norm")
+    clip_norm: float = Field(gt=0, description="C: L2 bound of each update's delta (the initial one if adaptive)")
+    adaptive_clipping: AdaptiveClipping | None = None
+    delta: float | None = Field(None, gt=0, lt=1, description="δ of (ε, δ); null: 1 / total_num_clients^1.1")
+    target_epsilon: float | None = Field(None, gt=0, description="stop before a round would exceed this ε")
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    secure_noise: bool = Field(False, description="noise from OS entropy: not reproducible, not removable by "
+                                                  "whoever knows the seed")
+
+    def delta_for(self, total_num_clients: int) -> float:
+        """δ: the configured one, else 1/N^1.1 (below 1/N, as the DP-FedAvg literature asks)."""
+        return self.delta if self.delta is not None else float(total_num_clients) ** -1.1
+
+
 class FederatedLearning(Model):
     rounds: int = Field(20, ge=1)
     seed: int = Field(42, ge=0, description="non-negative (numpy's SeedSequence refuses negative seeds)")
@@ -196,6 +248,37 @@ class FederatedLearning(Model):
     model_params: ModelParams = Field(default_factory=ModelParams)
     training_test_data: TrainingTestData = Field(default_factory=TrainingTestData)
     resilience: Resilience = Field(default_factory=Resilience)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig | None = None
+
+    def strategy_params(self) -> dict[str, Any]:
+        """`{name, **params}` as the aggregator gets it. FedProx's `mu` defaults to `model_params.mu` (the key
+        that set FedProx before strategies existed), so either spelling gives the same run."""
+        params = self.strategy.params
+        if self.strategy.name == "fedprox" and "mu" not in params and "mu" in self.model_params.model_fields_set:
+            params["mu"] = self.model_params.mu
+        return {"name": self.strategy.name, **params}
+
+    def privacy_params(self) -> dict[str, Any] | None:
+        """The `PrivacySpec` parameters (fedkeeper/runtime/privacy.py) of this config, or None without privacy.
+        The count noise σ_b of adaptive clipping is fixed here (null: num_clients_per_round / 20, Andrew et al.
+        2021) so that the accountant and the aggregator use the same value; Poisson sampling divides by the
+        expected number of clients."""
+        dp = self.privacy
+        if dp is None:
+            return None
+        per_round = self.clients_info.num_clients_per_round
+        out: dict[str, Any] = {"mode": DPMode(dp.mode).value, "noise_multiplier": dp.noise_multiplier, "clip_norm": dp.clip_norm,
+                               "adaptive": dp.adaptive_clipping is not None, "seed": self.seed,
+                               "secure_noise": dp.secure_noise}
+        if dp.adaptive_clipping is not None:
+            ac = dp.adaptive_clipping
+            out.update(target_quantile=ac.target_quantile, clip_learning_rate=ac.learning_rate,
+                       count_noise_multiplier=ac.count_noise_multiplier if ac.count_noise_multiplier is not None
+                       else per_round / 20)
+        if dp.sampling == "poisson":
+            out["expected_clients"] = float(per_round)
+        return out
 
 
 #: why a command that runs the experiment cannot use a config without it
@@ -219,6 +302,31 @@ class PlatformPrice(Model):
     per_million_invocations: float = Field(ge=0)
 
 
+class Sweep(Model):
+    """`fedkeeper sweep`: every combination of the grid's values, each over every seed."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key path → the values to try")
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="default: the scenario's seed")
+    jobs: int = Field(1, ge=1, le=64, description="runs at once (more than 1: local platform only)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"{key}: give at least one value")
+            if key.strip() in ("seed", "fl.seed", "scenarios.federated_learning.seed"):
+                raise ValueError("seeds go in sweep.seeds, not in the grid")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("give one or more distinct seeds")
+        return v
+
+
 class Config(Model):
     experiment: str = Field("fedkeeper", description="lower-case letters, digits, '-'; names every deployed function")
     providers: Providers = Field(default_factory=Providers)
@@ -226,6 +334,7 @@ class Config(Model):
     functions: dict[str, FunctionSettings] = Field(default_factory=dict)
     scenarios: Scenarios = Field(default_factory=Scenarios)
     pricing: dict[str, PlatformPrice] = Field(default_factory=dict)
+    sweep: Sweep | None = None
 
     @field_validator("experiment")
     @classmethod
@@ -239,6 +348,7 @@ class Config(Model):
     _source: str | None = PrivateAttr(None)
     _warnings: list[Any] = PrivateAttr(default_factory=list)
     _secrets: set[str] = PrivateAttr(default_factory=set)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str | None:
@@ -247,6 +357,11 @@ class Config(Model):
     @property
     def warnings(self) -> list[Any]:
         return list(self._warnings)
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The command line's `--set`/`--seed` changes, as recorded: {"dotted.key": value}."""
+        return dict(self._overrides)
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds, longest first (for redaction)."""

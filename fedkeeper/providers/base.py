@@ -320,6 +320,9 @@ class PlatformSpec:
     takes_vendored_wheels: ClassVar[bool] = False
     #: whether the platform builds the function by installing the zip's requirements.txt itself
     installs_requirements: ClassVar[bool] = False
+    #: whether its functions run on this machine, as processes of the command: then several runs may go at once
+    #: (`sweep --jobs`), bounded by the machine rather than by a remote account's quotas
+    runs_on_this_machine: ClassVar[bool] = False
     #: the longest pause between two polls of one activation; small where polling is free (no network)
     poll_max_s: ClassVar[float | None] = None
     #: legacy per-platform client counts this platform hosts (`clients_info.<key>`), see `legacy_count_targets`

@@ -1,7 +1,7 @@
 """`fedkeeper logs`: a run's events.jsonl as a readable, filterable, coloured stream (or JSON lines).
 
 `--follow` tails a live run the way `tail -f` does — polling the file, holding back a half-written last
-line — and stops once the run has finished, failed or been interrupted and nothing more is being written (a
+line — and stops once the run has finished, failed, been interrupted or stopped and nothing more is being written (a
 resumed run writes `run_resumed` after a `run_interrupted`, so a terminal event mid-file is not the end).
 """
 
@@ -25,7 +25,8 @@ TERMINAL_EVENTS = tuple(END_STATUS)
 #: every event type a run writes to events.jsonl (tests/test_cli_options.py checks the writers against it)
 KNOWN_EVENTS = tuple(dict.fromkeys((*LIFECYCLE_EVENTS, "model_initialised", "round_started", "activation",
                                     "round_finished", "update_rejected", "update_ignored", "target_reached",
-                                    "throttled", "redeploy", "round_rows_dropped")))
+                                    "throttled", "redeploy", "round_rows_dropped", "updates_aggregated",
+                                    "privacy_budget_reached")))
 _A = ActivationState
 STATE_STYLE = {_A.SUCCEEDED: "green", _A.FAILED: "red", _A.TIMED_OUT: "yellow", _A.LOST: "magenta",
                _A.INVOKED: "cyan", _A.THROTTLED: "yellow", _A.ABANDONED: "bright_black", "pending": "cyan"}
@@ -150,7 +151,7 @@ def follow_events(path: Path, *, poll_s: float = 0.5, sleep: Callable[[float], N
                   should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
     """Events of a (possibly live) events.jsonl as they are written.
 
-    Ends when the file's last lifecycle event is a terminal one (run_finished, run_failed, run_interrupted) and
+    Ends when the file's last lifecycle event is a terminal one (run_finished, run_failed, run_interrupted, run_stopped) and
     the end of the file is reached,
     or when `should_stop()` says so (Ctrl-C raises KeyboardInterrupt through `sleep`). Waits for the file to
     appear if the run has not written it yet.

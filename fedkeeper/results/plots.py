@@ -119,3 +119,62 @@ def _stacked_round_time(ax: Any, rounds: Sequence[Mapping[str, Any]]) -> None:
     ax.bar(x, rest, bottom=[c + a for c, a in zip(clients, aggregate)], color="C7", label="other")
     ax.plot(x, _series(rounds, "slowest_client_s"), color="k", marker="_", ms=18, mew=2, ls="none",
             label="slowest client")
+
+
+def _load_matplotlib() -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotUnavailable() from None
+    return FigureCanvasAgg, Figure
+
+
+def _save(fig: Any, path: Path, fmt: str, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"CreationDate": None} if fmt == "pdf" else {"Date": None} if fmt == "svg" else None
+    fig.savefig(path, dpi=dpi, format=fmt, metadata=metadata)
+    return path
+
+
+#: the panels of the group plot: (x key of a curve point, x label, title)
+GROUP_PANELS = (("round", "round", "accuracy per round"),
+                ("elapsed_s", "cumulative round time (s)", "accuracy against wall time"),
+                ("cost_usd", "cumulative estimated cost (USD)", "accuracy against cost"))
+
+
+def plot_groups(data: Mapping[str, Any], path: Path | str, *, dpi: int = 110) -> Path:
+    """Accuracy against round, wall time and cost, one line per group (`compare.compare`): the mean over its
+    runs, with a ± one sample std band where the group has more than one run; the group label is the legend."""
+    fmt = plot_format(path)
+    FigureCanvasAgg, Figure = _load_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    fig = Figure(figsize=(16, 5.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharey=True)
+    for i, group in enumerate(data["groups"]):
+        style = {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)], "ms": 4}
+        curve = group["curve"]
+        acc = _series(curve, "accuracy")
+        band = [math.nan if p.get("accuracy_std") is None else float(p["accuracy_std"]) for p in curve]
+        label = f"{group['label']} (n={group['n']})"
+        for ax, (key, _, _) in zip(axes, GROUP_PANELS):
+            x = _series(curve, key)
+            ax.plot(x, acc, label=label, **style)
+            if group["n"] > 1:
+                ax.fill_between(x, [a - b for a, b in zip(acc, band)], [a + b for a, b in zip(acc, band)],
+                                color=style["color"], alpha=0.18, lw=0)
+    for ax, (key, xlabel, title) in zip(axes, GROUP_PANELS):
+        ax.set(title=title, xlabel=xlabel)
+        ax.grid(True, alpha=0.3)
+        if key == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("test accuracy of the global model")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize="small")
+    what = f"sweep {data['sweep']}" if data.get("sweep") else f"{len(data['runs'])} runs"
+    fig.suptitle(f"{what}: {len(data['groups'])} groups, mean ± sample std over seeds")
+    return _save(fig, path, fmt, dpi)

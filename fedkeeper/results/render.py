@@ -7,6 +7,7 @@ prints), so the screen and the JSON never disagree.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,8 @@ from rich.table import Table
 
 from fedkeeper.results.report import comparison
 
-_STATUS_STYLE = {"completed": "green", "failed": "red", "quorum_lost": "red", "running": "yellow"}
+_STATUS_STYLE = {"completed": "green", "failed": "red", "quorum_lost": "red", "running": "yellow",
+                 "interrupted": "magenta", "stopped": "magenta"}
 
 
 def fmt_num(value: Any, digits: int = 3) -> str:
@@ -133,6 +135,11 @@ def headline(report: Mapping[str, Any]) -> str:
         parts.append(f"wall {fmt_num(report['wall_s'], 1)} s" + (f" ({sessions} sessions)" if sessions > 1 else ""))
     parts.append(f"started {fmt_time(report.get('started'))}")
     line = " · ".join(parts)
+    overrides = (report.get("summary") or {}).get("overrides")
+    if isinstance(overrides, dict) and overrides:
+        line += "\noverrides: " + ", ".join(f"{k}={_value(v)}" for k, v in overrides.items())
+    if report.get("privacy"):
+        line += "\n" + privacy_line(report["privacy"])
     if report.get("reason") and report.get("reason") != report.get("error"):
         line += f"\n{report['reason']}"
     if report.get("error"):
@@ -140,6 +147,18 @@ def headline(report: Mapping[str, Any]) -> str:
     if report["status"] == "running":
         line += f"\n[yellow]no summary.json yet (running or interrupted); last event {fmt_time(report.get('last_event_ts'))}[/]"
     return line
+
+
+def privacy_line(privacy: Mapping[str, Any]) -> str:
+    """`privacy: central DP, z 1, fixed sampling · ε 4.2 at δ 1e-05 (target 8)` (docs/privacy.md)."""
+    eps = privacy.get("epsilon")
+    text = (f"privacy: {privacy.get('mode') or '?'} DP, z {fmt_num(privacy.get('noise_multiplier'))}, "
+            f"{privacy.get('sampling') or '?'} sampling · ε {'∞ (no noise)' if eps is None else fmt_num(eps)}")
+    if privacy.get("delta") is not None:
+        text += f" at δ {float(privacy['delta']):.3g}"
+    if privacy.get("target_epsilon") is not None:
+        text += f" (target {fmt_num(privacy['target_epsilon'])})"
+    return text
 
 
 def render_run(report: Mapping[str, Any], console: Console) -> None:
@@ -195,7 +214,9 @@ def comparison_tables(reports: list[dict[str, Any]]) -> tuple[Table, Table]:
     return figures, per_round
 
 
-def render_reports(reports: list[dict[str, Any]], console: Console) -> None:
+def render_reports(reports: list[dict[str, Any]], console: Console,
+                   groups: Mapping[str, Any] | None = None) -> None:
+    """Each run's report; for several, the side-by-side comparison and (given `groups`) the group table."""
     for i, report in enumerate(reports):
         if i:
             console.rule()
@@ -204,4 +225,109 @@ def render_reports(reports: list[dict[str, Any]], console: Console) -> None:
         console.rule("comparison")
         for table in comparison_tables(reports):
             console.print(table)
+    if groups is not None:
+        console.print(groups_table(groups))
+        for line in group_notes(groups):
+            console.print(line, soft_wrap=True)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return format(value, "g")
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def fmt_spread(spread: Mapping[str, Any], digits: int = 4, fmt: Any = None) -> str:
+    """`mean ± std` (sample std), or the mean alone for one value; `–` for none."""
+    show = fmt or (lambda v: fmt_num(v, digits))
+    if spread["mean"] is None:
+        return "–"
+    return show(spread["mean"]) + (f" ± {show(spread['std'])}" if spread["std"] is not None else "")
+
+
+def _to_target(group: Mapping[str, Any]) -> str:
+    if group["target"] is None:
+        return "–"
+    reached, missed = group["reached"], group["not_reached"]
+    text = fmt_spread(group["rounds_to_target"], 1) if reached else "never"
+    return text + (f" ({missed} of {reached + missed} never)" if missed and reached else "")
+
+
+def groups_table(data: Mapping[str, Any]) -> Table:
+    """One row per group of runs that differ only in the seed: mean ± sample std over them, n runs."""
+    table = _table("groups (mean ± sample std over seeds)")
+    table.add_column("group")
+    for col in ("n", "final accuracy", "rounds to target", "wall s", "est. cost"):
+        table.add_column(col, justify="right")
+    for group in data["groups"]:
+        table.add_row(group["label"], str(group["n"]), fmt_spread(group["final_accuracy"]), _to_target(group),
+                      fmt_spread(group["wall_s"], 1), fmt_spread(group["cost_usd"], fmt=fmt_usd))
+    return table
+
+
+def group_notes(data: Mapping[str, Any]) -> list[str]:
+    """What the group table leaves out: keys that differ, runs of a sweep that have no folder."""
+    target = data.get("target")
+    notes = [f"group: runs whose configs differ only in the seed; n: its runs; rounds to target: to "
+             + (f"accuracy {fmt_num(target, 4)} (--target)" if target is not None else "each run's target_accuracy")
+             + ", over the runs that reached it"]
+    if data["varying"]:
+        notes.append("groups differ in: " + ", ".join(data["varying"]))
+    else:
+        notes.append("the runs' configs differ in nothing but the seed: one group")
+    missing = data.get("missing") or []
+    if missing:
+        notes.append(f"[yellow]{len(missing)} run(s) of the sweep have no folder under the logs directory:[/] " +
+                     ", ".join(f"{m['run_id']} ({m.get('status') or '?'})" for m in missing))
+    return notes
+
+
+def runs_table(data: Mapping[str, Any]) -> Table:
+    """The runs of a sweep or grouped report, one row each, labelled by what differs."""
+    table = _table("runs")
+    for col, justify in (("run", "left"), ("label", "left"), ("seed", "right"), ("status", "left"),
+                         ("rounds", "right"), ("final acc", "right"), ("to target", "right"), ("wall s", "right"),
+                         ("est. cost", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for run in data["runs"]:
+        to_target = "–" if run["target"] is None else \
+            str(run["rounds_to_target"]) if run["rounds_to_target"] is not None else "never"
+        table.add_row(run["run_id"], run["label"], fmt_num(run["seed"]), _status(run["status"]), str(run["rounds"]),
+                      fmt_num(run["final_accuracy"], 4), to_target, fmt_num(run["wall_s"], 1),
+                      fmt_usd(run["cost_usd"]))
+    return table
+
+
+def render_groups(data: Mapping[str, Any], console: Console) -> None:
+    """The grouped view alone (`--sweep`, `--groups`): the runs, then the groups."""
+    if data.get("sweep"):
+        console.print(f"sweep [bold]{data['sweep']}[/]: {len(data['runs'])} runs, {len(data['groups'])} groups")
+    console.print(runs_table(data))
+    console.print(groups_table(data))
+    for line in group_notes(data):
+        console.print(line, soft_wrap=True)
+
+
+def clients_table(data: Mapping[str, Any]) -> Table:
+    """Per client of one run: selection, aggregation, failures, cold starts, durations, examples."""
+    table = _table("clients (f/t/l: failed/timed out/lost; mean, p95: successful activations, s)")
+    for col in ("client", "selected", "aggregated", "activations", "f/t/l", "cold", "mean", "p95", "examples"):
+        table.add_column(col, justify="right")
+    for row in data["clients"]:
+        bad = f"{row['failed']}/{row['timed_out']}/{row['lost']}"
+        any_bad = row["failed"] or row["timed_out"] or row["lost"]
+        table.add_row(str(row["client_id"]), str(row["selected"]), str(row["aggregated"]), str(row["activations"]),
+                      f"[red]{bad}[/]" if any_bad else bad, str(row["cold_starts"]),
+                      fmt_num(row["duration_mean_s"], 2), fmt_num(row["duration_p95_s"], 2),
+                      fmt_num(row["examples"]))
+    return table
+
+
+def render_clients(data: Mapping[str, Any], console: Console) -> None:
+    console.print(f"[bold]{data['run_id']}[/] · {data['rounds']} rounds · {len(data['clients'])} clients")
+    console.print(clients_table(data))
+    console.print(f"[dim]aggregated: {data['sources']['aggregated']}; examples: {data['sources']['examples']}[/]",
+                  soft_wrap=True)
+    if data.get("store_note"):
+        console.print(f"[yellow]{data['store_note']}[/]", soft_wrap=True)
 

@@ -11,9 +11,10 @@ can be inspected there. The output shapes:
   given) for several;
 - `write_rounds_csv(reports, stream)` → what `--csv` prints: the rounds table(s), with a leading `run_id`
   column when there are several runs;
-- `comparison(reports)` → the side-by-side view of several runs.
+- `comparison(reports)` → the side-by-side view of several runs; `results.compare` groups them by what differs
+  in their configs (mean ± std over seeds), `results.clients` is the per-client view.
 
-Rendering for people lives in `report_render`, the PNG in `report_plot`.
+Rendering for people lives in `render`, the plots in `plots`.
 """
 
 from __future__ import annotations
@@ -63,8 +64,23 @@ def _clusters(run: RunFolder) -> dict[str, str]:
     return {str(r["cluster"]): platform_kind(r.get("platform")) for r in run.activations if r.get("cluster")}
 
 
-def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, Any]:
-    """The JSON-ready report of one run."""
+def _privacy(run: RunFolder, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's differential-privacy figures: summary.json's `privacy` block, else (a run still going) the ε of
+    its last round from rounds.csv with the config's settings; None for a run without privacy."""
+    if isinstance(summary.get("privacy"), dict):
+        return dict(summary["privacy"])
+    section = run.setting("scenarios", "federated_learning", "privacy")
+    if not isinstance(section, dict):
+        return None
+    last = next((r for r in reversed(run.rounds) if r.get("epsilon") is not None), {})
+    return {"mode": section.get("mode", "central"), "noise_multiplier": section.get("noise_multiplier"),
+            "delta": section.get("delta"), "sampling": section.get("sampling", "fixed"),
+            "epsilon": last.get("epsilon") if run.rounds else 0.0, "target_epsilon": section.get("target_epsilon")}
+
+
+def build_report(run: RunFolder, prices: Mapping[str, UnitPrice], *, target: float | None = None) -> dict[str, Any]:
+    """The JSON-ready report of one run; `target` (`--target`) replaces the config's target_accuracy for
+    `totals.rounds_to_target`."""
     status = run.status
     # a run that is going again after an interruption still has the summary.json of that interruption
     summary = (run.summary or {}) if status != "running" else {}
@@ -75,7 +91,7 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, A
     final = summary.get("final") if isinstance(summary.get("final"), dict) else \
         {"accuracy": last.get("accuracy"), "loss": last.get("loss")}
     settings = {key: run.setting(*path) for key, path in SETTINGS.items()}
-    target = settings.get("target_accuracy")
+    target = settings.get("target_accuracy") if target is None else target
     if isinstance(target, (int, float)):
         totals["rounds_to_target"] = rounds_to_reach(run.rounds, float(target))
     return {
@@ -103,12 +119,19 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice]) -> dict[str, A
         "by_function": group_stats(activations, "function"),
         "cost": cost_estimate(activations, prices),
         "summary": run.summary,
+        **({"privacy": privacy} if (privacy := _privacy(run, summary)) is not None else {}),
     }
 
 
-def load_reports(logs_dir: Path, runs: Sequence[str], prices: Mapping[str, UnitPrice]) -> list[dict[str, Any]]:
+def load_folders(logs_dir: Path, runs: Sequence[str]) -> list[RunFolder]:
+    """The run folders named (ids, `latest`, or folder paths), read, in the order given."""
+    return [load_run(path) for path in resolve_runs(logs_dir, list(runs))]
+
+
+def load_reports(logs_dir: Path, runs: Sequence[str], prices: Mapping[str, UnitPrice], *,
+                 target: float | None = None) -> list[dict[str, Any]]:
     """Reports of the runs named (ids, `latest`, or folder paths), in the order given."""
-    return [build_report(load_run(path), prices) for path in resolve_runs(logs_dir, list(runs))]
+    return [build_report(run, prices, target=target) for run in load_folders(logs_dir, runs)]
 
 
 def report_document(reports: list[dict[str, Any]]) -> Any:

@@ -27,7 +27,8 @@ LATEST = "latest"
 START_EVENTS = ("run_started", "run_resumed")
 #: the status an end event implies when summary.json is missing (run_failed also ends a run whose quorum was lost:
 #: its event and summary.json say status "quorum_lost")
-END_STATUS = {"run_finished": "completed", "run_failed": "failed", "run_interrupted": "interrupted"}
+END_STATUS = {"run_finished": "completed", "run_failed": "failed", "run_interrupted": "interrupted",
+              "run_stopped": "stopped"}
 LIFECYCLE_EVENTS = (*START_EVENTS, *END_STATUS)
 
 #: columns of rounds.csv / activations.csv that are whole numbers (the others numeric ones are floats)
@@ -143,7 +144,7 @@ class RunFolder:
     @property
     def status(self) -> str:
         """running while the last lifecycle event is a (re)start — a resumed run still has the summary.json of
-        its interruption; otherwise summary.json's status (completed / failed / interrupted), else the one the
+        its interruption; otherwise summary.json's status (completed / failed / interrupted / stopped), else the one the
         last lifecycle event implies. A run killed without a trace also shows as running until resumed."""
         if self.lifecycle in START_EVENTS:
             return "running"

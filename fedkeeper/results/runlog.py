@@ -27,7 +27,8 @@ from fedkeeper.secrets import RedactingFilter, RedactingStream, Redactor  # noqa
 #: resumed run appends to an older file under that file's own header (a column it lacks is left out)
 ROUND_COLUMNS = ["round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
                  "accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s",
-                 "aggregated", "throttled", "abandoned"]
+                 "aggregated", "throttled", "abandoned",
+                 "epsilon", "clip_norm"]  # differential privacy (docs/privacy.md): ε after the round, C used in it
 ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "activation_id",
                       "platform_activation_id", "attempt", "state", "cold", "start", "end", "duration_s",
                       "memory_mb", "injected", "error"]

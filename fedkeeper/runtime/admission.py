@@ -9,8 +9,10 @@ the previous global model, its ``num_examples`` is an integer in [1, shard size]
 acknowledged (when the orchestrator saw the acknowledgement) and decodes to the model's names, shapes and dtypes
 with finite values. Anything else is rejected with one of ``REASONS``, and the round goes on with the rest.
 
-Weights are float64 from these validated integers (``strategies.FedAvg``), so no count can overflow or dominate
-beyond its shard: the total is at most the training set's size.
+``Admitted`` hands the strategy the admitted updates one at a time (``ClientUpdate``s, lazily, in ascending
+client-id order), so a streaming strategy holds one update at a time and an order-statistics one decides itself
+what to keep. Weights are float64 from these validated integers (``strategies.StreamingMean``), so no count can
+overflow or dominate beyond its shard: the total is at most the training set's size.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -179,32 +181,69 @@ def rejection(item: Issued, reason: str, detail: str) -> dict[str, Any]:
             "reason": reason, "detail": detail}
 
 
+class Admitted:
+    """The issued updates that pass every check, as ``ClientUpdate``s in ascending client-id order, read lazily:
+    each blob is fetched and decoded when the consumer asks for the next update, so a streaming strategy never
+    holds two. Iterate once; ``accepted``, ``rejected`` and ``total_examples`` fill in as it goes (rejections are
+    logged and recorded, and the iteration goes on with the next client)."""
+
+    def __init__(self, issued: Sequence[Issued], source: UpdateSource, *, run_id: str, round: int,
+                 expected: W.Expected, shard_sizes: Sequence[int]) -> None:
+        self._issued = sorted(issued, key=lambda i: i.client_id)
+        self._source, self._expected, self._shards = source, expected, shard_sizes
+        self.run_id, self.round = run_id, round
+        self.accepted: list[int] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.total_examples = 0
+        self._examples: dict[int, int] = {}
+        self._started = False
+
+    def __iter__(self) -> Iterator[strategies.ClientUpdate]:
+        if self._started:
+            raise RuntimeError("admitted updates are read once (each blob is fetched as it is consumed)")
+        self._started = True
+        return self._updates()
+
+    def _updates(self) -> Iterator[strategies.ClientUpdate]:
+        limit = max_blob_bytes(self._expected)
+        for item in self._issued:
+            try:
+                doc = self._source.find_update(self.run_id, self.round, item.client_id, item.activation_id)
+                n = check(doc, item, run_id=self.run_id, round=self.round, shard_size=self._shards[item.client_id])
+                weights = self._source.decode_update(doc, self._expected, self.run_id, self.round, item.client_id,
+                                                     max_bytes=limit)
+            except CorruptUpdate as exc:
+                self.rejected.append(rejection(item, exc.reason, exc.detail))
+                log.warning("%s", exc)
+                continue
+            doc = None  # the document holds the blob bytes: only the decoded views go on
+            self.accepted.append(item.client_id)
+            self._examples[item.client_id] = n
+            self.total_examples += n
+            yield strategies.ClientUpdate(item.client_id, n, weights)
+            weights = None  # drop this blob's views before reading the next one
+
+    def refuse(self, update: strategies.ClientUpdate, detail: str) -> None:
+        """Move an update the consumer could not use from ``accepted`` to ``rejected`` (reason ``bad_update``)."""
+        item = next(i for i in self._issued if i.client_id == update.client_id)
+        self.accepted.remove(update.client_id)
+        self.total_examples -= self._examples.pop(update.client_id)
+        self.rejected.append(rejection(item, "bad_update", detail))
+        log.warning("update of client %s rejected (bad_update): %s", update.client_id, detail)
+
+
 def aggregate(issued: Sequence[Issued], source: UpdateSource, *, run_id: str, round: int, expected: W.Expected,
-              shard_sizes: Sequence[int], strategy: strategies.FedAvg | None = None) -> Outcome:
-    """Admit and average the issued updates in ascending client-id order, one update in memory at a time."""
-    fedavg = strategy or strategies.FedAvg()
-    fedavg.begin(expected)
-    limit = max_blob_bytes(expected)
-    accepted: list[int] = []
-    rejected: list[dict[str, Any]] = []
-    for item in sorted(issued, key=lambda i: i.client_id):
-        doc: Any = None
-        weights: dict[str, np.ndarray] | None = None
+              shard_sizes: Sequence[int], strategy: strategies.StreamingMean | None = None) -> Outcome:
+    """Admit and average the issued updates in ascending client-id order, one update in memory at a time (the
+    FedAvg mean the aggregator computes for ``fedavg``, here for callers that want the mean alone)."""
+    mean = strategy or strategies.StreamingMean()
+    mean.begin(expected)
+    admitted = Admitted(issued, source, run_id=run_id, round=round, expected=expected, shard_sizes=shard_sizes)
+    for update in admitted:
         try:
-            doc = source.find_update(run_id, round, item.client_id, item.activation_id)
-            n = check(doc, item, run_id=run_id, round=round, shard_size=shard_sizes[item.client_id])
-            weights = source.decode_update(doc, expected, run_id, round, item.client_id, max_bytes=limit)
-            fedavg.add(weights, n, client_id=item.client_id)
-        except CorruptUpdate as exc:
-            rejected.append(rejection(item, exc.reason, exc.detail))
-            log.warning("%s", exc)
-            continue
+            mean.add(update.weights, update.num_examples, client_id=update.client_id)
         except strategies.StrategyError as exc:
-            rejected.append(rejection(item, "bad_update", str(exc)))
-            log.warning("update of client %s rejected (bad_update): %s", item.client_id, exc)
-            continue
-        finally:
-            weights = doc = None  # drop the views of this blob before reading the next one
-        accepted.append(item.client_id)
-    result = fedavg.result() if fedavg.count else None
-    return Outcome(result, accepted, rejected, fedavg.total_examples)
+            admitted.refuse(update, str(exc))
+    result = mean.result() if mean.count else None
+    return Outcome(result, admitted.accepted, admitted.rejected, admitted.total_examples)
+

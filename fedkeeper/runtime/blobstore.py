@@ -10,6 +10,11 @@ Documents (``_id`` is the natural key, so every write is idempotent and the firs
   metrics{accuracy, loss, ...}, num_updates, created, write_id [, pruned]
 - ``updates`` ``f"{run_id}:{round}:{client_id}:{activation_id}"``  run_id, round, client_id, activation_id, attempt,
   base_round, num_examples, metrics, blob, sha256, size, storage, file_id, num_params, created, write_id [, pruned]
+- ``server_states`` ``f"{run_id}:{round}:state:{sha256}"``  run_id, round, blob, sha256, size, storage, file_id,
+  num_arrays, created, write_id [, pruned]: a stateful strategy's server state (and the adaptive clip norm) after
+  round ``round``. Written before the model document of that round, which names it (``state_sha256``): the model
+  document stays the commit point, so a state left by an aggregator that died before committing is never read,
+  and a retried aggregation that computes another state writes it under another key.
 
 Updates are keyed by the activation that wrote them (``update_key``), not by client alone: under a
 ``run:round:client`` key the first writer wins, so anyone who wrote there first (a predictable key, writable before
@@ -47,6 +52,7 @@ from . import weights as W
 INLINE_LIMIT = 15 * 1024 * 1024
 MODELS = "models"
 UPDATES = "updates"
+STATES = "server_states"
 BUCKET = "fs"
 T = TypeVar("T")
 Retry = Callable[[Callable[[], T]], T]
@@ -73,6 +79,8 @@ class ModelMissing(BlobStoreError, KeyError):
         self.run_id, self.round, self.reason = run_id, round, reason
 
     def __str__(self) -> str:  # KeyError would print the args tuple
+        if self.reason == "state_missing":
+            return f"server state of run {self.run_id} round {self.round} does not exist or was garbage-collected"
         what = "was garbage-collected" if self.reason == "pruned" else "does not exist"
         return f"global model of run {self.run_id} round {self.round} {what}"
 
@@ -204,6 +212,7 @@ class BlobStore:
         self.db = db
         self.models = db[MODELS]
         self.updates = db[UPDATES]
+        self.states = db[STATES]
         self.inline_limit = inline_limit
         self._retry: Retry = retry or default_retry
         self._files = _GridFiles(db)
@@ -212,13 +221,16 @@ class BlobStore:
         """Secondary indexes for listings; the natural keys are the ``_id``s."""
         self._retry(lambda: self.updates.create_index([("run_id", 1), ("round", 1), ("client_id", 1)], name="run_round_client"))
         self._retry(lambda: self.models.create_index([("run_id", 1), ("round", 1)], name="run_round"))
+        self._retry(lambda: self.states.create_index([("run_id", 1), ("round", 1)], name="run_round"))
 
     # ----------------------------------------------------------------------------------------------- blobs
 
-    def _put_blob(self, blob: bytes, key: str, write_id: str) -> dict[str, Any]:
+    def _put_blob(self, blob: bytes, key: str, write_id: str, collection: str | None = None) -> dict[str, Any]:
         if len(blob) <= self.inline_limit:
             return {"blob": {"inline": bson.Binary(blob)}, "storage": "inline", "size": len(blob), "file_id": None}
-        meta = {"key": key, "write_id": write_id, "created": time.time()}
+        meta: dict[str, Any] = {"key": key, "write_id": write_id, "created": time.time()}
+        if collection is not None:  # gc_orphan_files tells models from updates by the key; others say where
+            meta["collection"] = collection
         file_id = self._retry(lambda: self._files.put(blob, meta))
         return {"blob": {"gridfs": file_id, "size": len(blob)}, "storage": "gridfs", "size": len(blob), "file_id": file_id}
 
@@ -249,9 +261,12 @@ class BlobStore:
 
     def write_model(
         self, run_id: str, round: int, weights: Mapping[str, np.ndarray], metrics: Mapping[str, Any],
-        *, num_updates: int | None = None,
+        *, num_updates: int | None = None, state_sha256: str | None = None,
     ) -> dict[str, Any]:
-        """Store the global model of ``round``; a repeated write returns the stored doc with ``duplicate: True``."""
+        """Store the global model of ``round``; a repeated write returns the stored doc with ``duplicate: True``.
+
+        ``state_sha256``: the server state this round left (``write_state``, written first); the next round reads
+        the state the committed model names, never one an uncommitted attempt left behind."""
         _check_run_id(run_id)
         key = f"{run_id}:{round}"
         existing = self._retry(lambda: self.models.find_one({"_id": key}, {"blob": 0}))
@@ -264,6 +279,8 @@ class BlobStore:
             "num_params": W.num_params(weights), "metrics": dict(metrics), "num_updates": num_updates,
             "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
         }
+        if state_sha256 is not None:  # absent for stateless strategies: their documents are as before
+            doc["state_sha256"] = state_sha256
         return self._insert_first(self.models, doc)
 
     def read_model(
@@ -291,6 +308,43 @@ class BlobStore:
 
     def list_model_docs(self, run_id: str) -> list[dict[str, Any]]:
         return self._retry(lambda: list(self.models.find({"run_id": run_id}, {"blob": 0}).sort("round", 1)))
+
+    # ---------------------------------------------------------------------------------------- server state
+
+    def write_state(self, run_id: str, round: int, state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Store the server state after ``round`` under a key that holds its digest (the same state twice is one
+        document); returns the doc without blob bytes, whose ``sha256`` the model document of ``round`` names."""
+        _check_run_id(run_id)
+        if not state:
+            raise ValueError("an empty server state is not stored (stateless strategies have none)")
+        blob = W.encode(state)
+        digest = W.digest_of(blob)
+        key = f"{run_id}:{round}:state:{digest}"
+        existing = self._retry(lambda: self.states.find_one({"_id": key}, {"blob": 0}))
+        if existing is not None and not existing.get("pruned"):
+            return _public(existing, duplicate=True)
+        if existing is not None:  # pruned, yet needed again (a round re-run after gc): store the bytes again
+            self._retry(lambda: self.states.delete_one({"_id": key, "pruned": {"$exists": True}}))
+        write_id = uuid.uuid4().hex
+        doc = {
+            "_id": key, "run_id": run_id, "round": int(round), "sha256": digest, "num_arrays": len(state),
+            "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id, STATES),
+        }
+        return self._insert_first(self.states, doc)
+
+    def read_state(self, run_id: str, round: int, sha256: str) -> dict[str, np.ndarray]:
+        """The server state the model document of ``round`` names (``state_sha256``), checked against that digest;
+        ModelMissing (``reason`` ``state_missing``) or CorruptModel otherwise: a round cannot go on without it."""
+        doc = self._retry(lambda: self.states.find_one({"_id": f"{run_id}:{round}:state:{sha256}"}))
+        blob = self._get_blob(doc["blob"]) if doc is not None and doc.get("blob") is not None else None
+        if blob is None:
+            raise ModelMissing(run_id, round, "state_missing")
+        try:
+            if W.digest_of(blob) != sha256:
+                raise W.WeightsError("checksum", "server state digest differs from the one the model names")
+            return W.decode(blob)
+        except W.WeightsError as exc:
+            raise CorruptModel(run_id, round, exc.reason, f"server state: {exc}") from None
 
     # --------------------------------------------------------------------------------------------- updates
 
@@ -427,7 +481,9 @@ class BlobStore:
         """Remove the blobs of global models older than the newest ``keep_last`` rounds, except ``protect``.
 
         The newest model is always kept (``keep_last >= 1``): a resumed run continues from it. Docs stay, with
-        ``blob: None`` and ``pruned`` set, so the evaluation history survives. Returns the number pruned.
+        ``blob: None`` and ``pruned`` set, so the evaluation history survives. Returns the number of models pruned.
+        Server states go with their models: the states of kept rounds stay (the next round reads the newest), the
+        others are pruned, including those no committed model names (an attempt that died before committing).
         """
         if keep_last < 1:
             raise ValueError("keep_last must be at least 1: a resumed run needs the latest global model")
@@ -435,7 +491,14 @@ class BlobStore:
             lambda: list(self.models.find({"run_id": run_id, "blob": {"$ne": None}}, {"blob": 0}).sort("round", -1))
         )
         keep = {d["round"] for d in docs[:keep_last]} | {int(r) for r in protect}
-        return self._prune(self.models, [d for d in docs if d["round"] not in keep])
+        pruned = self._prune(self.models, [d for d in docs if d["round"] not in keep])
+        named = {(d["round"], d.get("state_sha256")) for d in docs if d["round"] in keep}
+        newest = docs[0]["round"] if docs else None
+        states = self._retry(lambda: list(self.states.find({"run_id": run_id, "blob": {"$ne": None}}, {"blob": 0})))
+        # a state newer than the newest model may belong to an aggregation under way: left alone
+        self._prune(self.states, [s for s in states if (s["round"], s.get("sha256")) not in named
+                                  and (newest is None or s["round"] < newest)])
+        return pruned
 
     def gc_updates(self, run_id: str, through_round: int) -> int:
         """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays."""
@@ -455,7 +518,10 @@ class BlobStore:
             if float(meta.get("created", 0)) > cutoff:
                 continue
             key = meta["key"]
-            coll = self.updates if key.count(":") >= 2 else self.models
+            if meta.get("collection") == STATES:
+                coll = self.states
+            else:
+                coll = self.updates if key.count(":") >= 2 else self.models
             doc = self._retry(lambda: coll.find_one({"_id": key}, {"blob": 0}))
             if doc is None or doc.get("file_id") != f["_id"] or doc.get("pruned"):
                 self._drop_file(f["_id"])
@@ -463,9 +529,10 @@ class BlobStore:
         return removed
 
     def delete_run(self, run_id: str) -> int:
-        """Delete every model and update of a run, blobs included; returns the number of docs removed."""
+        """Delete every model, update and server state of a run, blobs included; returns the number of docs
+        removed."""
         removed = 0
-        for coll in (self.models, self.updates):
+        for coll in (self.models, self.updates, self.states):
             docs = self._retry(lambda: list(coll.find({"run_id": run_id}, {"_id": 1, "file_id": 1})))
             for doc in docs:
                 self._drop_file(doc.get("file_id"))

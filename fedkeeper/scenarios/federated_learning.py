@@ -9,7 +9,7 @@ tracker continues the attempt numbering and adopts what the interrupted run left
 time drives a run: it holds the run's lock (`store.locks`) from before it deploys until its end is recorded.
 
 Every way a run ends — all rounds done or the target accuracy reached (`completed`), too few clients in a round
-(`quorum_lost`), any error (`failed`), Ctrl-C or SIGTERM (`interrupted`) — writes summary.json and the end event
+(`quorum_lost`), any error (`failed`), Ctrl-C or SIGTERM (`interrupted`), `fedkeeper stop` (`stopped`) — writes summary.json and the end event
 with that status and its reason, and the same status and reason into the store's runs document. The counts and
 the wall time are recomputed from the records of the whole run (`fedkeeper.results.counts`), so they add up
 over resumed sessions.
@@ -34,15 +34,21 @@ from fedkeeper import config as cfg
 from fedkeeper import signals
 from fedkeeper.activations import JobState
 from fedkeeper.config.models import Config, FederatedLearning
+from fedkeeper.config.overrides import describe
 from fedkeeper.errors import FedkeeperError, Interrupted, RunFailed, UsageProblem
 from fedkeeper.fabric import Fabric
+from fedkeeper.privacy.plan import plan_for
+from fedkeeper.privacy.sampling import poisson_clients
 from fedkeeper.results import counts
 from fedkeeper.results.run_folders import read_activations, read_events, read_rounds
 from fedkeeper.results.runlog import RunLog
 from fedkeeper.runtime import urls
+from fedkeeper.runtime.privacy import DPMode
 from fedkeeper.scenarios.cohort import Cohort
 from fedkeeper.scenarios.deployment import deploy_plan, store_env_for
 from fedkeeper.scenarios.issued_updates import RoundUpdates, round_updates
+from fedkeeper.scenarios.stop import STOPPED, StopRequested
+from fedkeeper.scenarios import stop as stop_requests
 from fedkeeper.store.locks import RunLock, RunLocked
 from fedkeeper.tracker import Attempt, Job, Tracker, rank_clients
 
@@ -52,7 +58,7 @@ MODEL_KEYS = ("model", "input_size", "hidden_size", "output_size", "input_shape_
 COMPLETED, QUORUM_LOST, FAILED, INTERRUPTED = "completed", "quorum_lost", "failed", "interrupted"
 #: the end event of each status; a lost quorum is a failure to older readers (its event says the status)
 END_EVENTS = {COMPLETED: "run_finished", QUORUM_LOST: "run_failed", FAILED: "run_failed",
-              INTERRUPTED: "run_interrupted"}
+              INTERRUPTED: "run_interrupted", STOPPED: "run_stopped"}
 
 
 class QuorumLost(RunFailed):
@@ -85,18 +91,29 @@ def unchecked_downloads(fl: FederatedLearning) -> dict[str, str]:
 
 
 def client_payload(run_id: str, round_number: int, client_id: int, fl: FederatedLearning) -> dict[str, Any]:
-    """Small by design: clients read the global model from the store, never from the payload."""
-    return {"run_id": run_id, "round": round_number, "client_id": client_id,
-            "num_clients": fl.clients_info.total_num_clients, "seed": fl.seed, "model": model_spec(fl),
-            "train": fl.model_params.model_dump(), "data": data_spec(fl)}
+    """Small by design: clients read the global model from the store, never from the payload. `train` holds the
+    strategy's client parameters (FedProx: `mu`); `privacy` is there only under local DP (the client noises)."""
+    from fedkeeper.runtime.strategies import make_strategy
+
+    spec = fl.strategy_params()
+    strategy = make_strategy(spec.pop("name"), spec)
+    payload = {"run_id": run_id, "round": round_number, "client_id": client_id,
+               "num_clients": fl.clients_info.total_num_clients, "seed": fl.seed, "model": model_spec(fl),
+               "train": {**fl.model_params.model_dump(), **strategy.client_params()}, "data": data_spec(fl)}
+    dp = fl.privacy_params()
+    if dp is not None and dp["mode"] == DPMode.LOCAL:
+        payload["privacy"] = dp
+    return payload
 
 
 def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedLearning, keep_models: int,
                        updates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """`updates`: per client, the activation whose stored update to aggregate (`RoundUpdates.for_aggregator`);
-    with `num_clients` the aggregator recomputes each client's shard size to bound its `num_examples`."""
+    with `num_clients` the aggregator recomputes each client's shard size to bound its `num_examples`.
+    `strategy` ({name, **params}) and `privacy` (the `PrivacySpec` parameters, or None) say how to aggregate."""
     payload = {"mode": mode, "run_id": run_id, "round": round_number, "seed": fl.seed, "model": model_spec(fl),
-               "data": data_spec(fl), "keep_models": keep_models}
+               "data": data_spec(fl), "keep_models": keep_models, "strategy": fl.strategy_params(),
+               "privacy": fl.privacy_params()}
     if updates is not None:
         payload.update(updates=updates, num_clients=fl.clients_info.total_num_clients)
     return payload
@@ -165,6 +182,7 @@ class Experiment:
         self.app, self.config, self.fabric, self.store = app, config, fabric, store
         self.lock = lock  # checked at each round and each tracker pass: a process that lost it stops writing
         self.fl = config.fl
+        self.privacy = plan_for(self.fl)  # None without `privacy`: ε in rounds.csv, summary.json; target_epsilon
         self.run = run
         self.run_id: str = run["_id"]
         self.runlog = runlog
@@ -250,9 +268,22 @@ class Experiment:
             self.current_round = r
             if self.lock is not None:
                 self.lock.check()
+            stop_requests.check(self.store, self.run_id)  # `fedkeeper stop`: ends here, between two rounds
             self.clock.round_start = time.time()
             t0 = time.perf_counter()
-            cohort = Cohort(tuple(rank_clients(fl.seed, r, total, selected_count)), per_round)
+            budget = self.privacy.budget_stop(r) if self.privacy is not None else None
+            if budget:  # before anything of round r runs: its ε would exceed privacy.target_epsilon
+                self.runlog.event("privacy_budget_reached", round=r, epsilon=self.privacy.epsilon(r),
+                                  target_epsilon=self.privacy.target_epsilon, rounds_completed=r - 1)
+                self.current_round = None
+                return budget
+            if self.privacy is not None and self.privacy.sampling == "poisson":
+                # each client independently with q: the sampling the accountant assumes; all are aggregated
+                drawn = poisson_clients(fl.seed, r, total, per_round / total)
+                cohort = Cohort(tuple(drawn), len(drawn))
+                quorum = max(1, math.ceil(fl.resilience.min_fraction * len(drawn))) if drawn else 0
+            else:
+                cohort = Cohort(tuple(rank_clients(fl.seed, r, total, selected_count)), per_round)
             selected = sorted(cohort.ranked)
             self.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
             stored_updates = self._stored_updates(r)
@@ -274,7 +305,7 @@ class Experiment:
                 return cohort.settled(stored | {j.client_id for j in js if j.state is JobState.SUCCEEDED},
                                       {j.client_id for j in js if j.state is JobState.GAVE_UP})
 
-            satisfied = settled if selected_count > per_round else None
+            satisfied = settled if len(selected) > cohort.needed else None
             try:
                 outcome = self.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
                                            satisfied=satisfied)
@@ -300,6 +331,12 @@ class Experiment:
             rejected = list(result.get("rejected") or [])
             for item in rejected:
                 self.runlog.event("update_rejected", round=r, **item)
+            # which clients the global model was built from, and their example counts: `report --clients` on Logs/
+            refused = {item.get("client_id") for item in rejected}
+            examples = {doc.get("client_id"): doc.get("num_examples") for doc in stored_updates.docs}
+            self.runlog.event("updates_aggregated", round=r, clients=[
+                {"client_id": c, "activation_id": stored_updates.chosen[c].activation_id,
+                 "num_examples": examples.get(c)} for c in accepted if c not in refused])
             progress.remove_task(task)
             durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
                          for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
@@ -311,6 +348,8 @@ class Experiment:
                    "accuracy": result.get("accuracy"), "loss": result.get("loss"), "invoke_s": invoke_s,
                    "slowest_client_s": max(durations) if durations else 0.0, "aggregate_s": aggregate_s,
                    "round_s": time.perf_counter() - t0}
+            if self.privacy is not None:
+                row.update(epsilon=self.privacy.epsilon(r), clip_norm=result.get("clip_norm"))
             self.runlog.round(row)
             self.round_rows.append(row)
             self.store.update_run(self.run_id, last_completed_round=r, updated=time.time(),
@@ -326,7 +365,8 @@ class Experiment:
                     f"round {r:>3}/{self.rounds}  acc {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
                     f"clients {row['aggregated']}/{len(selected)}"
                     + (f" ({len(rejected)} rejected)" if rejected else "")
-                    + f"  retries {row['retries']}  {row['round_s']:.2f}s", highlight=False)
+                    + f"  retries {row['retries']}  {row['round_s']:.2f}s"
+                    + (f"  ε {row['epsilon']:.3g}" if self.privacy is not None else ""), highlight=False)
             reached = self._target_reached(r, result.get("accuracy"))
             if reached:
                 self.runlog.event("target_reached", round=r, accuracy=result.get("accuracy"),
@@ -367,6 +407,10 @@ class Experiment:
             self.finish(INTERRUPTED, f"{how}; resume with --resume {self.run_id}")
             raise Interrupted(f"run {self.run_id} {how}; resume with: fedkeeper start -c {self.config.source} "
                               f"--resume {self.run_id}") from None
+        except StopRequested as exc:  # recorded like an interrupt (exit 130, resumable), with its own status
+            self.finish(STOPPED, exc.reason)
+            raise Interrupted(f"run {self.run_id} {exc.reason}; resume with: fedkeeper start -c "
+                              f"{self.config.source} --resume {self.run_id}") from None
         except QuorumLost as exc:
             return self.finish(QUORUM_LOST, exc.describe(), error=exc.describe())
         except RunLocked as exc:  # another orchestrator holds the run now: its status and files are its own
@@ -444,7 +488,10 @@ class Experiment:
             "model_sha256": final["sha256"], "config_digest": self.run.get("config_digest"),
             "started": self.run.get("started"), "finished": finished,
             "clusters": {n: c.kind for n, c in self.config.clusters().items()},
+            "overrides": self.config.overrides,  # --set/--seed of the session that wrote this summary
         }
+        if self.privacy is not None:
+            data["privacy"] = self.privacy.summary(data["rounds_completed"])
         if error:
             data["error"] = error
         return data
@@ -486,20 +533,37 @@ def _open_run(app: Any, config: Config, store: Any, previous: dict[str, Any] | N
               rounds: int) -> dict[str, Any]:
     digest = cfg.config_digest(config)
     if previous is not None:
-        if previous.get("config_digest") != digest:
+        before, now = run_overrides(previous), config.overrides
+        if before != now:  # the digest changed too: this warning says how
+            app.warn(f"the --set/--seed overrides changed since this run started (then: {describe(before) or 'none'}; "
+                     f"now: {describe(now) or 'none'}); resuming with the new ones")
+            store.update_run(previous["_id"], overrides=stored_overrides(now))
+            previous["overrides"] = stored_overrides(now)
+        elif previous.get("config_digest") != digest:
             app.warn("the config changed since this run started; resuming with the new one")
         store.update_run(previous["_id"], status="running", reason=None, error=None, updated=time.time(),
-                         rounds=rounds)
+                         rounds=rounds, **{stop_requests.STOP_FIELD: None})  # a stopped run goes on
         previous["status"] = "running"
         return previous
     run = {"_id": run_id or new_run_id(config.experiment), "experiment": config.experiment,
            "config_digest": digest, "config": cfg.redacted(config), "seed": config.fl.seed, "status": "running",
-           "rounds": rounds, "last_completed_round": 0, "started": time.time(), "updated": time.time(),
+           "overrides": stored_overrides(config.overrides), "rounds": rounds, "last_completed_round": 0,
+           "started": time.time(), "updated": time.time(),
            "logs_dir": str(app.logs_dir)}
     if store.get_run(run["_id"]) is not None:
         raise UsageProblem(f"--run-id {run['_id']}: a run with this id exists; use --resume {run['_id']}")
     store.create_run(run)
     return run
+
+
+def stored_overrides(overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run document keeps `--set`/`--seed` as [{key, value}]: dotted keys are no MongoDB field names."""
+    return [{"key": k, "value": v} for k, v in overrides.items()]
+
+
+def run_overrides(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run document's `--set`/`--seed` overrides as {"dotted.key": value} (none for runs older than them)."""
+    return {item["key"]: item.get("value") for item in run.get("overrides") or [] if isinstance(item, Mapping)}
 
 
 def _already_complete(app: Any, run: Mapping[str, Any], reason: str) -> dict[str, Any]:
@@ -522,8 +586,9 @@ def _already_complete(app: Any, run: Mapping[str, Any], reason: str) -> dict[str
 
 
 def start_command(app: Any, config: Config, *, rounds: int | None = None, resume: str | None = None,
-                  deploy: bool = True, run_id: str | None = None) -> dict[str, Any]:
-    """`fedkeeper start`: returns the run summary (also written to Logs/<run>/summary.json).
+                  deploy: bool = True, run_id: str | None = None, print_result: bool = True) -> dict[str, Any]:
+    """`fedkeeper start`: returns the run summary (also written to Logs/<run>/summary.json); `print_result`
+    False leaves the summary table to the caller (`sweep` prints one table of all its runs).
 
     A completed, quorum-lost or failed run returns its summary; an interrupted one raises `Interrupted` once
     recorded; `--resume` of a complete run returns its summary without running anything.
@@ -571,7 +636,7 @@ def start_command(app: Any, config: Config, *, rounds: int | None = None, resume
         stack.callback(_close_quietly, experiment.tracker, runlog)
         app.info(f"run [bold]{run['_id']}[/] → {runlog.dir}")
         summary = experiment.execute(progress_display(app))
-        if not getattr(app, "json", False):  # the result: printed with -q too; --json prints it as JSON instead
+        if print_result and not getattr(app, "json", False):  # printed with -q too; --json prints it as JSON
             print_summary(app, summary, runlog)
         return summary
 

@@ -29,7 +29,7 @@ from fedkeeper.packaging import PackagingError
 from fedkeeper.providers.base import LABEL_CODE, LABEL_DIGEST, LABEL_FUNCTION, FunctionInfo, ProviderError
 
 #: run statuses whose current round is worth showing activation by activation
-OPEN_STATUSES = ("running", "interrupted")
+OPEN_STATUSES = ("running", "interrupted", "stopped")
 
 
 @dataclass
@@ -322,7 +322,8 @@ def render_status(data: dict[str, Any], console: Console) -> None:
     for col in ("run", "status", "rounds", "accuracy", "started", "updated"):
         runs.add_column(col, justify="right" if col in ("rounds", "accuracy") else "left",
                         overflow="fold" if col == "run" else "ellipsis")
-    style = {"completed": "green", "failed": "red", "running": "yellow", "interrupted": "magenta"}
+    style = {"completed": "green", "failed": "red", "running": "yellow", "interrupted": "magenta",
+             "stopped": "magenta"}
     for r in data["runs"] or []:
         runs.add_row(str(r["run_id"]), f"[{style.get(str(r['status']), 'white')}]{r['status']}[/]",
                      f"{r['rounds_done']}/{r['rounds_planned'] if r['rounds_planned'] is not None else '?'}",

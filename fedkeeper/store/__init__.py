@@ -8,6 +8,8 @@ Layout, one job per module:
 - ``embedded.py``    the embedded nx-27017 server behind ``url: embedded`` (start, join, leases, stop);
 - ``nxserve.py``     that server's process entry (nx-27017 plus a lease watchdog);
 - ``locks.py``       ``RunLock``: one orchestrator per run (a lease in ``locks``, renewed by a heartbeat);
+- ``runs.py``        a run's whole footprint (``run_usage``), removing it (``purge_run``), its live holder;
+- ``audit.py``       the store audit: no orphan file or chunk, no document naming a missing blob or run;
 - ``errors.py``      the typed errors.
 
 Production code speaks plain pymongo to real servers. Tests run one contract suite

@@ -29,6 +29,7 @@ from pymongo.errors import AutoReconnect, BulkWriteError, ConfigurationError, Du
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from fedkeeper.runtime.blobstore import INLINE_LIMIT, BlobStore
+from fedkeeper.store.audit import AuditReport, audit
 from fedkeeper.store.connection import Connection, MongoSettings, _one_line, display_url, hosts_of, resolve
 from fedkeeper.store.embedded import EmbeddedServer
 from fedkeeper.store.errors import (
@@ -39,6 +40,7 @@ from fedkeeper.store.errors import (
     StoreConfigError,
     StoreUnavailable,
 )
+from fedkeeper.store.runs import StoreUsage, purge_run, run_usage
 
 T = TypeVar("T")
 
@@ -226,6 +228,19 @@ class Store:
         removed += self._call(lambda: self.activations.delete_many({"run_id": run_id})).deleted_count
         removed += self._call(lambda: self.runs.delete_one({"_id": run_id})).deleted_count
         return removed
+
+    def run_usage(self, run_id: str) -> StoreUsage:
+        """Documents and bytes of one run in every collection and GridFS (``store.runs.run_usage``)."""
+        return run_usage(self, run_id)
+
+    def purge_run(self, run_id: str) -> StoreUsage:
+        """Remove everything of a run — documents of every collection (its lock too) and GridFS files, orphaned
+        ones included — and return what that freed (``store.runs.purge_run``). Does not check for a live holder."""
+        return purge_run(self, run_id)
+
+    def audit(self) -> AuditReport:
+        """Orphan files and chunks, documents naming a missing blob or run (``store.audit``)."""
+        return audit(self)
 
     # ----------------------------------------------------------------------------------------- activations
 

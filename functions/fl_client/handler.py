@@ -11,7 +11,16 @@ Payload (built by the orchestrator)::
      "train": {optim, lr, batch_size, local_epochs, mu, l2},
      "data": {"dataset": "digits"} or {train_images, train_labels, test_images, test_labels, sha256?,
               allow_pickle?, max_bytes?} plus {partition, shards_per_client, alpha},
-     "activation_id": str, "attempt": int}
+     "activation_id": str, "attempt": int,
+     "privacy"?: PrivacySpec.as_params() with mode "local" (absent or null: no local differential privacy)}
+
+The strategy's client parameters arrive merged into ``train`` (FedProx: ``mu``, the proximal term). Under local
+differential privacy the client stores ``privacy.local_privatize`` of its model: the global model plus its delta
+clipped to ``clip_norm`` plus its own Gaussian noise, so the update leaves the client already private.
+
+``local_fault_poison_scale`` (set only by the local platform's ``faults.poison_scale``, for robust-aggregation
+experiments): the client stores previous + scale × its delta, a poisoned update that passes admission (it has the
+model's shape and is acknowledged by its own activation, as a malicious client's would be).
 
 Training is seeded from (seed, round, client_id), so every attempt computes the same update. Each activation
 stores its own document (key: the activation id the orchestrator issued), so nobody can take an honest
@@ -24,6 +33,7 @@ the orchestrator hands to the aggregator.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from functools import partial
@@ -35,7 +45,9 @@ from typing import Any, Mapping
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from fedkeeper.runtime import admission, blobstore, data, model
+import numpy as np
+
+from fedkeeper.runtime import admission, blobstore, data, model, privacy
 from fedkeeper.runtime.params import required
 
 FUNCTION = "fl_client"
@@ -82,6 +94,7 @@ def handle(params: dict, *, db: Any = None) -> dict:
     mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
     cfg = model.TrainConfig.from_params(_field(params, "train", Mapping), "params.train")
     spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
+    local_dp = _local_privacy(params)
 
     store = blobstore.BlobStore(db if db is not None else blobstore.connect())
     global_weights = _global_model(store, run_id, rnd - 1, mdl.expected())
@@ -104,6 +117,11 @@ def handle(params: dict, *, db: Any = None) -> dict:
         l2=cfg.l2,
         seed=model.derive_seed(seed, rnd, client_id),
     )
+    poison = params.get("local_fault_poison_scale")
+    if poison is not None:
+        new_weights = _poisoned(new_weights, global_weights, poison)
+    if local_dp is not None:
+        new_weights = privacy.local_privatize(new_weights, global_weights, local_dp, rnd, client_id, attempt)
     stored = store.write_update(
         run_id,
         rnd,
@@ -125,6 +143,28 @@ def handle(params: dict, *, db: Any = None) -> dict:
         _check_own(stored, run_id, rnd, admission.Issued(client_id, activation_id, attempt, stored["offered_sha256"]),
                    metrics["num_examples"])
     return _ack(stored, client_id, rnd, started, duplicate=bool(stored.get("duplicate")))
+
+
+def _poisoned(new: Mapping[str, Any], previous: Mapping[str, Any], scale: Any) -> dict[str, Any]:
+    """previous + scale × (new − previous) in the model's dtypes: a sign-flipped (scale −1) or inflated update."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{FUNCTION}: params.local_fault_poison_scale must be a finite number, got {scale!r}")
+    out = {}
+    for name, old in previous.items():
+        base = np.asarray(old, np.float64)
+        out[name] = (base + float(scale) * (np.asarray(new[name], np.float64) - base)).astype(old.dtype)
+    return out
+
+
+def _local_privacy(params: Mapping[str, Any]) -> privacy.PrivacySpec | None:
+    """The local-DP spec of the payload; None when absent, null or central (the aggregator adds that noise)."""
+    raw = params.get("privacy")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{FUNCTION}: params.privacy must be an object or null, got {type(raw).__name__}")
+    spec = privacy.PrivacySpec.from_params(raw, f"{FUNCTION}: params.privacy")
+    return spec if spec.mode == "local" else None
 
 
 def _check_own(stored: dict[str, Any], run_id: str, rnd: int, mine: admission.Issued, num_examples: int) -> None:

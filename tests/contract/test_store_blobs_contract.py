@@ -330,3 +330,45 @@ def test_blobs_delete_run(small_inline: Store) -> None:
     assert small_inline.blobs.delete_run(RUN) == 2
     assert file_ids(small_inline) == {kept["file_id"]}
     assert small_inline.blobs.list_model_docs(RUN) == [] and small_inline.blobs.list_updates(RUN, 1) == []
+
+
+# ------------------------------------------------------------------------------------------------ server state
+
+
+def server_state(value: float) -> dict[str, np.ndarray]:
+    return {"strategy/m.w1": np.full((16, 8), value), "privacy/clip_norm": np.asarray(value + 1.0)}
+
+
+def test_server_state_round_trip_gc_and_delete(small_inline: Store) -> None:
+    """States go to GridFS past the inline limit, are keyed by digest, named by their model, collected with it."""
+    shas = []
+    for r in range(4):
+        state = small_inline.blobs.write_state(RUN, r, server_state(float(r)))
+        assert state["storage"] == "gridfs" and state["_id"] == f"{RUN}:{r}:state:{state['sha256']}"
+        assert small_inline.blobs.write_state(RUN, r, server_state(float(r)))["duplicate"] is True
+        shas.append(state["sha256"])
+        doc = small_inline.blobs.write_model(RUN, r, model(float(r)), {}, state_sha256=state["sha256"])
+        assert doc["state_sha256"] == state["sha256"]
+    back = small_inline.blobs.read_state(RUN, 3, shas[3])
+    np.testing.assert_array_equal(back["strategy/m.w1"], np.full((16, 8), 3.0))
+    assert back["privacy/clip_norm"].shape == () and float(back["privacy/clip_norm"]) == 4.0
+    with pytest.raises(ModelMissing) as info:
+        small_inline.blobs.read_state(RUN, 3, shas[2])  # another round's digest: not this round's state
+    assert info.value.reason == "state_missing"
+    assert small_inline.blobs.gc_models(RUN, keep_last=2) == 2
+    with pytest.raises(ModelMissing):
+        small_inline.blobs.read_state(RUN, 1, shas[1])
+    small_inline.blobs.read_state(RUN, 2, shas[2])
+    assert len(file_ids(small_inline)) == 4  # models 2, 3 and their states
+    assert small_inline.blobs.gc_orphan_files(older_than_s=0) == 0  # named state files are not orphans
+    assert small_inline.blobs.delete_run(RUN) == 8
+    assert file_ids(small_inline) == set()
+
+
+def test_a_corrupt_server_state_is_refused(store: Store) -> None:
+    sha = store.blobs.write_state(RUN, 1, server_state(1.0))["sha256"]
+    store.db["server_states"].update_one({"_id": f"{RUN}:1:state:{sha}"},
+                                         {"$set": {"blob": {"inline": bson.Binary(W.encode(server_state(2.0)))}}})
+    with pytest.raises(CorruptModel) as info:
+        store.blobs.read_state(RUN, 1, sha)
+    assert info.value.reason == "checksum"

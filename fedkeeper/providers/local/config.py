@@ -17,6 +17,9 @@ class Faults(Model):
     crash_rate: float = Field(0.0, ge=0, le=1)
     latency_ms: tuple[float, float] = (0.0, 0.0)
     seed: int = 0
+    #: experiments with robust aggregation: every fl_client on this cluster stores previous + scale × its delta
+    #: (-1 flips the update's sign, 10 inflates it); passed in the payload as `local_fault_poison_scale`
+    poison_scale: float | None = Field(None, description="fl_client stores previous + poison_scale × delta")
 
     @model_validator(mode="after")
     def _check(self) -> "Faults":

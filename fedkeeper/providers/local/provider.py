@@ -48,6 +48,9 @@ from fedkeeper.providers.local.pool import MAX_PAYLOAD_BYTES, WorkerPool
 from fedkeeper.providers.local.worker import ENTRY_FILE, FunctionRuntime
 from fedkeeper.signals import deferred
 
+#: the payload key of the `faults.poison_scale` fault (read by functions/fl_client; no other platform sets it)
+POISON_KEY = "local_fault_poison_scale"
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 META_FILE = "meta.json"
 CODE_DIR = "code"
@@ -228,6 +231,9 @@ class LocalProvider(Provider):
         if not isinstance(payload, dict):
             raise InvocationFailed(self.cluster, f"payload for {name} must be a JSON object, not "
                                                  f"{type(payload).__name__}")
+        poison = getattr(getattr(self.config, "faults", None), "poison_scale", None)
+        if poison is not None:  # a poisoning cluster (robust-aggregation experiments): only fl_client reads it
+            payload = {**payload, POISON_KEY: float(poison)}
         try:
             params = json.dumps(payload, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:

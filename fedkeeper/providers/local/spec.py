@@ -20,6 +20,7 @@ class LocalPlatform(PlatformSpec):
     price: ClassVar[UnitPrice] = UnitPrice(0.0, 0.0, "local worker processes: free")
     #: polling is a dictionary lookup in this process: keep it tight so a finished call is seen at once
     poll_max_s: ClassVar[float | None] = 0.01
+    runs_on_this_machine: ClassVar[bool] = True
     #: a worker's address space is capped at memory + 128 MB (worker.ADDRESS_SPACE_ALLOWANCE_MB), and the
     #: interpreter with numpy and pymongo reserves about 147 MB: below 128 MB the worker cannot even import its
     #: handler (the clouds' minimum too); the cap's byte count must fit the 64 bits setrlimit takes

@@ -1,4 +1,5 @@
-"""Aggregation strategies for the server function. Streaming FedAvg first.
+"""The streaming weighted mean: today's FedAvg accumulator, moved here unchanged (the bits of a FedAvg run must not
+change).
 
 Contract (a Flower ``Strategy.aggregate_fit`` cut into streaming steps, so that the aggregator never holds
 more than one client update in memory):
@@ -18,11 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .errors import MAX_EXAMPLES, StrategyError
+
 Spec = Mapping[str, tuple[tuple[int, ...], Any]]
 
-#: the largest example count one update may carry: every count up to 2**53 is exact in float64, and weights are
-#: float64 (an int64 count would overflow in the sums; a float count above this would round)
-MAX_EXAMPLES = 2**53
 #: float64 arrays are summed scaled by 2**-64 (exact: a power of two) so that n·w cannot overflow for any finite w;
 #: float32 and float16 values times MAX_EXAMPLES fit in float64 as they are, so their bits do not change
 _F64_SCALE = 2.0**-64
@@ -32,14 +32,9 @@ _F64_SCALE = 2.0**-64
 _CHUNK = 32768
 
 
-class StrategyError(ValueError):
-    """An update does not fit the model or the order/weight rules; the running sums are unchanged."""
-
-
-class FedAvg:
-    """FedAvg (McMahan et al., 2017): w = Σ nₖ·wₖ / Σ nₖ, with float64 running sums, memory O(model)."""
-
-    name = "fedavg"
+class StreamingMean:
+    """The example-weighted mean w = Σ nₖ·wₖ / Σ nₖ (FedAvg, McMahan et al., 2017) with float64 running sums,
+    memory O(model): one update in, folded into the sums, dropped."""
 
     def __init__(self) -> None:
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
@@ -129,12 +124,3 @@ def _chunk_plan(acc: np.ndarray, scratch: np.ndarray) -> list[tuple[int, int, np
         (start, min(start + step, size), acc[start : start + step], scratch[: min(start + step, size) - start])
         for start in range(0, size, step)
     ]
-
-
-STRATEGIES = {FedAvg.name: FedAvg}
-
-
-def make_strategy(name: str = "fedavg") -> FedAvg:
-    if name not in STRATEGIES:
-        raise StrategyError(f"unknown aggregation strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    return STRATEGIES[name]()
