@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=TRAIN["local_epochs"])
     args = parser.parse_args()
+    TRAIN["local_epochs"] = args.epochs
 
     from flwr.app import Context
     from flwr.client import NumPyClient

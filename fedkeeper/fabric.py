@@ -182,17 +182,15 @@ class Fabric:
 
     def deploy_spec(self, function: str, cluster: str, store_env: dict[str, str],
                     name: str | None = None) -> DeploySpec:
-        from fedkeeper import packaging
+        from fedkeeper import packaging, task_packaging
 
         kind = self.kind(cluster)
         memory, timeout, concurrency = self.limits(function, cluster)
-        artifact = packaging.build(function, kind, packaging.options_for(self.clusters[cluster]))
-        package_max = registry.get(kind).limits(self.clusters[cluster]).package_bytes
-        if package_max is not None and len(artifact.data) > package_max:
-            raise packaging.PackagingError(
-                f"{function} ({kind}) is {len(artifact.data) / 2**20:.1f} MiB zipped, over the "
-                f"{package_max / 2**20:.3g} MiB a function package may have on cluster {cluster!r} (providers."
-                f"{kind}.{cluster}.limits.package_mb says otherwise for an installation that allows more)")
+        task = task_packaging.bundle_for(self.config, function)
+        artifact = packaging.build(function, kind, packaging.options_for(self.clusters[cluster]), task)
+        size = packaging.check_artifact(artifact, function, cluster, self.clusters[cluster], task)
+        if size.problems:  # over a limit, or requirements the cluster cannot get: the message names the route
+            raise packaging.PackagingError("; ".join(size.problems))
         settings = self.config.function_settings(function, kind)
         extra: dict[str, Any] = {k: v for k, v in settings.model_dump().items()
                                  if k not in ("memory", "timeout", "concurrency") and v not in (None, {}, [])}

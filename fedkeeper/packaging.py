@@ -11,7 +11,9 @@ Contents (docs/contracts.md, "Function artifacts"):
 - the platform's entry file (`providers/<kind>/entry.py`), under the name its `PlatformSpec.entry_name` gives;
 - where the platform installs requirements itself (GCF), a `requirements.txt`;
 - with `vendor_wheels` (platforms that take them: Lambda, OpenWhisk), the manylinux wheels of numpy/pymongo/dnspython for the target
-  architecture, unpacked at the root (otherwise a Lambda layer or an OpenWhisk docker image provides them).
+  architecture, unpacked at the root (otherwise a Lambda layer or an OpenWhisk docker image provides them);
+- with a task (`fedkeeper.task_packaging.TaskBundle`, the config's `task:`), its package or module at the root, and
+  its requirements in GCF's requirements.txt or among the vendored wheels (other routes: docs/tasks.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any, Iterable
 from fedkeeper.errors import PackagingFailure
 from fedkeeper.providers import registry
 from fedkeeper.providers.base import PackagingOptions
+from fedkeeper import task_packaging
+from fedkeeper.task_packaging import SizeCheck, TaskBundle
 
 __all__ = [
     "Artifact", "PackagingOptions", "PackagingError", "build", "write_all", "options_for",
@@ -83,6 +87,12 @@ class Artifact:
     entry: str
     files: list[str] = field(hash=False)
 
+    @property
+    def unzipped_size(self) -> int:
+        """Bytes of every member once unzipped (what Lambda's and GCF's unzipped limits count)."""
+        with zipfile.ZipFile(io.BytesIO(self.data)) as zf:
+            return sum(info.file_size for info in zf.infolist())
+
     def __repr__(self) -> str:
         return (f"Artifact(function={self.function!r}, kind={self.kind!r}, sha256={self.sha256[:12]!r}, "
                 f"size={len(self.data)}, files={len(self.files)})")
@@ -98,10 +108,13 @@ def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
         _wheel_sets.clear()
+    task_packaging.clear_cache()
 
 
-def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions | None = None) -> Artifact:
-    """The zip of `function` (a name under fedkeeper/functions/ or a function folder) for provider `kind`.
+def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions | None = None,
+          task: TaskBundle | None = None) -> Artifact:
+    """The zip of `function` (a name under fedkeeper/functions/ or a function folder) for provider `kind`, with
+    `task`'s files and requirements when given.
 
     Cached in-process by (function, kind, options, input files' sizes and mtimes), so the fabric can ask for
     the same artifact many times for the cost of a few stat calls, and an edited file is still picked up.
@@ -114,17 +127,23 @@ def build(function: str | os.PathLike[str], kind: str, options: PackagingOptions
                          "(GCF installs requirements.txt; the local platform uses this interpreter's packages)")
     folder, name = _resolve_function(function)
     sources = _collect_sources(folder, name, kind)
-    key = (str(folder), kind, options, _fingerprint(sources))
+    key = (str(folder), kind, options, _fingerprint(sources), task.key if task is not None else None)
     with _cache_lock:
         hit = _cache.get(key)
     if hit is not None:
         return hit
     members: dict[str, bytes] = {arc: path.read_bytes() for arc, path in sources.items()}
     members["fedkeeper/__init__.py"] = MINIMAL_INIT
+    extra = task.requirements if task is not None else ()
+    for arc, path in task.files if task is not None else ():
+        if arc in members:
+            raise PackagingError(f"{name} ({kind}): task {task.module} file {arc} collides with a function file; "
+                                 "rename the task's package")
+        members[arc] = path.read_bytes()
     if spec.installs_requirements:
-        members["requirements.txt"] = _requirements(folder)  # replaces the function's own, which it includes
+        members["requirements.txt"] = _requirements(folder, extra)  # replaces the function's own (it includes it)
     if options.vendor_wheels:
-        for arc, data in _vendored_members(options):
+        for arc, data in _vendored_members(options, extra):
             if arc in members:
                 raise PackagingError(f"{name} ({kind}): vendored file {arc} collides with a function file")
             members[arc] = data
@@ -193,8 +212,8 @@ def _fingerprint(sources: dict[str, Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def _requirements(folder: Path) -> bytes:
-    """GCF's requirements.txt: the runtime's needs plus the function's own requirements.txt, if any."""
+def _requirements(folder: Path, extra: Iterable[str] = ()) -> bytes:
+    """GCF's requirements.txt: the runtime's needs, the function's own requirements.txt, the task's requirements."""
     lines = list(RUNTIME_REQUIREMENTS)
     own = folder / "requirements.txt"
     if own.is_file():
@@ -202,6 +221,7 @@ def _requirements(folder: Path) -> bytes:
             line = line.strip()
             if line and not line.startswith("#") and line not in lines:
                 lines.append(line)
+    lines += [line for line in dict.fromkeys(extra) if line not in lines]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -219,7 +239,7 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- wheels
 
-_wheel_sets: dict[tuple[str, str, str, str], tuple[Path, ...]] = {}
+_wheel_sets: dict[tuple[Any, ...], tuple[Path, ...]] = {}
 
 #: `pip download` output lines naming a wheel it saved or found in the destination folder
 _PIP_WHEEL_LINE = re.compile(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)")
@@ -230,8 +250,9 @@ def _run_pip(args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=600)
 
 
-def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
-    key = (options.architecture, options.python_version, options.wheel_platform, str(options.cache_dir()))
+def _download_wheels(options: PackagingOptions, extra: tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """The wheels of the runtime's projects and `extra` (a task's requirements) for the target platform."""
+    key = (options.architecture, options.python_version, options.wheel_platform, str(options.cache_dir()), extra)
     with _cache_lock:
         hit = _wheel_sets.get(key)
     if hit is not None:
@@ -241,15 +262,16 @@ def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
     platforms = [arg for tag in options.platform_tags for arg in ("--platform", tag)]
     args = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary=:all:",
             *platforms, "--python-version", options.python_version,
-            "--implementation", "cp", "-d", str(dest), *VENDORED_PROJECTS]
+            "--implementation", "cp", "-d", str(dest), *VENDORED_PROJECTS, *extra]
     try:
         proc = _run_pip(args)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PackagingError(f"pip download of {', '.join(VENDORED_PROJECTS)} failed: {exc}") from None
+        raise PackagingError(f"pip download of {', '.join((*VENDORED_PROJECTS, *extra))} failed: {exc}") from None
     if proc.returncode != 0:
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        projects = ", ".join((*VENDORED_PROJECTS, *extra))
         raise PackagingError(f"pip download for {options.platform_tag} / Python {options.python_version} failed "
-                             f"(exit {proc.returncode}): {tail} (no wheel of {', '.join(VENDORED_PROJECTS)} for "
+                             f"(exit {proc.returncode}): {tail} (no wheel of {projects} for "
                              f"CPython {options.python_version} on {options.wheel_platform} or older: the runtime "
                              "kind cannot take vendored wheels of these versions; pick another kind, or provide "
                              "the packages in a layer or an image)")
@@ -266,10 +288,10 @@ def _download_wheels(options: PackagingOptions) -> tuple[Path, ...]:
     return paths
 
 
-def _vendored_members(options: PackagingOptions) -> list[tuple[str, bytes]]:
+def _vendored_members(options: PackagingOptions, extra: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """Every file of every wheel, by name; wheels are zips laid out as site-packages already."""
     out: dict[str, bytes] = {}
-    for wheel in _download_wheels(options):
+    for wheel in _download_wheels(options, tuple(extra)):
         with zipfile.ZipFile(wheel) as zf:
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 name = info.filename
@@ -295,24 +317,39 @@ def write_all(config: Any, out_dir: str | os.PathLike[str]) -> list[Path]:
     For inspection (`fedkeeper package`): the same bytes `deploy` uploads. Functions: those of the FL scenario
     when configured, and `nodeinfo` (the smoke test runs on every cluster).
     """
+    return list(dict.fromkeys(path for path, _check in package_all(config, out_dir)))
+
+
+def check_artifact(artifact: Artifact, function: str, cluster_name: str, cluster: Any,
+                   task: TaskBundle | None) -> SizeCheck:
+    """The built zip on one cluster: exact zipped and unzipped sizes, plus the requirements its route adds."""
+    return task_packaging.check(function, cluster_name, registry.of(cluster), cluster, task,
+                                zip_bytes=len(artifact.data), unzipped_bytes=artifact.unzipped_size)
+
+
+def package_all(config: Any, out_dir: str | os.PathLike[str]) -> list[tuple[Path, SizeCheck]]:
+    """Write every artifact (as `write_all`) and check each function on each cluster that would run it: the rows of
+    `fedkeeper package`'s size table."""
     from fedkeeper.config import SCENARIO_FUNCTIONS  # config is read by packaging callers; import lazily
 
     functions: list[str] = []
     if getattr(config.scenarios, "federated_learning", None) is not None:
         functions += list(SCENARIO_FUNCTIONS["federated_learning"])
     functions += [f for f in SCENARIO_FUNCTIONS["smoke"] if f not in functions]
-    variants: dict[tuple[str, PackagingOptions], None] = {}
-    for cluster in config.clusters().values():
-        variants[(registry.of(cluster).kind, options_for(cluster))] = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    rows: list[tuple[Path, SizeCheck]] = []
+    written: dict[Path, str] = {}
     for function in functions:
-        for kind, options in variants:
-            artifact = build(function, kind, options)
+        task = task_packaging.bundle_for(config, function)
+        for name, cluster in config.clusters().items():
+            kind, options = registry.of(cluster).kind, options_for(cluster)
+            artifact = build(function, kind, options, task)
             suffix = (f"-{options.architecture}-cp{options.python_version.replace('.', '')}"
                       if options.vendor_wheels else "")
             path = out / f"{function}-{kind}{suffix}.zip"
-            path.write_bytes(artifact.data)
-            written.append(path)
-    return written
+            if written.get(path) != artifact.sha256:
+                path.write_bytes(artifact.data)
+                written[path] = artifact.sha256
+            rows.append((path, check_artifact(artifact, function, name, cluster, task)))
+    return rows

@@ -16,7 +16,9 @@ per cluster comes from the fabric (`TrackerFabric`).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,7 +43,17 @@ from fedkeeper.providers.base import (
 
 log = logging.getLogger(__name__)
 
-JobKey = tuple[int, int | None, str]  # (round, client id or None for the aggregator, function)
+#: activation records are written at least this often while jobs run, and whenever this many are buffered
+FLUSH_EVERY_S = 0.05
+FLUSH_MAX = 512
+_DONE = frozenset(s for s in JobState if s.done)
+#: the same as a tuple: `in` compares by identity first, where the frozenset hashes each StrEnum member in Python
+#: (a thousand jobs a pass, hundreds of passes a round: bench/bench_scale.py)
+_DONE_T = tuple(_DONE)
+_QUEUED = (JobState.WAITING, JobState.BACKOFF)
+
+#: (round, who, function): who is the client id, None for the aggregator, or a tree aggregation node ("1.0")
+JobKey = tuple[int, int | str | None, str]
 
 
 class Invoker(Protocol):
@@ -105,10 +117,19 @@ class Job:
     first_start: float | None = None
     handler_s: float | None = None
     attempt_base: int = 0  # highest attempt number an earlier (interrupted) orchestrator used: numbering only
+    #: tree aggregation (scenarios/tree_aggregation.py): the node's level (1 = leaves; the final one is the tree's
+    #: height) and its name, recorded with each activation; None for clients and the flat aggregator
+    level: int | None = None
+    part: str | None = None
+
+    @property
+    def who(self) -> int | str | None:
+        """The client id, or the tree node (several aggregator jobs in one round), or None (the aggregator)."""
+        return self.part if self.part is not None else self.client_id
 
     @property
     def key(self) -> JobKey:
-        return (self.round, self.client_id, self.function)
+        return (self.round, self.who, self.function)
 
     @property
     def done(self) -> bool:
@@ -179,12 +200,17 @@ Listener = Callable[[Job, Attempt | None, str], None]  # (job, attempt, what hap
 # ---------------------------------------------------------------------------------------------- resume
 
 
-def attempt_bases(records: Iterable[dict[str, Any]]) -> dict[int | None, int]:
-    """Highest attempt number recorded per client (None: the aggregator), so new attempts never reuse one."""
-    base: dict[int | None, int] = {}
+def _who(record: dict[str, Any]) -> int | str | None:
+    return record["part"] if record.get("part") is not None else record.get("client_id")
+
+
+def attempt_bases(records: Iterable[dict[str, Any]]) -> dict[int | str | None, int]:
+    """Highest attempt number recorded per client (None: the aggregator; a tree node by its name), so new
+    attempts never reuse one."""
+    base: dict[int | str | None, int] = {}
     for record in records:
-        client = record.get("client_id")
-        base[client] = max(base.get(client, 0), int(record.get("attempt") or 0))
+        who = _who(record)
+        base[who] = max(base.get(who, 0), int(record.get("attempt") or 0))
     return base
 
 
@@ -193,7 +219,7 @@ def in_flight(records: Iterable[dict[str, Any]]) -> dict[JobKey, dict[str, Any]]
     whose answer nobody has read (the one to poll by its platform id before invoking again)."""
     latest: dict[JobKey, dict[str, Any]] = {}
     for record in records:
-        key = (int(record["round"]), record.get("client_id"), str(record.get("function")))
+        key = (int(record["round"]), _who(record), str(record.get("function")))
         if key not in latest or int(record.get("attempt") or 0) > int(latest[key].get("attempt") or 0):
             latest[key] = record
     return {k: r for k, r in latest.items() if r.get("state") == ActivationState.INVOKED.value}
@@ -221,16 +247,49 @@ class Tracker:
         self._caps: dict[str, int] = {}
         self._inserts: list[dict[str, Any]] = []
         self._updates: list[tuple[str, dict[str, Any]]] = []
+        self._flushed = 0.0
+        self._ids = bytearray()
+        #: set by providers that report settled calls (`on_settle`, the local platform): the tracker's pause
+        #: between passes ends at once, and those clusters' running calls are polled in that pass
+        self._wakeup = threading.Event()
+        self._notifying: dict[str, Any] = {}  # cluster -> its provider, for clusters that report settled calls
+        self._watched: set[str] = set()
 
     def flush(self) -> None:
-        """Write the activation records of one polling pass in two round trips instead of one per change."""
+        """Write the buffered activation records in two round trips instead of one per change; a record inserted
+        and changed within the same batch is inserted as it ends up (the store holds the same document, written
+        once: at a thousand short calls a round most records start and settle between two flushes)."""
+        self._flushed = time.monotonic()
         if self._inserts or self._updates:
-            inserts, updates = self._inserts, self._updates
+            inserts, updates = _merged(self._inserts, self._updates)
             self._inserts, self._updates = [], []
             self.store.record_activations(inserts, updates)
 
+    def _flush_due(self) -> None:
+        """Flush at most every `FLUSH_EVERY_S` (or every `FLUSH_MAX` records) while jobs run: at a thousand
+        clients a round makes hundreds of short passes, and a flush per pass cost more store round trips than
+        the clients' own writes (bench/bench_scale.py). A run's end, an abandon and `run`'s return flush at once."""
+        if len(self._inserts) + len(self._updates) >= FLUSH_MAX or time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
+
+    def _watch(self, clusters: Iterable[str]) -> None:
+        """Ask each cluster's provider, once, to report settled calls (`on_settle`), where it can."""
+        for cluster in clusters:
+            if cluster in self._watched:
+                continue
+            self._watched.add(cluster)
+            provider = self.fabric.provider(cluster)
+            hook = getattr(provider, "on_settle", None)
+            if callable(hook):
+                hook(self._wakeup.set)
+                self._notifying[cluster] = provider
+
     def close(self) -> None:
         self.flush()
+        for provider in self._notifying.values():
+            provider.off_settle(self._wakeup.set)
+        self._notifying.clear()
+        self._watched.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -239,19 +298,29 @@ class Tracker:
 
     def run(self, jobs: list[Job], *, deadline: float | None = None,
             enough: Callable[[list[Job]], bool] | None = None,
-            satisfied: Callable[[list[Job]], bool] | None = None) -> WaitOutcome:
+            satisfied: Callable[[list[Job]], bool] | None = None,
+            until: Callable[[list[Job]], bool] | None = None) -> WaitOutcome:
         """Drive `jobs` until all are done, or `deadline` passes and `enough(jobs)` holds, or `satisfied(jobs)`.
 
-        Jobs pick up where an interrupted orchestrator left them (`resume`).
+        `until(jobs)`, checked after each pass's submissions and polls, returns with the pending jobs left as they
+        are (running, or waiting): a later `run` with them goes on (the stale round modes keep clients in flight
+        across rounds, `scenarios.rounds`). Jobs pick up where an interrupted orchestrator left them (`resume`);
+        a job this tracker already started is not resumed again.
         """
         counts = Counts()
-        self.resume(jobs)
+        self.resume([j for j in jobs if j.state not in (JobState.RUNNING, JobState.BACKOFF)
+                     and not (j.state is JobState.WAITING and j.attempts)])
         deadline_hit = False
+        clusters = {j.cluster for j in jobs}
+        self._watch(clusters)
+        pending = jobs
         while True:
             if self.guard is not None:
                 self.guard()
+            woken = self._wakeup.is_set()
+            self._wakeup.clear()  # a call that settles from here on wakes the next pause
             now = self.clock()
-            pending = [j for j in jobs if not j.done]
+            pending = [j for j in pending if j.state not in _DONE_T]  # a done job never comes back
             if not pending:
                 break
             if satisfied is not None and satisfied(jobs):
@@ -263,15 +332,23 @@ class Tracker:
                 for job in pending:
                     self._abandon(job, "round deadline reached")
                 break
-            inflight = Counter(j.cluster for j in jobs if j.state is JobState.RUNNING)
+            inflight = Counter(j.cluster for j in pending if j.state is JobState.RUNNING)
+            room = self._room(clusters, inflight)
             for job in pending:
+                if room <= 0:  # every cluster is at its cap: the rest of a long queue waits for the next pass
+                    break
                 if job.state in (JobState.WAITING, JobState.BACKOFF) and now >= job.not_before \
                         and inflight[job.cluster] < self._inflight_cap(job.cluster):
                     self._submit(job, counts)
-                    inflight[job.cluster] += job.state is JobState.RUNNING
-            self._poll_due([j.active for j in jobs if j.state is JobState.RUNNING and j.active], counts)
-            self.flush()
-            self._sleep(jobs, deadline)
+                    if job.state is JobState.RUNNING:
+                        inflight[job.cluster] += 1
+                        room = self._room(clusters, inflight)
+            self._poll_due([j.active for j in pending if j.state is JobState.RUNNING and j.active], counts,
+                           woken=woken)
+            self._flush_due()
+            if until is not None and until(jobs):
+                break
+            self._sleep(pending, deadline)
         self.flush()
         self._add_totals(counts)
         return WaitOutcome(jobs, counts, deadline_hit)
@@ -287,7 +364,7 @@ class Tracker:
             records = self.store.find_activations(run_id, round=round_number)
             bases, flying = attempt_bases(records), in_flight(records)
             for job in group:
-                job.attempt_base = bases.get(job.client_id, 0)
+                job.attempt_base = bases.get(job.who, 0)
                 record = flying.get(job.key)
                 if record is not None:
                     self._adopt(job, record)
@@ -324,6 +401,19 @@ class Tracker:
 
     # ------------------------------------------------------------------ submitting
 
+    def _new_id(self) -> str:
+        """A random activation id like ``uuid4().hex``, from 4 KiB of ``os.urandom`` read at a time: one system
+        call per 256 ids instead of one per id (each lets the provider's threads take the interpreter lock)."""
+        if len(self._ids) < 16:
+            self._ids = bytearray(os.urandom(4096))
+        raw = bytes(self._ids[-16:])
+        del self._ids[-16:]
+        return uuid.UUID(bytes=raw, version=4).hex
+
+    def _room(self, clusters: Iterable[str], inflight: Counter[str]) -> int:
+        """Calls that may still be submitted this pass, over all clusters."""
+        return sum(max(0, self._inflight_cap(c) - inflight[c]) for c in clusters)
+
     def _inflight_cap(self, cluster: str) -> int:
         """Calls in flight per cluster: more would only queue inside the provider, where the wait would count
         against the attempt's deadline. Each cluster model says how many (`max_inflight`)."""
@@ -335,7 +425,7 @@ class Tracker:
     def _submit(self, job: Job, counts: Counts) -> None:
         provider = self.fabric.provider(job.cluster)
         number = job.attempt_base + job.attempts + 1
-        attempt_id = uuid.uuid4().hex
+        attempt_id = self._new_id()
         payload = dict(job.payload, activation_id=attempt_id, attempt=number)
         try:
             invocation = provider.invoke(job.name, payload)
@@ -366,7 +456,7 @@ class Tracker:
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "name": job.name, "attempt": number, "state": ActivationState.INVOKED.value,
-            "platform_activation_id": invocation.activation_id, "submitted": now,
+            "platform_activation_id": invocation.activation_id, "submitted": now, **_tree_fields(job),
         })
         self._emit(job, attempt, "invoked")
 
@@ -387,9 +477,12 @@ class Tracker:
 
     # ------------------------------------------------------------------ polling
 
-    def _poll_due(self, attempts: list[Attempt | None], counts: Counts) -> None:
+    def _poll_due(self, attempts: list[Attempt | None], counts: Counts, *, woken: bool = False) -> None:
+        """Poll the attempts whose next poll is due; when a provider reported a settled call (`woken`), every
+        attempt on the clusters that report them too (a dictionary lookup there)."""
         now = self.clock()
-        due = [a for a in attempts if a is not None and a.next_poll <= now]
+        notifying = self._notifying if woken else {}
+        due = [a for a in attempts if a is not None and (a.next_poll <= now or a.job.cluster in notifying)]
         if not due:
             return
         cheap = [a for a in due if self._poll_cap(a.job.cluster) is not None]
@@ -481,7 +574,7 @@ class Tracker:
             "attempt": attempt.number, "state": state, "cold": status.cold,
             "start": status.start or attempt.submitted, "end": end,
             "duration_s": status.duration_s if status.duration_s is not None else end - attempt.submitted,
-            "memory_mb": job.memory_mb, "injected": status.injected, "error": status.error,
+            "memory_mb": job.memory_mb, "injected": status.injected, "error": status.error, **_tree_fields(job),
         })
 
     def _after_failure(self, job: Job, error: str, counts: Counts) -> None:
@@ -537,7 +630,7 @@ class Tracker:
             "_id": attempt_id, "run_id": job.run_id, "round": job.round, "client_id": job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "name": job.name, "attempt": number, "state": ActivationState.FAILED.value, "submitted": now, "end": now,
-            "error": f"{type(exc).__name__}: {exc.message}",
+            "error": f"{type(exc).__name__}: {exc.message}", **_tree_fields(job),
         })
         self.runlog.activation({
             "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
@@ -545,15 +638,31 @@ class Tracker:
             "activation_id": attempt_id, "attempt": number, "state": ActivationState.FAILED.value, "start": now,
             "end": now,
             "duration_s": 0.0, "memory_mb": job.memory_mb, "error": f"{type(exc).__name__}: {exc.message}",
+            **_tree_fields(job),
         })
 
     def _abandon(self, job: Job, reason: str) -> None:
         attempt = job.active
         if attempt is not None:  # still running on the platform; its late result is not used
-            self._finish(attempt, Status(State.PENDING, error=reason), ActivationState.ABANDONED)
+            stopped = self._cancel(attempt)
+            status = Status(State.PENDING, error=reason)
+            if stopped is not None:  # the platform stopped it: billed for the time it ran, no more
+                status = Status(State.PENDING, error=f"{reason} (cancelled)", activation_id=stopped.activation_id,
+                                start=stopped.start, end=stopped.end, duration_s=stopped.duration_s,
+                                cold=stopped.cold, injected=stopped.injected)
+            self._finish(attempt, status, ActivationState.ABANDONED)
         job.move(JobState.ABANDONED)
         job.active, job.error = None, reason
         self._emit(job, None, "abandoned")
+
+    def _cancel(self, attempt: Attempt) -> Status | None:
+        """Ask the platform to stop an abandoned call (`Provider.cancel`); None where it cannot (then it runs on,
+        and is billed, to its end)."""
+        try:
+            cancel = getattr(self.fabric.provider(attempt.job.cluster), "cancel", None)
+            return cancel(attempt.invocation) if cancel is not None else None
+        except ProviderError:
+            return None
 
     def _emit(self, job: Job, attempt: Attempt | None, what: str) -> None:
         for listener in self.listeners:
@@ -567,17 +676,46 @@ class Tracker:
         """Sleep until the next poll or retry is due (bounded), never a fixed long interval."""
         now = self.clock()
         wake = [deadline] if deadline is not None else []
-        for job in jobs:
-            if job.state is JobState.RUNNING and job.active is not None:
-                wake.append(job.active.next_poll)
-            elif job.state in (JobState.WAITING, JobState.BACKOFF):
-                wake.append(job.not_before)
+        jobs = jobs if isinstance(jobs, list) else list(jobs)
+        active = [j.active for j in jobs if j.state is JobState.RUNNING and j.active is not None]
+        running = Counter(a.job.cluster for a in active)
+        wake += [a.next_poll for a in active]
+        # a waiting job wakes the loop only where its cluster has room: at its cap, the next poll frees a slot
+        # (before, a long queue behind a full cluster spun the loop without sleeping, taking a core from the workers).
+        # Only clusters with room are scanned for their earliest waiting job: at a thousand jobs a pass, a scan of
+        # every job's state was the tracker's largest own cost (bench/bench_scale.py)
+        open_clusters = {c for c in {j.cluster for j in jobs} if running[c] < self._inflight_cap(c)}
+        if open_clusters:
+            wake += [j.not_before for j in jobs if j.state in _QUEUED and j.cluster in open_clusters]
         if not wake:
             return
         delay = min(wake) - now
         if delay > 0:
-            time.sleep(min(delay, self.policy.poll_max_s))
+            # providers that report settled calls end the pause early (`on_settle`); the others are polled
+            self._wakeup.wait(min(delay, self.policy.poll_max_s))
 
+
+
+def _merged(inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]]
+            ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+    """The batch with each update of a record inserted in the same batch folded into that insert (in order, as
+    ``$set`` would apply it); the other updates stay as they are."""
+    if not inserts or not updates:
+        return inserts, updates
+    index = {doc["_id"]: i for i, doc in enumerate(inserts)}
+    docs, rest = list(inserts), []
+    for activation_id, fields in updates:
+        i = index.get(activation_id)
+        if i is None:
+            rest.append((activation_id, fields))
+        else:
+            docs[i] = {**docs[i], **fields}
+    return docs, rest
+
+
+def _tree_fields(job: Job) -> dict[str, Any]:
+    """`level` and `part` of a tree aggregation node's activation records (nothing for other jobs)."""
+    return {} if job.part is None else {"level": job.level, "part": job.part}
 
 
 def rank_clients(seed: int, round_number: int, total: int, count: int) -> list[int]:

@@ -82,12 +82,15 @@ def audit_run(db: Any, folder: Path, *, overselect: bool = False) -> Audit:
     assert [int(r["round"]) for r in rounds] == list(range(1, done + 1)), "a round recorded twice or missing"
     totals: Counter[str] = Counter()
     aggregated = rejected = orphans = 0
+    seen: set[tuple[int, int, str]] = set()  # (round, client, activation) of every aggregated update
     for row in rounds:
         r = int(row["round"])
         clients = [x for x in final if x["round"] == r and x["function"] == CLIENT]
         mine = recount(clients)
-        for key in (*STATES, "retries"):
-            assert int(row[key]) == mine[key], (r, key, row[key], mine[key])
+        stale = "updates" in ((db["models"].find_one({"_id": f"{run_id}:{r}"}, {"blob": 0}) or {}).get("metrics")
+                              or {})
+        for key in (*STATES, "retries"):  # stale modes: calls still running when the row was written end later
+            assert int(row[key]) <= mine[key] if stale else int(row[key]) == mine[key], (r, key, row[key], mine[key])
         for key in ("selected", "aggregated", "rejected", *STATES, "retries"):
             totals[key] += int(row[key])
 
@@ -101,6 +104,22 @@ def audit_run(db: Any, folder: Path, *, overselect: bool = False) -> Audit:
         twice = [c for c, n in succeeded.items() if n > 1]
         assert twice == [], f"round {r}: clients whose activation succeeded twice: {twice}"
         docs = {d["_id"]: d for d in db["updates"].find({"run_id": run_id, "round": r}, {"blob": 0})}
+        listed = model["metrics"].get("updates")
+        if listed is not None:  # stale round modes (docs/scheduling.md): updates of earlier rounds too
+            assert sorted(int(u["client_id"]) for u in listed) == sorted(used), (r, listed, used)
+            for u in listed:
+                key = (int(u["round"]), int(u["client_id"]), str(u["activation_id"]))
+                assert key not in seen, f"round {r}: update {key} aggregated twice"
+                seen.add(key)
+                assert int(u["round"]) <= r and int(u["staleness"]) == r - int(u["round"]), (r, u)
+                ok = [x for x in final if str(x["_id"]) == key[2] and x["state"] == "succeeded"
+                      and x["round"] == key[0] and x["client_id"] == key[1] and x["function"] == CLIENT]
+                assert len(ok) == 1, f"round {r}: aggregated update {key} is no succeeded activation's"
+                doc = db["updates"].find_one({"_id": update_key(run_id, key[0], key[1], key[2])}, {"blob": 0})
+                assert doc is not None and doc.get("sha256"), f"round {r}: the update {key} is not in the store"
+            aggregated += len(used)
+            rejected += len(refused)
+            continue
         for client in used:
             ok = [x for x in clients if x["client_id"] == client and x["state"] == "succeeded"]
             assert len(ok) == 1, f"round {r}: aggregated client {client} has {len(ok)} succeeded activations"

@@ -117,13 +117,19 @@ def build(cid: int, weights: dict[str, np.ndarray], n: int, shard: int, defect: 
 
 
 class _Docs:
-    """The one collection call `BlobStore.find_update` makes, over a dict."""
+    """The collection calls `BlobStore.find_update` and `find_updates` (the aggregator's batched read) make, over
+    a dict."""
 
     def __init__(self, docs: dict[str, dict[str, Any]]) -> None:
         self.docs = docs
 
     def find_one(self, query: dict[str, Any], projection: Any = None) -> dict[str, Any] | None:
         return self.docs.get(query["_id"])
+
+    def find(self, query: dict[str, Any], projection: Any = None) -> list[dict[str, Any]]:
+        (key, condition), = query.items()
+        assert key == "_id" and list(condition) == ["$in"], query
+        return [self.docs[k] for k in condition["$in"] if k in self.docs]
 
 
 def memory_store(docs: dict[str, dict[str, Any]]) -> BlobStore:

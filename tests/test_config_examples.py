@@ -34,6 +34,10 @@ def dummy_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "FEDKEEPER_LAMBDA_ROLE": "arn:aws:iam::123456789012:role/fedkeeper-lambda",
         "AWS_ACCESS_KEY_ID": "AKIADUMMY0000000000", "AWS_SECRET_ACCESS_KEY": "DUMMYsecretAccessKey",
         "AWS_PROFILE": "research",
+        "OPENFAAS_PASSWORD": "DUMMYofPassword", "KNATIVE_TOKEN": "DUMMYknToken",
+        "AZURE_SUBSCRIPTION_ID": "0b1f6471-1bf0-4dda-aec3-cb9272f09590", "AZURE_TENANT_ID": "72f988bf-0000-0000-0000-2d7cd011db47",
+        "AZURE_CLIENT_ID": "fk-client-0000", "AZURE_CLIENT_SECRET": "DUMMYazureSecret",
+        "AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=fk;AccountKey=DUMMYkey==",
     }
 
 

@@ -55,7 +55,7 @@ def test_prototype_config_validates_with_warnings(prototype: cfg.Config) -> None
         "mongo_config.collection": "no longer used and ignored",
         "functions.fl_client.openwhisk.func_path": "no longer used and ignored",
         "functions.fl_client.openwhisk.params_file_path": "no longer used and ignored",
-        "functions.fl_client.openfaas": "OpenFaaS is not a supported platform",
+        "functions.fl_client.openfaas": "the prototype's OpenFaaS function",
         "functions.fl_client.google.memory": "read as 2048 (MB)",
         "functions.fl_client.google.timeout": "read as 300 (s)",
         "functions.fl_server_init": "no longer used and ignored",

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ast
 import importlib
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+import fedkeeper
 
 from fedkeeper import errors as E
 from fedkeeper.config import ConfigError, ConfigIssue
@@ -28,6 +31,11 @@ from fedkeeper.scenarios.federated_learning import QuorumLost
 from fedkeeper.scenarios.status import StatusIncomplete
 from fedkeeper.store import errors as S
 from fedkeeper.store.locks import RunLocked
+from fedkeeper.export import ExportError
+from fedkeeper.providers.azure.arm import DeployFailed as AzureDeployFailed
+from fedkeeper.results.compare import SweepManifestError, SweepNotFound
+from fedkeeper.scenarios.stop import StopRequested, StopTimeout
+from fedkeeper.task_packaging import TaskPackagingError
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "config-sample.yaml"
@@ -68,15 +76,22 @@ CASES: dict[type[E.FedkeeperError], tuple[Callable[[], E.FedkeeperError], int]] 
     S.ActivationMissing: (lambda: S.ActivationMissing("a1"), 1),
     S.ActivationConflict: (lambda: S.ActivationConflict("r1", 2, 3, 1), 1),
     PackagingError: (lambda: PackagingError("function 'x' has no handler.py in /tmp/x"), 1),
-    UnknownPlatform: (lambda: UnknownPlatform("unknown provider kind 'azure'; known: local"), 2),
+    UnknownPlatform: (lambda: UnknownPlatform("unknown provider kind 'heroku'; known: local"), 2),
+    AzureDeployFailed: (lambda: AzureDeployFailed("az", "zip deploy refused: HTTP 409"), 1),
+    ExportError: (lambda: ExportError("round 1 of run r1 was removed (keep_models); rounds available: 2, 3"), 2),
+    SweepNotFound: (lambda: SweepNotFound("no sweep named grid in Logs/sweeps"), 2),
+    SweepManifestError: (lambda: SweepManifestError("Logs/sweeps/grid.json: runs must be a list"), 1),
+    StopRequested: (lambda: StopRequested("stopped by `fedkeeper stop` from lab/42 at 10:00 UTC"), 130),
+    StopTimeout: (lambda: StopTimeout("run r1 did not stop within 60 s"), 1),
+    TaskPackagingError: (lambda: TaskPackagingError("the task's requirements (902 MB) exceed 250 MB: use an image"),
+                         1),
 }
 
-#: modules that define FedkeeperError subclasses (imported so that __subclasses__ sees them all)
-_MODULES = ("fedkeeper.config", "fedkeeper.store", "fedkeeper.store.locks", "fedkeeper.packaging", "fedkeeper.providers.base",
-            "fedkeeper.providers.local", "fedkeeper.providers.openwhisk", "fedkeeper.providers.aws",
-            "fedkeeper.providers.google", "fedkeeper.providers.google.provider", "fedkeeper.providers.registry", "fedkeeper.results.run_folders",
-            "fedkeeper.results.plots", "fedkeeper.results.logs_view", "fedkeeper.fabric", "fedkeeper.tracker", "fedkeeper.scenarios.deployment",
-            "fedkeeper.scenarios.federated_learning", "fedkeeper.scenarios.smoke", "fedkeeper.scenarios.status")
+#: every orchestrator module (imported so that __subclasses__ sees every error class a command can raise); the
+#: functions' runtime and `__main__` modules (which run the CLI on import) are left out
+_MODULES = tuple(sorted(
+    m.name for m in pkgutil.walk_packages(fedkeeper.__path__, "fedkeeper.")
+    if not m.name.startswith(("fedkeeper.runtime", "fedkeeper.functions")) and not m.name.endswith("__main__")))
 
 
 def _all_subclasses(cls: type) -> set[type]:

@@ -120,8 +120,8 @@ def test_entry_table_for_every_kind(fake_entries: Path, tmp_path: Path) -> None:
 
 
 def test_packaging_errors_name_what_is_wrong(tmp_path: Path, fake_entries: Path) -> None:
-    with pytest.raises(ValueError, match="unknown provider kind 'azure'"):
-        packaging.build(FUNCTIONS / "echo", "azure")
+    with pytest.raises(ValueError, match="unknown provider kind 'heroku'"):
+        packaging.build(FUNCTIONS / "echo", "heroku")
     with pytest.raises(PackagingError, match="'no_such_function' not found.*known: .*nodeinfo"):
         packaging.build("no_such_function", "local")
     empty = tmp_path / "empty"

@@ -39,8 +39,8 @@ def test_every_platform_describes_itself_completely(kind: str) -> None:
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(registry.UnknownPlatform, match="unknown provider kind 'azure'; known: local, openwhisk"):
-        registry.get("azure")
+    with pytest.raises(registry.UnknownPlatform, match="unknown provider kind 'heroku'; known: local, openwhisk"):
+        registry.get("heroku")
 
 
 def test_a_cluster_model_that_disagrees_with_its_platform_is_refused() -> None:

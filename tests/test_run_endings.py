@@ -176,14 +176,16 @@ def test_the_store_gone_for_good_still_leaves_a_summary_counted_from_the_logs(
 
 def test_a_bug_mid_run_is_recorded_as_failed_and_still_raised(harness: Harness,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    original = fl_module.rank_clients
+    from fedkeeper.scenarios.selection import random_policy
+
+    original = random_policy.rank_clients
 
     def select(seed: int, round_number: int, total: int, count: int) -> list[int]:
         if round_number == 2:
             raise ZeroDivisionError("a bug")
         return original(seed, round_number, total, count)
 
-    monkeypatch.setattr(fl_module, "rank_clients", select)
+    monkeypatch.setattr(random_policy, "rank_clients", select)  # the default selection policy's draw
     with pytest.raises(ZeroDivisionError):
         start_in_process(harness.tmp, harness.config(rounds=3), harness.client)
     _, folder = harness.only_run()

@@ -205,8 +205,8 @@ def _changed_code(monkeypatch: pytest.MonkeyPatch, function: str) -> None:
 
     build = packaging.build
 
-    def edited(name, kind, options=None):  # type: ignore[no-untyped-def]
-        artifact = build(name, kind, options)
+    def edited(name, kind, options=None, task=None):  # type: ignore[no-untyped-def]
+        artifact = build(name, kind, options, task)
         if str(name) != function:
             return artifact
         data = artifact.data + b"# edited"

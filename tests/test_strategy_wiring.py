@@ -295,6 +295,9 @@ def test_central_dp_resumed_after_a_crash_gives_the_model_of_an_uninterrupted_ru
     clip = [d["metrics"]["privacy"]["clip_norm"] for d in docs]
     assert clip[0] == 0.5 and len(set(clip)) == 3  # adaptive: the clip norm moved each round, carried as state
     assert all(d["metrics"]["privacy"]["num_clients"] == 3 for d in docs)
+    # the same privacy cost: ε per round in rounds.csv and the summary's final ε
+    assert [r["epsilon"] for r in resumed.rounds()][-1] == [r["epsilon"] for r in whole.rounds()][-1]
+    assert resumed.summary["privacy"]["epsilon"] == whole.summary["privacy"]["epsilon"] > 0
 
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples" / "strategies").glob("*.yaml"))

@@ -120,7 +120,55 @@ def test_unknown_version_and_flags() -> None:
     blob = bytearray(W.encode(model()))
     struct.pack_into("<H", blob, 8, 99)
     assert reason(bytes(blob)) == "bad_version"
-    assert reason(craft([], b"", flags=1)) == "bad_header"
+    assert reason(craft([], b"", flags=0x10)) == "bad_header"  # a bit no version defines
+    assert reason(craft([], b"", flags=0x3)) == "bad_header"  # a digest algorithm id no version defines
+
+
+@pytest.mark.parametrize("alg", sorted(W.HASH_IDS))
+def test_each_digest_algorithm_round_trips_and_catches_a_flipped_bit(alg: str) -> None:
+    if not W.hash_available(alg):
+        pytest.skip(f"{alg} is not installed")
+    weights = model()
+    blob = W.encode(weights, hash_alg=alg)
+    assert W.hash_alg_of(blob) == alg
+    assert len(W.digest_of(blob)) == 64
+    out = W.decode(blob, W.spec_of(weights))
+    assert all(np.array_equal(out[k], weights[k]) for k in weights)
+    assert W.encode(weights, hash_alg=alg) == blob  # deterministic
+    for where in (-3, W.PREFIX_SIZE + 2):  # payload, JSON header
+        bad = bytearray(blob)
+        bad[where] ^= 0x01
+        assert reason(bytes(bad)) in ("checksum", "bad_header")
+    bad = bytearray(blob)
+    bad[-3] ^= 0x01
+    assert reason(bytes(bad)) == "checksum"
+
+
+def test_a_blob_of_an_older_version_is_sha256_and_its_digest_is_unchanged() -> None:
+    weights = model()
+    blob = W.encode(weights)
+    assert struct.unpack_from("<H", blob, 10)[0] == 0  # flags 0: what every earlier writer produced
+    assert W.hash_alg_of(blob) == "sha256"
+    header_len = struct.unpack_from("<I", blob, 12)[0]
+    start = (W.PREFIX_SIZE + header_len + W.ALIGN - 1) // W.ALIGN * W.ALIGN
+    assert W.digest_of(blob) == hashlib.sha256(blob[W.PREFIX_SIZE:W.PREFIX_SIZE + header_len] + blob[start:]).hexdigest()
+
+
+def test_different_algorithms_give_different_digests_and_a_relabelled_blob_fails() -> None:
+    algs = [a for a in sorted(W.HASH_IDS) if W.hash_available(a)]
+    blobs = {a: W.encode(model(), hash_alg=a) for a in algs}
+    assert len({W.digest_of(b) for b in blobs.values()}) == len(algs)
+    for alg, blob in blobs.items():
+        for other in algs:
+            if other != alg:  # the flags say another algorithm than the digest was made with
+                bad = bytearray(blob)
+                struct.pack_into("<H", bad, 10, W.HASH_IDS[other])
+                assert reason(bytes(bad)) == "checksum"
+
+
+def test_an_unknown_or_missing_algorithm_is_refused_when_writing() -> None:
+    with pytest.raises(W.WeightsError, match="unknown digest algorithm"):
+        W.encode(model(), hash_alg="md5")
 
 
 def test_checksum_mismatch_in_payload_and_in_header() -> None:

@@ -53,15 +53,59 @@ def remove(config_path: str, clusters: str | None, functions: str | None, scenar
               show_default=True, help="Where the zips are written.")
 @common_options
 def package(config_path: str, out_dir: Path) -> None:
-    """Write the deployable zips (one per function and platform) for inspection."""
+    """Write the deployable zips (one per function and platform) for inspection, with a size table: each
+    function on each cluster, its requirements' route and its sizes against the platform's limits."""
     from fedkeeper import packaging
+    from fedkeeper.errors import PackagingFailure
 
     app = current_app()
     config = app.load_config(config_path)
-    paths = packaging.write_all(config, out_dir)
+    rows = packaging.package_all(config, out_dir)
+    paths = list(dict.fromkeys(path for path, _ in rows))
     if app.json:
+        sizes = {}
+        for path, check in rows:
+            sizes.setdefault(str(path), []).append(_size_json(check))
         app.emit_json([{"path": str(p), "bytes": p.stat().st_size,
-                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths])
-        return
-    for path in paths:
-        app.console.print(str(path), soft_wrap=True, markup=False)
+                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "clusters": sizes[str(p)]}
+                       for p in paths])
+    else:
+        for path in paths:
+            app.console.print(str(path), soft_wrap=True, markup=False)
+        _print_size_table(app.console, [check for _, check in rows])
+    problems = [p for _, check in rows for p in check.problems]
+    if problems:
+        raise PackagingFailure("; ".join(dict.fromkeys(problems)))
+
+
+def _size_json(check: Any) -> dict[str, Any]:
+    return {"function": check.function, "cluster": check.cluster, "platform": check.kind, "route": check.route,
+            "zip_bytes": check.zip_bytes, "unzipped_bytes": check.unzipped_bytes,
+            "requirements_bytes": check.requirements_bytes, "zip_limit_bytes": check.zip_limit,
+            "unpacked_limit_bytes": check.unpacked_limit, "ok": check.ok, "problems": list(check.problems),
+            "notes": list(check.notes)}
+
+
+def _print_size_table(console: Any, checks: list[Any]) -> None:
+    """Sizes in MiB; `requirements` is what the route adds beyond the zip (an estimate from this interpreter's
+    installed distributions: a layer, GCF's build); the limits are the cluster's (providers/<kind>/limits.py)."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    def mib(n: int | None) -> str:
+        return "—" if n is None else f"{n / 2**20:.2f}"
+
+    table = Table(title="package sizes (MiB)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                  pad_edge=False, show_edge=False)
+    for col in ("function", "cluster", "platform", "route", "zip", "unzipped", "requirements", "zip limit",
+                "unzipped limit", "fits"):
+        table.add_column(col, justify="left" if col in ("function", "cluster", "platform", "route", "fits")
+                         else "right")
+    for c in checks:
+        table.add_row(escape(c.function), escape(c.cluster), escape(c.kind), c.route, mib(c.zip_bytes),
+                      mib(c.unzipped_bytes), mib(c.requirements_bytes), mib(c.zip_limit), mib(c.unpacked_limit),
+                      "[green]yes[/]" if c.ok else "[red]no[/]")
+    console.print(table)
+    for note in dict.fromkeys(n for c in checks for n in c.notes):
+        console.print(f"[dim]{escape(note)}[/]", soft_wrap=True, highlight=False)

@@ -31,6 +31,9 @@ from fedkeeper.errors import UsageProblem
 @click.option("--clients", "per_client", is_flag=True,
               help="Per-client statistics of one run: rounds selected and aggregated, failures, cold starts, "
                    "durations, examples contributed (from the store with -c when it answers, else Logs/).")
+@click.option("--partition", "show_partition", is_flag=True,
+              help="The partition of one run: per client its shard size and examples of each label "
+                   "(Logs/RUN/partition.json; --csv/--json for the raw counts).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write a plot to FILE.png, .pdf or .svg (the extension chooses the format; needs "
                    "fedkeeper[plot]): per run accuracy, loss and round time per round; grouped (--sweep, "
@@ -40,7 +43,8 @@ from fedkeeper.errors import UsageProblem
                    "with --sweep/--groups; the clients table with --clients.")
 @common_options
 def report(runs: tuple[str, ...], config_path: str | None, sweep_name: str | None, grouped: bool,
-           target: float | None, per_client: bool, plot_path: Path | None, as_csv: bool) -> None:
+           target: float | None, per_client: bool, show_partition: bool, plot_path: Path | None,
+           as_csv: bool) -> None:
     """Rounds, per-cluster and per-platform statistics and estimated cost of runs, from Logs/ alone.
 
     RUN_ID may be a run id under --logs-dir, `latest`, or a path to a run folder; give several to
@@ -61,6 +65,12 @@ def report(runs: tuple[str, ...], config_path: str | None, sweep_name: str | Non
         raise UsageProblem("--clients reports one run: give one RUN_ID (or none for the latest)")
     if per_client and plot_path is not None:
         raise UsageProblem("--plot does not apply to --clients")
+    if show_partition and (per_client or sweep_name or grouped or plot_path is not None or len(runs) > 1):
+        raise UsageProblem("--partition reports one run: give one RUN_ID (or none for the latest), without "
+                           "--clients, --sweep, --groups or --plot")
+    if show_partition:
+        _partition(app, runs or ("latest",), as_csv)
+        return
     if plot_path is not None:
         from fedkeeper.results.plots import plot_format
 
@@ -134,6 +144,22 @@ def _grouped(app: App, prices: Any, target: float | None, plot_path: Path | None
         from fedkeeper.results.render import render_groups
 
         render_groups(data, app.console)
+
+
+def _partition(app: App, runs: tuple[str, ...], as_csv: bool) -> None:
+    """`--partition`: the per-client label histogram the run recorded in round 0."""
+    from fedkeeper.results import partition
+    from fedkeeper.results.run_folders import resolve_runs
+
+    folder = resolve_runs(app.logs_dir, list(runs))[0]
+    data = partition.with_stats(partition.read(folder))
+    if app.json:
+        app.emit_json({"run_id": folder.name, **data})
+    elif as_csv:
+        partition.write_csv(data, app.console.file)
+        app.console.file.flush()
+    else:
+        partition.render(folder.name, data, app.console)
 
 
 def _clients(app: App, runs: tuple[str, ...], config: Any, as_csv: bool) -> None:

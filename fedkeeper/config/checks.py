@@ -84,6 +84,12 @@ def _cross_checks(config: Config, *, env_paths: set[str], base_dir: Path,
     limit_issues, limit_warnings = _check_limits(config, clusters)
     issues += limit_issues
     warnings += limit_warnings
+    if fl is not None and getattr(fl, "task", None) is not None:  # the task's files and requirements per platform
+        from fedkeeper import task_packaging
+
+        task_issues, task_warnings = task_packaging.config_problems(config, base_dir)
+        issues += [ConfigIssue(path, message) for path, message in task_issues]
+        warnings += [ConfigIssue(path, message) for path, message in task_warnings]
     return _drop_invalid(issues, invalid), warnings
 
 
@@ -208,13 +214,14 @@ def _check_fl(config: Config, fl: FederatedLearning, clusters: dict[str, Cluster
         if fl.server.cluster not in broken:
             issues.append(ConfigIssue(f"{base}.server.cluster", _unknown_cluster(fl.server.cluster, clusters)))
     data, sampling = fl.training_test_data, fl.data_sampling
-    if sampling.model == "cnn" and data.dataset == "digits" and (sampling.input_shape_x, sampling.input_shape_y) != (8, 8):
+    builtin = fl.task is None  # a task (config.task_check) brings its own model: the data_sampling model keys are unused
+    if builtin and sampling.model == "cnn" and data.dataset == "digits" and (sampling.input_shape_x, sampling.input_shape_y) != (8, 8):
         issues.append(ConfigIssue(f"{base}.data_sampling.input_shape_x",
                                   "the digits data set has 8x8 images; set input_shape_x and input_shape_y to 8"))
-    if sampling.model in ("mlp", "logreg") and data.dataset == "digits" and sampling.input_size != 64:
+    if builtin and sampling.model in ("mlp", "logreg") and data.dataset == "digits" and sampling.input_size != 64:
         issues.append(ConfigIssue(f"{base}.data_sampling.input_size",
                                   f"the digits data set has 64 features (8x8 pixels), not {sampling.input_size}"))
-    if data.dataset == "digits" and sampling.output_size != 10:
+    if builtin and data.dataset == "digits" and sampling.output_size != 10:
         issues.append(ConfigIssue(f"{base}.data_sampling.output_size",
                                   f"the digits data set has 10 classes, not {sampling.output_size}"))
     res = fl.resilience
@@ -231,9 +238,14 @@ def _check_fl(config: Config, fl: FederatedLearning, clusters: dict[str, Cluster
     remote = [n for n in hosts if not clusters[n].is_loopback]
     issues += _check_store_reach(config.mongo_config, remote, clusters)
     data_issues, data_warnings = _check_data_files(fl, base_dir, remote)
-    if not data_issues:  # (a local file for a remote cluster is an issue already; URLs are not fetched)
+    from fedkeeper.config import task_check
+
+    data_issues += task_check.resolve_client_files(fl, base_dir)
+    if not data_issues and not builtin:
+        data_issues += task_check.check_task(fl, base_dir, _runtime_data_spec(fl))
+    elif not data_issues:  # (a local file for a remote cluster is an issue already; URLs are not fetched)
         data_issues += _check_data_fit(fl)
-    if hosts:
+    if hosts and builtin:
         issues += _check_model_size(config, fl, clusters)
         issues += _check_strategy_memory(config, fl, clusters)
     return issues + data_issues, warnings + data_warnings
@@ -287,6 +299,7 @@ def _check_strategy(fl: FederatedLearning) -> list[ConfigIssue]:
         issues.append(ConfigIssue(f"{_STRATEGY_PATH}.mu",
                                   f"is {given['mu']!r} but model_params.mu is {fl.model_params.mu!r}: give one "
                                   "(strategy fedprox sets the clients' proximal term)"))
+    issues += _check_tree(fl, strategy)
     params = fl.privacy_params()
     if params is None:
         return issues
@@ -305,6 +318,19 @@ def _check_strategy(fl: FederatedLearning) -> list[ConfigIssue]:
                                                  "another of the FedAvg family (fedavgm, fedadam, fedyogi, "
                                                  "fedadagrad, fedprox)"))
     return issues
+
+
+def _check_tree(fl: FederatedLearning, strategy: Any) -> list[ConfigIssue]:
+    """Tree aggregation (docs/aggregation.md) sums partials: only a strategy that aggregates by a mean can be split
+    (`tree: auto` then never splits the others)."""
+    from fedkeeper.runtime import strategies as rstrategies
+
+    if fl.aggregation.tree != "on" or strategy is None or isinstance(strategy, rstrategies.MeanThenStep):
+        return []
+    return [ConfigIssue("scenarios.federated_learning.aggregation.tree",
+                        f"strategy {strategy.name!r} needs every update of a round at once (an order statistic), "
+                        "so its aggregation cannot be split into partial sums; use tree: auto or off, or a strategy "
+                        "of the FedAvg family (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox)")]
 
 
 def _check_strategy_memory(config: Config, fl: FederatedLearning, clusters: dict[str, ClusterConfig]
@@ -448,6 +474,10 @@ def _runtime_data_spec(fl: FederatedLearning) -> dict[str, object]:
     data: dict[str, object] = {k: v for k, v in spec.items() if v not in (None, {})}
     ds = fl.data_sampling
     data.update(partition=ds.partition, shards_per_client=ds.shards_per_client, alpha=ds.alpha)
+    if ds.partition == "quantity":
+        data["quantity_sigma"] = ds.quantity_sigma
+    if ds.client_files is not None:
+        data["client_files"] = ds.client_files
     return data
 
 

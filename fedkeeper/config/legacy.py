@@ -257,10 +257,6 @@ def _functions(raw: dict[str, Any], warnings: list[Issue]) -> None:
         if not isinstance(per_kind, dict):
             continue
         _aliases(per_kind, f"functions.{fn}", warnings)
-        if "openfaas" in per_kind:
-            per_kind.pop("openfaas")
-            warnings.append((f"functions.{fn}.openfaas", "no longer used and ignored: OpenFaaS is not a supported "
-                                                         "platform (use openwhisk, google, aws or local)"))
         for kind, settings in per_kind.items():
             if isinstance(settings, dict):
                 _function_settings(raw, fn, str(kind), settings, warnings)

@@ -119,9 +119,20 @@ class DataSampling(Model):
     output_size: int = Field(10, ge=2)
     input_shape_x: int | None = Field(None, ge=8)
     input_shape_y: int | None = Field(None, ge=8)
-    partition: Literal["iid", "shards", "dirichlet"] = "iid"
+    partition: Literal["iid", "shards", "dirichlet", "quantity", "files"] = "iid"
     shards_per_client: int = Field(2, ge=1)
     alpha: float = Field(0.5, gt=0)
+    quantity_sigma: float = Field(1.0, gt=0, description="partition quantity: sigma of the log-normal shard sizes")
+    client_files: str | None = Field(None, description="partition files: each client's .npz (arrays x, y), "
+                                                       "a path or URL with {client} in it")
+
+    @model_validator(mode="after")
+    def _files(self) -> "DataSampling":
+        if self.partition == "files" and not self.client_files:
+            raise ValueError("partition 'files' needs client_files, e.g. clients/client-{client}.npz")
+        if self.client_files is not None and "{client}" not in self.client_files:
+            raise ValueError("client_files must hold {client} (replaced by each client's id, from 0)")
+        return self
 
     @model_validator(mode="after")
     def _cnn(self) -> "DataSampling":
@@ -238,6 +249,103 @@ class PrivacyConfig(Model):
         return self.delta if self.delta is not None else float(total_num_clients) ** -1.1
 
 
+class TaskConfig(Model):
+    """`task: mypkg.fl_task` or `{module, params, path, requirements}`: the model and data the functions train
+    (fedkeeper/runtime/tasks/base.py has the contract). Without it, the built-in numpy model of data_sampling."""
+
+    module: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+                        description="dotted module path exposing TASK or make_task(params)")
+    params: dict[str, Any] = Field(default_factory=dict, description="handed to make_task(params)")
+    path: str | None = Field(None, description="folder holding the module (relative to the config file)")
+    requirements: list[str] = Field(default_factory=list, description="pip requirements the functions need")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _module_path(cls, value: Any) -> Any:
+        return {"module": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _storable_params(self) -> "TaskConfig":
+        problem = _unstorable(self.params)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def as_params(self) -> dict[str, Any]:
+        """The payload's `task` object (what `fedkeeper.runtime.tasks.load_task` takes)."""
+        return {"module": self.module, "params": dict(self.params), "path": self.path}
+
+
+class AggregationConfig(Model):
+    """`aggregation: {tree: auto, fan_in: 16}`: tree (hierarchical) aggregation, docs/aggregation.md. Leaf
+    aggregator invocations sum up to `fan_in` updates each, inner ones up to `fan_in` partial sums, a final one
+    writes the model: one round may then hold more updates than one aggregator invocation's timeout allows."""
+
+    tree: Literal["auto", "off", "on"] = Field("auto", description="auto: when the flat aggregation would exceed "
+                                               "the aggregator's memory or timeout; on: always (more than fan_in "
+                                               "updates); off: never")
+    fan_in: int = Field(16, ge=2, le=100_000, description="updates per leaf, partial sums per inner node")
+
+    @field_validator("tree", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `on`/`off` as true/false: take them as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class SelectionConfig(Model):
+    """`selection: {policy: history, epsilon: 0.1, ...}`: how each round's clients are chosen and ranked.
+
+    The parameters depend on the policy, so they are not fields: each policy's model (`config.selection`)
+    validates them and names each bad one (docs/scheduling.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    policy: str = Field("random", description="random, history, warm_first")
+
+    @model_validator(mode="after")
+    def _known_policy(self) -> "SelectionConfig":
+        from fedkeeper.config.selection import policy_params
+
+        policy_params(self.policy, self.params)  # ValueError: unknown policy or a bad parameter
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters (every key but `policy`)."""
+        return dict(self.model_extra or {})
+
+
+class RoundMode(Model):
+    """`mode: sync` (default), `mode: {name: deadline, deadline_s: 2, late: carry}` or `mode: {name: buffered,
+    concurrency: 20, buffer_size: 10}`: how a round waits for its clients (docs/scheduling.md)."""
+
+    name: Literal["sync", "deadline", "buffered"] = "sync"
+    deadline_s: float | None = Field(None, gt=0, le=MAX_WAIT_S, description="deadline: a round's deadline "
+                                     "(default: resilience.round_deadline_s)")
+    grace_s: float = Field(1.0, ge=0, le=MAX_WAIT_S, description="deadline: wall time past the deadline given to "
+                           "calls that are on time by the platform's clock (queueing, cold starts)")
+    late: Literal["discard", "carry"] = Field("discard", description="deadline: a late update is dropped, or "
+                                              "aggregated in a later round with its staleness")
+    concurrency: int | None = Field(None, ge=1, description="buffered: clients in flight (C; default: 2 × "
+                                    "num_clients_per_round)")
+    buffer_size: int | None = Field(None, ge=1, description="buffered: updates per aggregation (K; default: "
+                                    "num_clients_per_round)")
+    server_lr: float = Field(1.0, gt=0, le=100, description="server learning rate η_g on the staleness-weighted "
+                                                            "mean delta (buffered, deadline with carry)")
+    staleness_weighting: Literal["sqrt", "constant"] = Field("sqrt", description="s(τ) = 1/sqrt(1+τ), or 1")
+    max_staleness: int = Field(4, ge=0, le=100, description="older updates are dropped (too_stale)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def stale(self) -> bool:
+        """True when updates may be aggregated in a later round than they were issued in."""
+        return self.name == "buffered" or (self.name == "deadline" and self.late == "carry")
+
+
 class FederatedLearning(Model):
     rounds: int = Field(20, ge=1)
     seed: int = Field(42, ge=0, description="non-negative (numpy's SeedSequence refuses negative seeds)")
@@ -250,6 +358,26 @@ class FederatedLearning(Model):
     resilience: Resilience = Field(default_factory=Resilience)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     privacy: PrivacyConfig | None = None
+    task: TaskConfig | None = None
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    mode: "RoundMode" = Field(default_factory=lambda: RoundMode(), description="sync, deadline or buffered rounds "
+                                                                             "(docs/scheduling.md)")
+    prewarm: bool = Field(False, description="warm-up calls for the next round's clients while a round aggregates")
+    hash_alg: Literal["sha256", "blake3", "xxh3_128"] = Field(
+        "sha256", description="digest of every weight blob the run writes (recorded in each document as hash_alg): "
+                              "sha256 everywhere; blake3 (PyPI blake3) or xxh3_128 (PyPI xxhash, not cryptographic) "
+                              "are faster where the functions have them")
+
+    @field_validator("hash_alg")
+    @classmethod
+    def _hash_installed(cls, v: str) -> str:
+        from fedkeeper.runtime import weights
+
+        if not weights.hash_available(v):
+            raise ValueError(f"{v} is not installed here (pip install {'blake3' if v == 'blake3' else 'xxhash'}); "
+                             "sha256 needs nothing")
+        return v
 
     def strategy_params(self) -> dict[str, Any]:
         """`{name, **params}` as the aggregator gets it. FedProx's `mu` defaults to `model_params.mu` (the key

@@ -217,6 +217,13 @@ class Provider(ABC):
         May raise the refusals of `invoke` (see there), and PlatformError when it could not ask (ask again).
         """
 
+    def cancel(self, inv: Invocation) -> Status | None:
+        """Stop a running call whose result is no longer wanted (an abandoned straggler), so that it stops being
+        billed. Returns the call's final status (its `duration_s` is what was billed up to the cancel), or None
+        where the platform cannot cancel a running call (Lambda, Cloud Functions and OpenWhisk run it to the end
+        and bill all of it)."""
+        return None
+
     def close(self) -> None:
         """Release workers, pools and sessions."""
 
@@ -275,6 +282,28 @@ class PackagingOptions:
         from fedkeeper.providers.limits import wheel_platform_tags
 
         return wheel_platform_tags(self.wheel_platform, self.architecture)
+
+
+#: the ways a function gets its requirements (a task's framework, numpy, pymongo): see `RequirementsRoute`
+REQUIREMENT_ROUTES = ("environment", "platform", "zip", "layer", "image")
+
+
+@dataclass(frozen=True)
+class RequirementsRoute:
+    """How a cluster's functions get their requirements, and what bounds them (docs/tasks.md, "Deploying").
+
+    `name`: `environment` (this machine's interpreter has them), `platform` (the platform installs the zip's
+    requirements.txt: GCF), `zip` (vendored into the zip), `layer` (a Lambda layer), `image` (a container or
+    action image built with them; FedKeeper cannot see inside it). `instead` is what to do when they do not fit
+    or cannot be provided this way (`beyond_unpacked`, when set, when they exceed even the unpacked limit, which
+    the `instead` route shares); `missing`, when set, says the cluster's settings provide them no way at all.
+    """
+
+    name: Literal["environment", "platform", "zip", "layer", "image"]
+    description: str
+    instead: str = ""
+    missing: str | None = None
+    beyond_unpacked: str = ""
 
 
 class UnknownRuntimeKind(ValueError):
@@ -345,9 +374,27 @@ class PlatformSpec:
         """Packaging options a cluster's settings ask for."""
         return PackagingOptions()
 
+    def requirements_route(self, cluster: Any) -> RequirementsRoute:
+        """How a cluster's functions get a task's requirements; a platform with more than one way overrides it."""
+        if self.runs_on_this_machine:
+            return RequirementsRoute("environment", "installed in the interpreter that runs the functions",
+                                     "install them into that interpreter (pip install ...)")
+        if self.installs_requirements:
+            return RequirementsRoute("platform", "installed by the platform from the zip's requirements.txt",
+                                     "a container image with the requirements (docs/tasks.md)")
+        if self.takes_vendored_wheels and self.packaging_options(cluster).vendor_wheels:
+            return RequirementsRoute("zip", "vendored into the zip (manylinux wheels)",
+                                     "an image with the requirements (docs/tasks.md)")
+        return RequirementsRoute("image", "provided by the function's image (not checked by FedKeeper)")
+
     def timeout_seconds(self, raw: float) -> float:
         """A timeout as written in this platform's config sections, in seconds."""
         return raw * self.timeout_unit_s
+
+    def keep_warm_window_s(self, cluster: Any) -> float | None:
+        """How long an idle function instance of this cluster stays warm, when the config says (selection's
+        `warm_first` uses it); None where the platform decides and does not say."""
+        return None
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         """Cross-field checks of one typed cluster (credentials complete, URLs well formed)."""

@@ -76,6 +76,9 @@ class Limits:
     concurrency: tuple[int, int] | None = None
     payload_bytes: int | None = None
     package_bytes: int | None = None
+    #: the function's code and its installed requirements together, unzipped (Lambda: 250 MB with its layers;
+    #: Cloud Functions: 500 MB of sources plus modules); None where only the zip is bounded
+    unpacked_bytes: int | None = None
     #: where these numbers come from (a file of the platform's own source, or its documentation)
     source: str = ""
 
@@ -99,6 +102,8 @@ class Limits:
             changes["payload_bytes"] = int(overrides.payload_mb * 2**20)
         if overrides.package_mb is not None:
             changes["package_bytes"] = int(overrides.package_mb * 2**20)
+        if overrides.unpacked_mb is not None:
+            changes["unpacked_bytes"] = int(overrides.unpacked_mb * 2**20)
         if changes:
             changes["source"] = "the cluster's limits: section"
         return replace(self, **changes)
@@ -119,6 +124,7 @@ class LimitOverrides(Model):
     concurrency_max: int | None = Field(None, ge=1, description="activations one instance runs at once")
     payload_mb: float | None = Field(None, gt=0, description="largest invocation payload, MiB")
     package_mb: float | None = Field(None, gt=0, description="largest function package, MiB")
+    unpacked_mb: float | None = Field(None, gt=0, description="largest code plus installed requirements, MiB")
     kinds: dict[str, str] = Field(default_factory=dict, description="runtime kind → Python version, e.g. 3.11")
 
     @field_validator("kinds", mode="before")

@@ -22,7 +22,9 @@ from fedkeeper.errors import ConfigProblem
 from fedkeeper.providers.base import PlatformSpec, Provider
 
 BUILTIN_PLATFORMS = ("fedkeeper.providers.local", "fedkeeper.providers.openwhisk", "fedkeeper.providers.aws",
-                     "fedkeeper.providers.google")
+                     "fedkeeper.providers.google", "fedkeeper.providers.ray",
+                     "fedkeeper.providers.openfaas", "fedkeeper.providers.knative",
+                     "fedkeeper.providers.azure")
 ENTRY_POINT_GROUP = "fedkeeper.platforms"
 ENV_PLATFORMS = "FK_PLATFORMS"
 

@@ -81,8 +81,11 @@ def _client(value: Any) -> str:
 
 
 def job_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(round, client, function): the job an activation record is an attempt of."""
-    return (str(record.get("round")), _client(record.get("client_id")), str(record.get("function")))
+    """(round, client, function): the job an activation record is an attempt of (a tree aggregation node counts
+    as its own job: several aggregator jobs share a round)."""
+    part = record.get("part")
+    who = f"tree:{part}" if part not in (None, "") else _client(record.get("client_id"))
+    return (str(record.get("round")), who, str(record.get("function")))
 
 
 def final_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -26,7 +26,7 @@ TERMINAL_EVENTS = tuple(END_STATUS)
 KNOWN_EVENTS = tuple(dict.fromkeys((*LIFECYCLE_EVENTS, "model_initialised", "round_started", "activation",
                                     "round_finished", "update_rejected", "update_ignored", "target_reached",
                                     "throttled", "redeploy", "round_rows_dropped", "updates_aggregated",
-                                    "privacy_budget_reached")))
+                                    "privacy_budget_reached", "platform_profile", "prewarm", "tree_aggregation")))
 _A = ActivationState
 STATE_STYLE = {_A.SUCCEEDED: "green", _A.FAILED: "red", _A.TIMED_OUT: "yellow", _A.LOST: "magenta",
                _A.INVOKED: "cyan", _A.THROTTLED: "yellow", _A.ABANDONED: "bright_black", "pending": "cyan"}

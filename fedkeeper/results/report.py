@@ -117,10 +117,21 @@ def build_report(run: RunFolder, prices: Mapping[str, UnitPrice], *, target: flo
         "by_cluster": group_stats(activations, "cluster", "platform"),
         "by_platform": group_stats(activations, "platform"),
         "by_function": group_stats(activations, "function"),
-        "cost": cost_estimate(activations, prices),
+        "cost": {**cost_estimate(activations, prices), "rounds": _round_costs(activations, prices)},
         "summary": run.summary,
         **({"privacy": privacy} if (privacy := _privacy(run, summary)) is not None else {}),
     }
+
+
+def _round_costs(activations: Sequence[Mapping[str, Any]], prices: Mapping[str, UnitPrice]) -> list[dict[str, Any]]:
+    """Per round, the cost estimate of its activations by platform (warm-ups are billed to the round that fired
+    them here; rounds.csv's `cost` bills them to the round that collected them: docs/scheduling.md)."""
+    by_round: dict[int, list[Mapping[str, Any]]] = {}
+    for row in activations:
+        if isinstance(row.get("round"), int):
+            by_round.setdefault(row["round"], []).append(row)
+    return [{"round": r, **{k: v for k, v in cost_estimate(rows, prices).items() if k in ("platforms", "total_usd")}}
+            for r, rows in sorted(by_round.items())]
 
 
 def load_folders(logs_dir: Path, runs: Sequence[str]) -> list[RunFolder]:

@@ -33,9 +33,9 @@ LIFECYCLE_EVENTS = (*START_EVENTS, *END_STATUS)
 
 #: columns of rounds.csv / activations.csv that are whole numbers (the others numeric ones are floats)
 _INT_COLUMNS = {"round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
-                "aggregated", "throttled", "abandoned", "attempt", "memory_mb", "client_id"}
+                "aggregated", "throttled", "abandoned", "attempt", "memory_mb", "client_id", "level", "part"}
 _FLOAT_COLUMNS = {"accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s",
-                  "start", "end", "duration_s"}
+                  "start", "end", "duration_s", "epsilon", "clip_norm", "cost"}
 
 
 class RunNotFound(UsageProblem, LookupError):

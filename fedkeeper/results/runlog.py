@@ -28,10 +28,12 @@ from fedkeeper.secrets import RedactingFilter, RedactingStream, Redactor  # noqa
 ROUND_COLUMNS = ["round", "selected", "succeeded", "failed", "timed_out", "lost", "retries", "rejected",
                  "accuracy", "loss", "invoke_s", "slowest_client_s", "aggregate_s", "round_s",
                  "aggregated", "throttled", "abandoned",
-                 "epsilon", "clip_norm"]  # differential privacy (docs/privacy.md): ε after the round, C used in it
+                 "epsilon", "clip_norm",  # differential privacy (docs/privacy.md): ε after the round, C used in it
+                 "cost"]  # USD of the round's activations at the config's prices (docs/scheduling.md)
 ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "activation_id",
                       "platform_activation_id", "attempt", "state", "cold", "start", "end", "duration_s",
-                      "memory_mb", "injected", "error"]
+                      "memory_mb", "injected", "error",
+                      "level", "part"]  # tree aggregation nodes (docs/aggregation.md); empty for other rows
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):

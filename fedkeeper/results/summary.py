@@ -42,7 +42,8 @@ def config_summary(config: Config) -> dict[str, Any]:
         "federated_learning": None if fl is None else {
             "rounds": fl.rounds, "seed": fl.seed, "total_num_clients": fl.clients_info.total_num_clients,
             "num_clients_per_round": fl.clients_info.num_clients_per_round,
-            "deployment": fl.clients_info.deployment, "model": fl.data_sampling.model,
+            "deployment": fl.clients_info.deployment,
+            "model": fl.data_sampling.model if fl.task is None else f"task {fl.task.module}",
             "optim": fl.model_params.optim, "dataset": fl.training_test_data.dataset or "files",
             "partition": fl.data_sampling.partition, "mu": fl.model_params.mu,
         },

@@ -6,15 +6,21 @@ here directly (weights never travel in invocation payloads), so this module may 
 
 Documents (``_id`` is the natural key, so every write is idempotent and the first accepted write wins):
 
-- ``models``  ``f"{run_id}:{round}"``  run_id, round, blob, sha256, size, storage, file_id, num_params,
+- ``models``  ``f"{run_id}:{round}"``  run_id, round, blob, sha256, hash_alg, size, storage, file_id, num_params,
   metrics{accuracy, loss, ...}, num_updates, created, write_id [, pruned]
 - ``updates`` ``f"{run_id}:{round}:{client_id}:{activation_id}"``  run_id, round, client_id, activation_id, attempt,
-  base_round, num_examples, metrics, blob, sha256, size, storage, file_id, num_params, created, write_id [, pruned]
+  base_round, num_examples, metrics, blob, sha256, hash_alg, size, storage, file_id, num_params, created, write_id
+  [, pruned]
 - ``server_states`` ``f"{run_id}:{round}:state:{sha256}"``  run_id, round, blob, sha256, size, storage, file_id,
   num_arrays, created, write_id [, pruned]: a stateful strategy's server state (and the adaptive clip norm) after
   round ``round``. Written before the model document of that round, which names it (``state_sha256``): the model
   document stays the commit point, so a state left by an aggregator that died before committing is never read,
   and a retried aggregation that computes another state writes it under another key.
+- ``partials`` ``runtime.partials.partial_key`` (``run:round:partial:level:index:digest``)  run_id, round, level,
+  index, digest, kind, weight, count, unclipped, num_examples, clients, rejected, blob (float64 sums), sha256, size,
+  storage, file_id, created, write_id: a partial sum of tree aggregation (docs/aggregation.md). Deleted by the
+  final invocation once the round's model is written, by ``gc_updates`` with the round's updates, and by
+  ``delete_run``.
 
 Updates are keyed by the activation that wrote them (``update_key``), not by client alone: under a
 ``run:round:client`` key the first writer wins, so anyone who wrote there first (a predictable key, writable before
@@ -27,7 +33,9 @@ write wins, idempotent) while nobody can take its key in advance. Documents writ
 above it. ``storage``/``size``/``file_id`` repeat the blob reference at the top level because nx-27017 0.8.1 ignores
 nested exclusion projections (``{"blob.inline": 0}`` still returns the bytes): listings exclude the whole ``blob``
 and still know where the bytes are. ``sha256`` is the digest embedded in the blob (``weights.digest_of``), which
-covers its header and payload. Times are unix floats, not datetimes (nx-27017 returns datetimes as strings).
+covers its header and payload; ``hash_alg`` names the algorithm that digest was computed with (``weights.HASH_IDS``:
+the run's choice, ``sha256`` by default; documents of earlier versions have no ``hash_alg`` and are sha256, and the
+field keeps its name ``sha256`` whatever the algorithm). Times are unix floats, not datetimes (nx-27017 returns datetimes as strings).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ INLINE_LIMIT = 15 * 1024 * 1024
 MODELS = "models"
 UPDATES = "updates"
 STATES = "server_states"
+PARTIALS = "partials"
 BUCKET = "fs"
 T = TypeVar("T")
 Retry = Callable[[Callable[[], T]], T]
@@ -206,13 +215,21 @@ def _public(doc: dict[str, Any], duplicate: bool) -> dict[str, Any]:
 class BlobStore:
     """Global models and client updates, stored inline or in GridFS, first write wins."""
 
-    def __init__(self, db: Database, *, inline_limit: int = INLINE_LIMIT, retry: Retry | None = None) -> None:
+    def __init__(self, db: Database, *, inline_limit: int = INLINE_LIMIT, retry: Retry | None = None,
+                 hash_alg: str = "sha256") -> None:
+        """``hash_alg``: the digest algorithm of every blob this store writes (``weights.HASH_IDS``; the run chooses
+        it); blobs are verified with the algorithm they were written with, whatever this one is."""
         if not 0 <= inline_limit <= INLINE_LIMIT:
             raise ValueError(f"inline_limit must be between 0 and {INLINE_LIMIT} bytes (BSON documents max 16 MiB)")
+        if not W.hash_available(hash_alg):
+            raise ValueError(f"digest algorithm {hash_alg!r} is unknown or its package is not installed here "
+                             f"(known: {', '.join(W.HASH_IDS)})")
+        self.hash_alg = hash_alg
         self.db = db
         self.models = db[MODELS]
         self.updates = db[UPDATES]
         self.states = db[STATES]
+        self.partials = db[PARTIALS]
         self.inline_limit = inline_limit
         self._retry: Retry = retry or default_retry
         self._files = _GridFiles(db)
@@ -222,6 +239,7 @@ class BlobStore:
         self._retry(lambda: self.updates.create_index([("run_id", 1), ("round", 1), ("client_id", 1)], name="run_round_client"))
         self._retry(lambda: self.models.create_index([("run_id", 1), ("round", 1)], name="run_round"))
         self._retry(lambda: self.states.create_index([("run_id", 1), ("round", 1)], name="run_round"))
+        self._retry(lambda: self.partials.create_index([("run_id", 1), ("round", 1)], name="run_round"))
 
     # ----------------------------------------------------------------------------------------------- blobs
 
@@ -272,10 +290,10 @@ class BlobStore:
         existing = self._retry(lambda: self.models.find_one({"_id": key}, {"blob": 0}))
         if existing is not None:
             return _public(existing, duplicate=True)
-        blob = W.encode(weights)
+        blob = W.encode(weights, self.hash_alg)
         write_id = uuid.uuid4().hex
         doc = {
-            "_id": key, "run_id": run_id, "round": int(round), "sha256": W.digest_of(blob),
+            "_id": key, "run_id": run_id, "round": int(round), "sha256": W.digest_of(blob), "hash_alg": self.hash_alg,
             "num_params": W.num_params(weights), "metrics": dict(metrics), "num_updates": num_updates,
             "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
         }
@@ -317,7 +335,7 @@ class BlobStore:
         _check_run_id(run_id)
         if not state:
             raise ValueError("an empty server state is not stored (stateless strategies have none)")
-        blob = W.encode(state)
+        blob = W.encode(state, self.hash_alg)
         digest = W.digest_of(blob)
         key = f"{run_id}:{round}:state:{digest}"
         existing = self._retry(lambda: self.states.find_one({"_id": key}, {"blob": 0}))
@@ -327,7 +345,8 @@ class BlobStore:
             self._retry(lambda: self.states.delete_one({"_id": key, "pruned": {"$exists": True}}))
         write_id = uuid.uuid4().hex
         doc = {
-            "_id": key, "run_id": run_id, "round": int(round), "sha256": digest, "num_arrays": len(state),
+            "_id": key, "run_id": run_id, "round": int(round), "sha256": digest, "hash_alg": self.hash_alg,
+            "num_arrays": len(state),
             "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id, STATES),
         }
         return self._insert_first(self.states, doc)
@@ -346,6 +365,62 @@ class BlobStore:
         except W.WeightsError as exc:
             raise CorruptModel(run_id, round, exc.reason, f"server state: {exc}") from None
 
+    # ------------------------------------------------------------------------------------------- partials
+
+    def write_partial(self, key: str, run_id: str, round: int, level: int, index: int,
+                      sums: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a partial sum of tree aggregation under ``key``; first write wins (a retried invocation, or a
+        duplicate one, gets the stored document back with ``duplicate: True``)."""
+        _check_run_id(run_id)
+        existing = self._retry(lambda: self.partials.find_one({"_id": key}, {"blob": 0}))
+        if existing is not None:
+            return _public(existing, duplicate=True)
+        blob = W.encode(sums, self.hash_alg)
+        write_id = uuid.uuid4().hex
+        doc = {"_id": key, "run_id": run_id, "round": int(round), "level": int(level), "index": int(index),
+               **dict(meta), "sha256": W.digest_of(blob), "created": time.time(), "write_id": write_id,
+               **self._put_blob(blob, key, write_id, PARTIALS)}
+        return self._insert_first(self.partials, doc)
+
+    def get_partial_doc(self, key: str) -> dict[str, Any] | None:
+        return self._retry(lambda: self.partials.find_one({"_id": key}, {"blob": 0}))
+
+    def partials_present(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` are stored (one round trip): the orchestrator does not issue those again."""
+        wanted = list(keys)
+        if not wanted:
+            return set()
+        return {d["_id"] for d in self._retry(lambda: list(self.partials.find({"_id": {"$in": wanted}}, {"_id": 1})))}
+
+    def read_partial(self, run_id: str, round: int, key: str, expected: W.Expected
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The float64 sums of a stored partial (checked against its digest and ``expected``) and its document;
+        CorruptModel (reason ``missing``, ``checksum``, ...) otherwise: the combining invocation cannot go on."""
+        doc = self._retry(lambda: self.partials.find_one({"_id": key}))
+        blob = self._get_blob(doc["blob"]) if doc is not None and doc.get("blob") is not None else None
+        if blob is None:
+            raise CorruptModel(run_id, round, "missing", f"partial {key} is not stored (or its blob is gone)")
+        try:
+            if doc.get("run_id") != run_id or doc.get("round") != round:
+                raise W.WeightsError("names", f"the document names run {doc.get('run_id')!r} round "
+                                              f"{doc.get('round')!r}")
+            if W.digest_of(blob) != doc.get("sha256"):
+                raise W.WeightsError("checksum", "partial digest differs from the digest recorded in the document")
+            return W.decode(blob, expected), _public(doc, duplicate=False)
+        except W.WeightsError as exc:
+            raise CorruptModel(run_id, round, exc.reason, f"partial {key}: {exc}") from None
+
+    def delete_partials(self, run_id: str, through_round: int, *, only_round: bool = False) -> int:
+        """Delete the partial sums (documents and files) of rounds ``<= through_round`` (or of that round only)."""
+        rounds: Any = int(through_round) if only_round else {"$lte": int(through_round)}
+        query = {"run_id": run_id, "round": rounds}
+        docs = self._retry(lambda: list(self.partials.find(query, {"_id": 1, "file_id": 1})))
+        for doc in docs:
+            self._drop_file(doc.get("file_id"))
+        if not docs:
+            return 0
+        return self._retry(lambda: self.partials.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})).deleted_count
+
     # --------------------------------------------------------------------------------------------- updates
 
     def write_update(
@@ -360,7 +435,7 @@ class BlobStore:
         key = update_key(run_id, round, client_id, activation_id)
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1):
             raise ValueError(f"attempt must be an integer >= 1, got {attempt!r}")
-        blob = W.encode(weights)
+        blob = W.encode(weights, self.hash_alg)
         offered = W.digest_of(blob)
         if len(blob) > self.inline_limit:  # look first only when a GridFS upload would be wasted
             existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
@@ -370,7 +445,8 @@ class BlobStore:
         doc = {
             "_id": key, "run_id": run_id, "round": int(round), "client_id": client_id,
             "base_round": int(base_round), "num_examples": int(num_examples), "metrics": dict(metrics or {}),
-            "sha256": offered, "num_params": W.num_params(weights), "activation_id": activation_id,
+            "sha256": offered, "hash_alg": self.hash_alg, "num_params": W.num_params(weights),
+            "activation_id": activation_id,
             "attempt": attempt, "created": time.time(), "write_id": write_id, **self._put_blob(blob, key, write_id),
         }
         # offered_sha256: what this call tried to store, so a caller told `duplicate` can tell a repeat of its own
@@ -394,6 +470,29 @@ class BlobStore:
         if doc is None and activation_id is not None:
             doc = self._retry(lambda: self.updates.find_one({"_id": update_key(run_id, round, client_id)}))
         return doc
+
+    def find_updates(self, run_id: str, wanted: Iterable[tuple[int, Any, str | None]]
+                     ) -> dict[tuple[int, Any, str | None], dict[str, Any] | None]:
+        """What ``find_update`` returns for each (round, client_id, activation_id) of ``wanted``, in one round trip:
+        one ``$in`` over their keys (and the pre-activation keys, for documents of earlier versions) instead of a
+        round trip per update. The aggregator reads a round's updates in chunks of these (``runtime.admission``).
+        Not validated: every field is the writer's word."""
+        keys: dict[str, tuple[tuple[int, Any, str | None], int]] = {}
+        out: dict[tuple[int, Any, str | None], dict[str, Any] | None] = {}
+        for rnd, client_id, activation_id in wanted:
+            item = (int(rnd), client_id, activation_id)
+            out[item] = None
+            keys[update_key(run_id, rnd, client_id, activation_id)] = (item, 0)
+            if activation_id is not None:
+                keys.setdefault(update_key(run_id, rnd, client_id), (item, 1))
+        if not keys:
+            return out
+        rank: dict[tuple[int, Any, str | None], int] = {}
+        for doc in self._retry(lambda: list(self.updates.find({"_id": {"$in": list(keys)}}))):
+            item, preference = keys[doc["_id"]]
+            if item not in rank or preference < rank[item]:  # the activation's own key before the old one
+                out[item], rank[item] = doc, preference
+        return out
 
     def blob_of(self, doc: Mapping[str, Any], max_bytes: int | None = None) -> bytes | None:
         """The bytes a stored document's ``blob`` field points at; None if pruned or gone. A reference of the wrong
@@ -455,27 +554,32 @@ class BlobStore:
             what = "update blob was garbage-collected" if ref is None else f"GridFS file {ref.get('gridfs')} is gone"
             raise reject("missing", what)
         try:
-            if W.digest_of(blob) != doc.get("sha256"):
+            header = W.read_header(blob)  # parsed once: the digest and its algorithm, then the arrays
+            if header.digest != doc.get("sha256"):
                 raise W.WeightsError("checksum", "blob digest differs from the digest recorded in the document")
-            return W.decode(blob, expected)
+            if header.hash_alg != doc.get("hash_alg", "sha256"):  # documents of earlier versions: sha256
+                raise W.WeightsError("checksum", f"blob digested with {header.hash_alg}, the document says "
+                                                 f"{doc.get('hash_alg', 'sha256')!r}")
+            return W.decode(blob, expected, header=header)
         except W.WeightsError as exc:
             raise reject(exc.reason, str(exc)) from None
 
     # -------------------------------------------------------------------------------------------------- gc
 
     def _prune(self, coll: Any, docs: Iterable[dict[str, Any]]) -> int:
-        """Drop blobs but keep the metadata; the doc is updated first so it never points at a deleted file."""
-        count = 0
+        """Drop blobs but keep the metadata; the docs are updated first so none points at a deleted file.
+
+        One ``update_many`` for all of them (a round's thousand updates in one round trip, not a thousand), then
+        the GridFS files of those that had one; deleting a file a concurrent pruner already deleted is a no-op."""
+        docs = list(docs)
+        if not docs:
+            return 0
+        res = self._retry(lambda: coll.update_many(
+            {"_id": {"$in": [d["_id"] for d in docs]}, "blob": {"$ne": None}},
+            {"$set": {"blob": None, "pruned": time.time()}}))
         for doc in docs:
-            res = self._retry(
-                lambda: coll.update_one(
-                    {"_id": doc["_id"], "blob": {"$ne": None}}, {"$set": {"blob": None, "pruned": time.time()}}
-                )
-            )
-            if res.modified_count:
-                self._drop_file(doc.get("file_id"))
-                count += 1
-        return count
+            self._drop_file(doc.get("file_id"))
+        return int(res.modified_count)
 
     def gc_models(self, run_id: str, keep_last: int, protect: Iterable[int] = ()) -> int:
         """Remove the blobs of global models older than the newest ``keep_last`` rounds, except ``protect``.
@@ -501,13 +605,24 @@ class BlobStore:
         return pruned
 
     def gc_updates(self, run_id: str, through_round: int) -> int:
-        """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays."""
-        docs = self._retry(
-            lambda: list(
-                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}}, {"blob": 0})
-            )
-        )
-        return self._prune(self.updates, docs)
+        """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays. The
+        partial sums of those rounds (tree aggregation) go entirely: they are intermediates of the model."""
+        self.delete_partials(run_id, through_round)
+        return self._prune_where(self.updates, {"run_id": run_id, "round": {"$lte": int(through_round)}})
+
+    def _prune_where(self, coll: Any, query: dict[str, Any]) -> int:
+        """``_prune`` of the documents ``query`` matches, without reading them all first: only those with a GridFS
+        file are read (their file ids; none for small models, whose blobs are inline), then one ``update_many`` by
+        the query, then their files go. On the embedded server reading a round's thousand documents cost about as
+        much as pruning them (bench/bench_scale.py). A file of a document written between the two steps stays
+        until ``gc_orphan_files``."""
+        live = {**query, "blob": {"$ne": None}}
+        files = self._retry(lambda: [d.get("file_id") for d in coll.find({**live, "file_id": {"$ne": None}},
+                                                                          {"_id": 1, "file_id": 1})])
+        res = self._retry(lambda: coll.update_many(live, {"$set": {"blob": None, "pruned": time.time()}}))
+        for file_id in files:
+            self._drop_file(file_id)
+        return int(res.modified_count)
 
     def gc_orphan_files(self, older_than_s: float = 3600.0) -> int:
         """Delete GridFS files that no doc references (a writer died between upload and insert, or lost a race)."""
@@ -518,8 +633,8 @@ class BlobStore:
             if float(meta.get("created", 0)) > cutoff:
                 continue
             key = meta["key"]
-            if meta.get("collection") == STATES:
-                coll = self.states
+            if meta.get("collection") in (STATES, PARTIALS):
+                coll = self.states if meta["collection"] == STATES else self.partials
             else:
                 coll = self.updates if key.count(":") >= 2 else self.models
             doc = self._retry(lambda: coll.find_one({"_id": key}, {"blob": 0}))
@@ -529,10 +644,10 @@ class BlobStore:
         return removed
 
     def delete_run(self, run_id: str) -> int:
-        """Delete every model, update and server state of a run, blobs included; returns the number of docs
-        removed."""
+        """Delete every model, update, server state and partial sum of a run, blobs included; returns the number of
+        docs removed."""
         removed = 0
-        for coll in (self.models, self.updates, self.states):
+        for coll in (self.models, self.updates, self.states, self.partials):
             docs = self._retry(lambda: list(coll.find({"run_id": run_id}, {"_id": 1, "file_id": 1})))
             for doc in docs:
                 self._drop_file(doc.get("file_id"))

@@ -45,7 +45,10 @@ import numpy as np
 from fedkeeper.runtime import urls
 
 FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-PARTITIONS = ("iid", "shards", "dirichlet")
+PARTITIONS = ("iid", "shards", "dirichlet", "quantity", "files")
+#: partitions cut from the training split by index (``files``: each client has its own file instead)
+INDEX_PARTITIONS = PARTITIONS[:4]
+CLIENT_PLACEHOLDER = "{client}"
 BUNDLED = ("digits",)
 DEFAULT_MAX_BYTES = 256 << 20
 DIGITS_PATH = Path(__file__).resolve().parent / "data" / "digits.npz"
@@ -78,6 +81,8 @@ class DataSpec:
     partition: str = "iid"
     shards_per_client: int = 2
     alpha: float = 0.5
+    quantity_sigma: float = 1.0  # ``quantity``: sigma of the log-normal shard sizes (0 < sigma; larger = more skew)
+    client_files: str | None = None  # ``files``: path or URL of each client's .npz (x, y) with ``{client}`` in it
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "data") -> "DataSpec":
@@ -125,6 +130,17 @@ class DataSpec:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or alpha == float("inf"):
             raise DataError(f"{path}.alpha must be a positive number, got {alpha!r}")
         values["alpha"] = float(alpha)
+        sigma = params.get("quantity_sigma", 1.0)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < float("inf"):
+            raise DataError(f"{path}.quantity_sigma must be a positive number, got {sigma!r}")
+        values["quantity_sigma"] = float(sigma)
+        template = params.get("client_files")
+        if template is not None and (not isinstance(template, str) or CLIENT_PLACEHOLDER not in template):
+            raise DataError(f"{path}.client_files must be a path or URL with {CLIENT_PLACEHOLDER} in it, "
+                            f"got {template!r}")
+        if scheme == "files" and template is None:
+            raise DataError(f"{path}.client_files is required for partition files (e.g. clients/{{client}}.npz)")
+        values["client_files"] = template
         return cls(**values)
 
     @property
@@ -174,11 +190,13 @@ class _LRU(OrderedDict):
 
 _SPLITS = _LRU(4)
 _PARTITIONS = _LRU(8)
+_CLIENT_SPLITS = _LRU(64)  # partition `files`: a warm client keeps its own; the aggregator counts them all
 
 
 def clear_caches() -> None:
     _SPLITS.clear()
     _PARTITIONS.clear()
+    _CLIENT_SPLITS.clear()
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -652,6 +670,7 @@ def partition_indices(
     seed: int,
     shards_per_client: int = 2,
     alpha: float = 0.5,
+    quantity_sigma: float = 1.0,
 ) -> list[np.ndarray]:
     """Disjoint, sorted index arrays covering every sample, one per client, deterministic from ``seed``.
 
@@ -660,6 +679,8 @@ def partition_indices(
       deal ``shards_per_client`` random shards to each client (so each sees few labels).
     - ``dirichlet``: for each class, proportions ~ Dir(alpha) over the clients (small alpha = skewed). A client
       left empty after 20 draws gets one sample from the largest client, so nobody trains on nothing.
+    - ``quantity``: quantity skew: shard sizes ~ LogNormal(0, ``quantity_sigma``) (every client at least one
+      sample, the total exact), filled from a random permutation (labels stay IID).
     """
     n = len(labels)
     if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients <= 0:
@@ -683,9 +704,25 @@ def partition_indices(
         ]
     elif scheme == "dirichlet":
         parts = _dirichlet(labels, num_clients, alpha, rng)
+    elif scheme == "quantity":
+        sizes = quantity_sizes(n, num_clients, quantity_sigma, rng)
+        parts = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
     else:
         raise DataError(f"data.partition must be one of {', '.join(PARTITIONS)}, got {scheme!r}")
     return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def quantity_sizes(n: int, num_clients: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``num_clients`` sizes >= 1 summing to ``n``, proportional to LogNormal(0, sigma) draws (largest
+    remainders get the rounding, ties to the lower client id)."""
+    share = rng.lognormal(0.0, sigma, num_clients)
+    share = share / share.sum() * (n - num_clients)
+    sizes = np.floor(share).astype(np.int64)
+    rest = (n - num_clients) - int(sizes.sum())
+    if rest:
+        order = np.lexsort((np.arange(num_clients), -(share - sizes)))
+        sizes[order[:rest]] += 1
+    return sizes + 1
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
@@ -725,7 +762,8 @@ def shard_sizes(spec: DataSpec, num_clients: int, seed: int) -> list[int]:
 
 def _partition(spec: DataSpec, num_clients: int, seed: int, labels: Callable[[], np.ndarray]) -> list[np.ndarray]:
     """The seeded partition of the training split, cached per process (labels are read only on a miss)."""
-    key = (spec.source_key, spec.partition, spec.shards_per_client, spec.alpha, num_clients, int(seed))
+    key = (spec.source_key, spec.partition, spec.shards_per_client, spec.alpha, spec.quantity_sigma, num_clients,
+           int(seed))
     return _PARTITIONS.get_or(
         key,
         lambda: partition_indices(
@@ -735,5 +773,31 @@ def _partition(spec: DataSpec, num_clients: int, seed: int, labels: Callable[[],
             seed=seed,
             shards_per_client=spec.shards_per_client,
             alpha=spec.alpha,
+            quantity_sigma=spec.quantity_sigma,
         ),
     )
+
+
+def client_file_location(spec: DataSpec, client_id: int) -> str:
+    """``data.client_files`` with ``{client}`` replaced by the 0-based client id."""
+    if spec.client_files is None:
+        raise DataError("data.client_files is not set (partition files needs it)")
+    return spec.client_files.replace(CLIENT_PLACEHOLDER, str(int(client_id)))
+
+
+def client_file_split(spec: DataSpec, client_id: int) -> Split:
+    """One client's own file (partition ``files``): an .npz with arrays ``x`` and ``y``, normalised as the
+    training split is; cached in the process."""
+    location = client_file_location(spec, client_id)
+
+    def load() -> Split:
+        x = _load_array("client_files", f"{location}#x", None, spec)
+        y = _load_array("client_files", f"{location}#y", None, spec)
+        split = Split(_images_to_float("client_files", x), _labels_to_int("client_files", y),
+                      name=f"train[client {client_id}]")
+        if len(split.x) != len(split.y):
+            raise DataError(f"data.client_files: {_display(location)} holds {len(split.x)} samples but "
+                            f"{len(split.y)} labels")
+        return _frozen(split)
+
+    return _CLIENT_SPLITS.get_or((spec.source_key, location), load)

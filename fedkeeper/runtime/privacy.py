@@ -246,6 +246,14 @@ class CentralDP:
         self._last_client = update.client_id
         return norm
 
+    def add_sum(self, sums: Mapping[str, np.ndarray], count: int, unclipped: int) -> None:
+        """Fold in clipped deltas summed elsewhere: the leaves of tree aggregation (runtime/partials.py) clip each
+        client's delta and sum them; the noise is still added once, here, in ``result``."""
+        for name in self._sum:
+            self._sum[name] += np.asarray(sums[name], np.float64)
+        self.count += int(count)
+        self.unclipped += int(unclipped)
+
     def result(self) -> tuple[Weights, float, dict[str, Any]]:
         """(previous + (Σ clipped + noise) / n in the model's dtypes, the next round's clip norm, what to report).
 

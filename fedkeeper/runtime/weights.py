@@ -8,9 +8,9 @@ Layout (all integers little-endian)::
     offset  size  field
     0       8     magic            b"\\x89FKW\\r\\n\\x1a\\n" (catches text-mode mangling, like PNG)
     8       2     version          u16, currently 1
-    10      2     flags            u16, must be 0
+    10      2     flags            u16: bits 0-3 the digest's algorithm (``HASH_IDS``: 0 sha256), the rest 0
     12      4     header_len       u32, length of the JSON header in bytes
-    16      32    digest           sha256 over (JSON header bytes + payload bytes)
+    16      32    digest           digest over (JSON header bytes + payload bytes), zero-padded to 32 bytes
     48      8     payload_len      u64
     56      H     JSON header      utf-8, {"arrays": [{"name", "dtype", "shape", "offset", "nbytes"}, ...]}
     ...           zero padding     up to payload_start = align(56 + H, 64)
@@ -19,11 +19,22 @@ Layout (all integers little-endian)::
 ``dtype`` is numpy's explicit little-endian string (``"<f4"``, ``"|u1"``, ...), restricted to bool, signed and unsigned
 integers and IEEE floats. Arrays keep insertion order. The digest covers everything that is not fixed by the
 format, so equal digests mean equal blobs: it doubles as the blob's identity (``digest_of``) in the store.
+
+The digest's algorithm is chosen by the writer (``encode(..., hash_alg=)``) and named in the flags, so a reader
+verifies each blob with the algorithm it was written with, and blobs of older versions (flags 0) are sha256:
+
+- ``sha256`` (default, the standard library everywhere): about 1 ms per 1.6 MB blob, three times a float32 add;
+- ``blake3`` (PyPI ``blake3``): cryptographic like sha256, about 2.5x faster;
+- ``xxh3_128`` (PyPI ``xxhash``): about 20x faster, catches corruption but is no defence against a writer who
+  forges a collision on purpose (the admission of updates compares digests the clients acknowledged).
+
+An algorithm whose package is not installed can neither write nor verify (``hash_available``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import struct
@@ -43,6 +54,40 @@ MAX_HEADER_LEN = 16 * 1024 * 1024  # a header this large is an attack or a bug, 
 REASONS = frozenset(
     {"truncated", "bad_magic", "bad_version", "bad_header", "checksum", "non_finite", "dtype", "shape", "names"}
 )
+
+#: digest algorithm -> its id in the flags (bits 0-3); 0 is what every blob before the choice existed carries
+HASH_IDS = {"sha256": 0, "blake3": 1, "xxh3_128": 2}
+HASH_NAMES = {v: k for k, v in HASH_IDS.items()}
+_HASH_MASK = 0x000F
+_HASH_MODULES = {"blake3": "blake3", "xxh3_128": "xxhash"}
+
+
+def _hasher(alg: str) -> Any:
+    """A new hash object (``update``, ``digest``) of ``alg``; WeightsError('bad_header') if it is not installed."""
+    if alg == "sha256":
+        return hashlib.sha256()
+    if alg not in HASH_IDS:
+        raise WeightsError("bad_header", f"unknown digest algorithm {alg!r} (known: {', '.join(HASH_IDS)})")
+    try:
+        module = importlib.import_module(_HASH_MODULES[alg])
+    except ImportError:
+        raise WeightsError("bad_header", f"digest algorithm {alg} needs the {_HASH_MODULES[alg]} package, "
+                                         "which is not installed here") from None
+    return module.blake3() if alg == "blake3" else module.xxh3_128()
+
+
+def hash_available(alg: str) -> bool:
+    """Whether blobs digested with ``alg`` can be written and verified in this process."""
+    try:
+        _hasher(alg)
+        return True
+    except WeightsError:
+        return False
+
+
+def _digest32(h: Any) -> bytes:
+    return h.digest().ljust(32, b"\0")  # xxh3_128 gives 16 bytes: the prefix field has room for 32
+
 
 # Only plain numeric kinds: no object, string, void, datetime or complex arrays can enter or leave the codec.
 _ALLOWED_DTYPES = frozenset(
@@ -78,11 +123,12 @@ class ArrayInfo:
 @dataclass(frozen=True)
 class Header:
     version: int
-    digest: str  # hex
+    digest: str  # hex of the 32-byte digest field
     header_len: int
     payload_start: int
     payload_len: int
     arrays: tuple[ArrayInfo, ...]
+    hash_alg: str = "sha256"
 
     @property
     def total_size(self) -> int:
@@ -102,8 +148,9 @@ def _canonical(arr: np.ndarray, name: str) -> np.ndarray:
     return arr.astype(le, order="C", copy=False)  # keeps 0-d arrays 0-d, unlike ascontiguousarray
 
 
-def encode(weights: Mapping[str, np.ndarray]) -> bytes:
-    """Encode named arrays; one hashing pass and one copy into the result."""
+def encode(weights: Mapping[str, np.ndarray], hash_alg: str = "sha256") -> bytes:
+    """Encode named arrays, digested with ``hash_alg`` (``HASH_IDS``); one hashing pass and one copy."""
+    h = _hasher(hash_alg)
     if not isinstance(weights, Mapping):
         raise WeightsError("names", f"weights must be a mapping of name to array, got {type(weights).__name__}")
     arrays: list[tuple[str, np.ndarray]] = []
@@ -132,10 +179,10 @@ def encode(weights: Mapping[str, np.ndarray]) -> bytes:
         pieces.append(memoryview(arr.reshape(-1)).cast("B") if arr.nbytes else b"")
         pos = entry["offset"] + arr.nbytes
 
-    h = hashlib.sha256(header)
+    h.update(header)
     for piece in pieces:
         h.update(piece)
-    prefix = PREFIX.pack(MAGIC, VERSION, 0, len(header), h.digest(), payload_len)
+    prefix = PREFIX.pack(MAGIC, VERSION, HASH_IDS[hash_alg], len(header), _digest32(h), payload_len)
     head_pad = bytes(payload_start - PREFIX_SIZE - len(header))
     return b"".join([prefix, header, head_pad, *pieces])
 
@@ -183,7 +230,7 @@ def read_header(buf: bytes | bytearray | memoryview) -> Header:
     _, version, flags, header_len, digest, payload_len = PREFIX.unpack_from(mv, 0)
     if version != VERSION:
         raise WeightsError("bad_version", f"blob format version {version} is not supported (expected {VERSION})")
-    if flags != 0:
+    if flags & ~_HASH_MASK or (flags & _HASH_MASK) not in HASH_NAMES:
         raise WeightsError("bad_header", f"unknown flags 0x{flags:04x}")
     if header_len > MAX_HEADER_LEN:
         raise WeightsError("bad_header", f"header length {header_len} is implausible")
@@ -197,12 +244,18 @@ def read_header(buf: bytes | bytearray | memoryview) -> Header:
         raw = json.loads(bytes(mv[PREFIX_SIZE : PREFIX_SIZE + header_len]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise WeightsError("bad_header", f"header is not valid JSON: {exc}") from None
-    return Header(VERSION, digest.hex(), header_len, payload_start, payload_len, _parse_entries(raw, payload_len))
+    return Header(VERSION, digest.hex(), header_len, payload_start, payload_len, _parse_entries(raw, payload_len),
+                  HASH_NAMES[flags & _HASH_MASK])
 
 
 def digest_of(buf: bytes | bytearray | memoryview) -> str:
     """The hex digest recorded in the blob's prefix (no hashing: use ``decode`` to verify it)."""
     return read_header(buf).digest
+
+
+def hash_alg_of(buf: bytes | bytearray | memoryview) -> str:
+    """The algorithm the blob's digest was computed with (``sha256`` for every blob of older versions)."""
+    return read_header(buf).hash_alg
 
 
 def _check_expected(infos: tuple[ArrayInfo, ...], expected: Expected) -> None:
@@ -239,19 +292,22 @@ def decode(
     expected: Expected | None = None,
     *,
     verify: bool = True,
+    header: Header | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode to read-only arrays that view ``buf`` (zero-copy).
 
     ``expected`` (name -> (shape, dtype)) must match exactly. ``verify=False`` skips the digest and the NaN/Inf
-    scan: only for blobs this process wrote itself, never for client updates.
+    scan: only for blobs this process wrote itself, never for client updates. ``header``: ``read_header(buf)``
+    when the caller parsed it already (the digest is still verified against the bytes).
     """
-    header = read_header(buf)
+    header = header if header is not None else read_header(buf)
     mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
     if verify:
         # The JSON header ends before its padding: hash exactly header_len bytes, then the payload.
-        h = hashlib.sha256(mv[PREFIX_SIZE : PREFIX_SIZE + header.header_len])
+        h = _hasher(header.hash_alg)
+        h.update(mv[PREFIX_SIZE : PREFIX_SIZE + header.header_len])
         h.update(mv[header.payload_start : header.total_size])
-        if h.hexdigest() != header.digest:
+        if _digest32(h).hex() != header.digest:
             raise WeightsError("checksum", "blob digest does not match its content (corrupted in transit or storage)")
     if expected is not None:
         _check_expected(header.arrays, expected)

@@ -48,9 +48,11 @@ from fedkeeper.scenarios.cohort import Cohort
 from fedkeeper.scenarios.deployment import deploy_plan, store_env_for
 from fedkeeper.scenarios.issued_updates import RoundUpdates, round_updates
 from fedkeeper.scenarios.stop import STOPPED, StopRequested
+from fedkeeper.scenarios.selection import RoundSelector
+from fedkeeper.providers.local.profile import profiles as local_profiles
 from fedkeeper.scenarios import stop as stop_requests
 from fedkeeper.store.locks import RunLock, RunLocked
-from fedkeeper.tracker import Attempt, Job, Tracker, rank_clients
+from fedkeeper.tracker import Attempt, Job, Tracker
 
 MODEL_KEYS = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
 
@@ -79,7 +81,16 @@ def data_spec(fl: FederatedLearning) -> dict[str, Any]:
     data = {k: v for k, v in data.items() if v not in (None, {})}
     ds = fl.data_sampling
     data.update(partition=ds.partition, shards_per_client=ds.shards_per_client, alpha=ds.alpha)
+    if ds.partition == "quantity":
+        data["quantity_sigma"] = ds.quantity_sigma
+    if ds.client_files is not None:
+        data["client_files"] = urls.detach_credentials({"client_files": ds.client_files})[0]["client_files"]
     return data
+
+
+def task_spec(fl: FederatedLearning) -> dict[str, Any] | None:
+    """The payload's `task` ({module, params, path}), or None for the built-in numpy model of data_sampling."""
+    return fl.task.as_params() if fl.task is not None else None
 
 
 def unchecked_downloads(fl: FederatedLearning) -> dict[str, str]:
@@ -100,6 +111,10 @@ def client_payload(run_id: str, round_number: int, client_id: int, fl: Federated
     payload = {"run_id": run_id, "round": round_number, "client_id": client_id,
                "num_clients": fl.clients_info.total_num_clients, "seed": fl.seed, "model": model_spec(fl),
                "train": {**fl.model_params.model_dump(), **strategy.client_params()}, "data": data_spec(fl)}
+    if fl.task is not None:
+        payload["task"] = task_spec(fl)
+    if fl.hash_alg != "sha256":  # the digest of the blobs it writes (absent: sha256, as before the choice)
+        payload["hash_alg"] = fl.hash_alg
     dp = fl.privacy_params()
     if dp is not None and dp["mode"] == DPMode.LOCAL:
         payload["privacy"] = dp
@@ -114,8 +129,21 @@ def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedL
     payload = {"mode": mode, "run_id": run_id, "round": round_number, "seed": fl.seed, "model": model_spec(fl),
                "data": data_spec(fl), "keep_models": keep_models, "strategy": fl.strategy_params(),
                "privacy": fl.privacy_params()}
+    if fl.task is not None:
+        payload["task"] = task_spec(fl)
+    if fl.hash_alg != "sha256":
+        payload["hash_alg"] = fl.hash_alg
     if updates is not None:
         payload.update(updates=updates, num_clients=fl.clients_info.total_num_clients)
+    if fl.mode.stale and mode == "aggregate":  # updates of earlier rounds (scenarios/rounds, runtime/staleness.py)
+        m = fl.mode
+        payload["staleness"] = {"weighting": m.staleness_weighting, "server_lr": m.server_lr,
+                                "max_staleness": m.max_staleness}
+        if keep_models:  # the base models of the stalest usable updates stay readable
+            payload["keep_models"] = max(keep_models, m.max_staleness + 2)
+        payload["gc_through"] = round_number - m.max_staleness - 1  # blobs still usable are kept
+    elif mode == "init":  # round 0 records the partition's per-client label histogram
+        payload["num_clients"] = fl.clients_info.total_num_clients
     return payload
 
 
@@ -188,6 +216,7 @@ class Experiment:
         self.runlog = runlog
         self.rounds = rounds
         self.store_env = store_env_for(store)
+        self.selector = RoundSelector.for_experiment(config, fabric, store, self.run_id)  # selection policy
         self.tracker = Tracker(fabric, store, runlog, self.fl.resilience, redeploy=self._redeploy, seed=self.fl.seed,
                                guard=lock.check if lock is not None else None)
         self.started = time.time()
@@ -227,11 +256,22 @@ class Experiment:
         return found
 
     def _aggregate(self, round_number: int, mode: str, updates: list[dict[str, Any]] | None) -> dict[str, Any]:
-        job = self._job(round_number, None, aggregator_payload(
-            self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models, updates))
+        payload = aggregator_payload(self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models,
+                                     updates)
+        tree = None
+        if mode == "aggregate":  # tree aggregation when the flat one would not fit (scenarios/tree_aggregation.py)
+            from fedkeeper.scenarios.tree_aggregation import TreeAggregation
+
+            tree = self.__dict__.get("_tree") or self.__dict__.setdefault("_tree", TreeAggregation.for_experiment(self))
+            result = tree.aggregate(round_number, payload)
+            if result is not None:
+                return result
+        job = self._job(round_number, None, payload)
         self.tracker.run([job])
         if job.state is not JobState.SUCCEEDED or not job.result:
             raise RunFailed(f"round {round_number}: the aggregator failed after {job.attempts} attempt(s): {job.error}")
+        if tree is not None:
+            tree.learn(job.result)
         return job.result
 
     # ---------------------------------------------------------------- rounds
@@ -243,6 +283,9 @@ class Experiment:
             self.runlog.event("model_initialised", round=0, accuracy=result.get("accuracy"), loss=result.get("loss"),
                               seconds=round(time.perf_counter() - t0, 3))
         self.last_model = self.store.get_model_doc(self.run_id, 0)
+        from fedkeeper.results import partition as partition_log
+
+        partition_log.write(self.runlog, ((self.last_model or {}).get("metrics") or {}).get("partition"))
 
     def _target_reached(self, round_number: int, accuracy: float | None) -> str | None:
         target = self.fl.target_accuracy
@@ -250,130 +293,23 @@ class Experiment:
             return None
         return f"target accuracy {target:g} reached in round {round_number} (accuracy {accuracy:.4f})"
 
-    def run_rounds(self, progress: Progress) -> str:
-        """Rounds until the last one or the target accuracy; returns why the run is complete."""
-        done = int(self.run.get("last_completed_round") or 0)
-        if done:  # a resumed run whose last round already reached the target has nothing left to do
-            metrics = (self.store.get_model_doc(self.run_id, done) or {}).get("metrics") or {}
-            reached = self._target_reached(done, metrics.get("accuracy"))
-            if reached:
-                return reached
+    def cohort_for(self, r: int, plan: Any) -> tuple[Cohort, int]:
+        """Round r's ranked clients and its quorum (`rounds.common.Plan` gives the sizes). Under Poisson
+        sampling each client independently with q (the sampling the accountant assumes); all are aggregated."""
         fl = self.fl
-        per_round = fl.clients_info.num_clients_per_round
-        total = fl.clients_info.total_num_clients
-        selected_count = min(total, math.ceil(per_round * (1 + fl.resilience.overselect)))
-        quorum = max(1, math.ceil(fl.resilience.min_fraction * per_round))
-        run_task = progress.add_task("run", total=self.rounds, completed=done, clock=self.clock)
-        for r in range(done + 1, self.rounds + 1):
-            self.current_round = r
-            if self.lock is not None:
-                self.lock.check()
-            stop_requests.check(self.store, self.run_id)  # `fedkeeper stop`: ends here, between two rounds
-            self.clock.round_start = time.time()
-            t0 = time.perf_counter()
-            budget = self.privacy.budget_stop(r) if self.privacy is not None else None
-            if budget:  # before anything of round r runs: its ε would exceed privacy.target_epsilon
-                self.runlog.event("privacy_budget_reached", round=r, epsilon=self.privacy.epsilon(r),
-                                  target_epsilon=self.privacy.target_epsilon, rounds_completed=r - 1)
-                self.current_round = None
-                return budget
-            if self.privacy is not None and self.privacy.sampling == "poisson":
-                # each client independently with q: the sampling the accountant assumes; all are aggregated
-                drawn = poisson_clients(fl.seed, r, total, per_round / total)
-                cohort = Cohort(tuple(drawn), len(drawn))
-                quorum = max(1, math.ceil(fl.resilience.min_fraction * len(drawn))) if drawn else 0
-            else:
-                cohort = Cohort(tuple(rank_clients(fl.seed, r, total, selected_count)), per_round)
-            selected = sorted(cohort.ranked)
-            self.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
-            stored_updates = self._stored_updates(r)
-            stored = set(stored_updates.chosen)
-            if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
-                self.tracker.settle_stored(self.run_id, r, stored_updates.docs)
-            jobs = [self._job(r, client_id, client_payload(self.run_id, r, client_id, fl))
-                    for client_id in selected if client_id not in stored]
-            task = progress.add_task(f"round {r}/{self.rounds}", total=len(selected), completed=len(stored),
-                                     failed=0, retrying=0)
-            listener = self._progress_listener(progress, task)
-            self.tracker.listeners.append(listener)
-            deadline = time.time() + fl.resilience.round_deadline_s if fl.resilience.round_deadline_s else None
+        if self.privacy is not None and self.privacy.sampling == "poisson":
+            drawn = poisson_clients(fl.seed, r, plan.total, plan.per_round / plan.total)
+            quorum = max(1, math.ceil(fl.resilience.min_fraction * len(drawn))) if drawn else 0
+            return Cohort(tuple(drawn), len(drawn)), quorum
+        cohort = Cohort(tuple(self.selector.rank(r, plan.total, plan.selected_count)), plan.per_round)
+        return cohort, plan.quorum
 
-            def ok(js: list[Job]) -> int:
-                return len(stored) + sum(j.state is JobState.SUCCEEDED for j in js)
+    def run_rounds(self, progress: Progress) -> str:
+        """Rounds until the last one or the target accuracy, in the configured round mode
+        (`scenarios.rounds`: sync, deadline, buffered); returns why the run is complete."""
+        from fedkeeper.scenarios import rounds as round_modes
 
-            def settled(js: list[Job]) -> bool:  # over-selection: the ranked clients it takes are all in
-                return cohort.settled(stored | {j.client_id for j in js if j.state is JobState.SUCCEEDED},
-                                      {j.client_id for j in js if j.state is JobState.GAVE_UP})
-
-            satisfied = settled if len(selected) > cohort.needed else None
-            try:
-                outcome = self.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
-                                           satisfied=satisfied)
-            finally:
-                self.tracker.listeners.remove(listener)
-            invoke_s = time.perf_counter() - t0
-            stored_updates = self._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
-                                                      if j.state is JobState.SUCCEEDED}, report=True)
-            # only what the round decided on when it stopped waiting: stored before it, or seen to succeed (an
-            # abandoned client's update that landed since is not used), then by rank, never by arrival order
-            arrived = stored | {j.client_id for j in outcome.jobs if j.state is JobState.SUCCEEDED}
-            accepted = cohort.pick(c for c in stored_updates.chosen if c in arrived)
-            if len(accepted) < quorum:
-                progress.remove_task(task)
-                failed = [f"client {j.client_id}: {j.error}" for j in outcome.jobs
-                          if j.state is not JobState.SUCCEEDED][:5]
-                raise QuorumLost(f"round {r}: only {len(accepted)} of {len(selected)} selected clients stored an "
-                                 f"update; at least {quorum} needed (resilience.min_fraction). "
-                                 f"Resume with --resume {self.run_id}. Failures: {'; '.join(failed)}")
-            t1 = time.perf_counter()
-            result = self._aggregate(r, "aggregate", stored_updates.for_aggregator(accepted))
-            aggregate_s = time.perf_counter() - t1
-            rejected = list(result.get("rejected") or [])
-            for item in rejected:
-                self.runlog.event("update_rejected", round=r, **item)
-            # which clients the global model was built from, and their example counts: `report --clients` on Logs/
-            refused = {item.get("client_id") for item in rejected}
-            examples = {doc.get("client_id"): doc.get("num_examples") for doc in stored_updates.docs}
-            self.runlog.event("updates_aggregated", round=r, clients=[
-                {"client_id": c, "activation_id": stored_updates.chosen[c].activation_id,
-                 "num_examples": examples.get(c)} for c in accepted if c not in refused])
-            progress.remove_task(task)
-            durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
-                         for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
-            aggregated = result.get("num_updates")
-            row = {"round": r, **counts.round_counts(
-                       self.store.find_activations(self.run_id, round=r), selected=len(selected),
-                       aggregated=int(aggregated) if aggregated is not None else len(accepted) - len(rejected),
-                       rejected=len(rejected)),
-                   "accuracy": result.get("accuracy"), "loss": result.get("loss"), "invoke_s": invoke_s,
-                   "slowest_client_s": max(durations) if durations else 0.0, "aggregate_s": aggregate_s,
-                   "round_s": time.perf_counter() - t0}
-            if self.privacy is not None:
-                row.update(epsilon=self.privacy.epsilon(r), clip_norm=result.get("clip_norm"))
-            self.runlog.round(row)
-            self.round_rows.append(row)
-            self.store.update_run(self.run_id, last_completed_round=r, updated=time.time(),
-                                  last_accuracy=result.get("accuracy"), last_loss=result.get("loss"))
-            self.run["last_completed_round"] = r
-            self.last_model = {"accuracy": result.get("accuracy"), "loss": result.get("loss"),
-                               "sha256": result.get("model_sha256")}
-            self.clock.done, self.clock.round_start = r, None
-            self.clock.round_s.append(row["round_s"])
-            progress.update(run_task, completed=r)
-            if not self.app.quiet:
-                progress.console.print(
-                    f"round {r:>3}/{self.rounds}  acc {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
-                    f"clients {row['aggregated']}/{len(selected)}"
-                    + (f" ({len(rejected)} rejected)" if rejected else "")
-                    + f"  retries {row['retries']}  {row['round_s']:.2f}s"
-                    + (f"  ε {row['epsilon']:.3g}" if self.privacy is not None else ""), highlight=False)
-            reached = self._target_reached(r, result.get("accuracy"))
-            if reached:
-                self.runlog.event("target_reached", round=r, accuracy=result.get("accuracy"),
-                                  target=fl.target_accuracy)
-                return reached
-        self.current_round = None
-        return f"all {self.rounds} rounds completed"
+        return round_modes.run(self, progress)
 
     def _progress_listener(self, progress: Progress, task: Any) -> Any:
         tally = {"failed": 0, "retrying": 0}
@@ -631,6 +567,8 @@ def start_command(app: Any, config: Config, *, rounds: int | None = None, resume
         taken = {"lock_taken_from": f"{lock.took_over.describe()}: {lock.took_over_because}"} if lock.took_over else {}
         runlog.event("run_started" if previous is None else "run_resumed", experiment=config.experiment,
                      rounds=total_rounds, from_round=int(run.get("last_completed_round") or 0) + 1, **taken)
+        for cluster, profile in local_profiles(config.clusters()).items():  # the simulated timing, on record
+            runlog.event("platform_profile", cluster=cluster, profile=profile)
         runlog.logger.info("run %s: %s rounds, store %s", run["_id"], total_rounds, store.display_url)
         experiment = Experiment(app, config, fabric, store, run, runlog, total_rounds, prior_events, lock=lock)
         stack.callback(_close_quietly, experiment.tracker, runlog)

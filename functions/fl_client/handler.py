@@ -6,6 +6,7 @@ payload or the result: platform payloads are capped near 1 MB and models are lar
 
 Payload (built by the orchestrator)::
 
+    {"warmup": true} (pre-warming: answered at once, nothing read or written) or
     {"run_id": str, "round": int >= 1, "client_id": int in 0..num_clients-1, "num_clients": int, "seed": int,
      "model": {model, input_size, hidden_size, output_size, input_shape_x, input_shape_y},
      "train": {optim, lr, batch_size, local_epochs, mu, l2},
@@ -47,8 +48,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
-from fedkeeper.runtime import admission, blobstore, data, model, privacy
+from fedkeeper.runtime import admission, blobstore, data, model, privacy, tasks
 from fedkeeper.runtime.params import required
+from fedkeeper.runtime.tasks import partition
 
 FUNCTION = "fl_client"
 
@@ -80,6 +82,8 @@ def handle(params: dict, *, db: Any = None) -> dict:
     started = time.perf_counter()
     if not isinstance(params, Mapping):
         raise ValueError(f"{FUNCTION}: params must be a JSON object")
+    if params.get("warmup") is True:  # pre-warming (scenarios/rounds/prewarm.py): start the instance, nothing else
+        return {"ok": True, "warmup": True, "duration_s": round(time.perf_counter() - started, 6)}
     run_id = _field(params, "run_id", str)
     rnd = _field(params, "round", int, minimum=1)
     client_id = _field(params, "client_id", int, minimum=0)
@@ -91,32 +95,27 @@ def handle(params: dict, *, db: Any = None) -> dict:
     attempt = _field(params, "attempt", int, minimum=1)
     if ":" in activation_id:
         raise ValueError(f"{FUNCTION}: params.activation_id must not contain ':', got {activation_id!r}")
-    mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
-    cfg = model.TrainConfig.from_params(_field(params, "train", Mapping), "params.train")
-    spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
+    task, ref = tasks.from_payload(params, FUNCTION)  # params.task, else the built-in numpy model of params.model
+    hyper = _field(params, "train", Mapping)
+    task.check_hyper(hyper, "params.train")
+    data_params = _field(params, "data", Mapping)
+    data.DataSpec.from_params(data_params, "params.data")
     local_dp = _local_privacy(params)
 
-    store = blobstore.BlobStore(db if db is not None else blobstore.connect())
-    global_weights = _global_model(store, run_id, rnd - 1, mdl.expected())
-    local = data.client_split(spec, num_clients, client_id, seed)
-    if local.x.shape[1] != mdl.spec.num_features:
-        raise ValueError(
-            f"{FUNCTION}: the data has {local.x.shape[1]} features per sample, "
-            f"params.model needs {mdl.spec.num_features}"
-        )
-    new_weights, metrics = model.train_local(
-        mdl,
-        global_weights,
-        local.x,
-        local.y,
-        optim=cfg.optim,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        local_epochs=cfg.local_epochs,
-        mu=cfg.mu,
-        l2=cfg.l2,
-        seed=model.derive_seed(seed, rnd, client_id),
-    )
+    # hash_alg: the run's digest algorithm for the blobs written here (absent: sha256); reading verifies each blob
+    # with the algorithm it names
+    store = blobstore.BlobStore(db if db is not None else blobstore.connect(),
+                                hash_alg=str(params.get("hash_alg") or "sha256"))
+    expected = task.weights_spec()
+    global_weights = _global_model(store, run_id, rnd - 1, expected)
+    local = partition.client_shard(task, ref.key, data_params, num_clients, client_id, seed)
+    try:
+        trained = tasks.check_train_result(
+            task.train(global_weights, local, hyper, model.derive_seed(seed, rnd, client_id)), len(local))
+    except ValueError as exc:
+        raise ValueError(f"{FUNCTION}: {exc}") from None
+    new_weights = tasks.check_weights(trained.weights, expected, "the trained weights")
+    metrics = {**tasks.plain_metrics(trained.metrics), "num_examples": int(trained.num_examples)}
     poison = params.get("local_fault_poison_scale")
     if poison is not None:
         new_weights = _poisoned(new_weights, global_weights, poison)
@@ -130,10 +129,7 @@ def handle(params: dict, *, db: Any = None) -> dict:
         base_round=rnd - 1,
         num_examples=metrics["num_examples"],
         metrics={
-            "train_loss": metrics["train_loss"],
-            "train_accuracy": metrics["train_accuracy"],
-            "steps": metrics["steps"],
-            "train_s": metrics["train_s"],
+            **{k: v for k, v in metrics.items() if k != "num_examples"},
             "duration_s": time.perf_counter() - started,
         },
         activation_id=activation_id,

@@ -7,12 +7,17 @@ Payload::
      aggregate only: "num_clients": int,
                      "updates": [{"client_id": int, "activation_id": str, "attempt": int, "sha256"?: str}, ...],
                      "strategy"?: {"name": str, **params} (default {"name": "fedavg"}),
-                     "privacy"?: PrivacySpec.as_params() or null}
+                     "privacy"?: PrivacySpec.as_params() or null,
+                     "staleness"?: {"weighting", "server_lr", "max_staleness"} (stale round modes: an update
+                                   entry may then name the earlier "round" it was issued in; runtime/staleness.py),
+                     "gc_through"?: int (collect update blobs only up to this round; default: this round)}
+
+``partial`` and ``combine`` are the nodes of tree aggregation (docs/aggregation.md; below, "tree aggregation").
 
 ``aggregate`` takes, for each client the orchestrator lists, only the update document the named activation wrote
 (``runtime.admission``): its run, round, client, activation id and attempt must be the issued ones, it must have
 trained on the previous global model, its ``num_examples`` must be an integer in [1, the size of that client's
-shard] (recomputed here from the seeded partition: ``data.shard_sizes``), its blob must be the one the client
+shard] (recomputed here from the seeded partition: ``tasks.partition.shard_sizes``), its blob must be the one the client
 acknowledged (``sha256``, when the orchestrator saw it) and decode to the model's names, shapes and dtypes with
 finite values. The admitted updates go, lazily and in ascending client-id order, to the strategy
 (``runtime.strategies``; FedAvg: streaming weighted mean, one update in memory at a time), or under central
@@ -45,8 +50,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
-from fedkeeper.runtime import admission, blobstore, data, model, privacy, strategies
+from fedkeeper.runtime import admission, blobstore, data, model, partials, privacy, staleness, strategies, tasks
 from fedkeeper.runtime.params import required
+from fedkeeper.runtime.tasks import partition
 
 FUNCTION = "fl_server_aggregator"
 
@@ -71,20 +77,29 @@ def handle(params: dict, *, db: Any = None) -> dict:
     if not isinstance(params, Mapping):
         raise ValueError(f"{FUNCTION}: params must be a JSON object")
     mode = params.get("mode")
-    if mode not in ("init", "aggregate"):
-        raise ValueError(f"{FUNCTION}: params.mode must be init or aggregate, got {mode!r}")
+    if mode not in ("init", "aggregate", "partial", "combine"):
+        raise ValueError(f"{FUNCTION}: params.mode must be init or aggregate (or partial, combine: tree "
+                         f"aggregation), got {mode!r}")
     run_id = _field(params, "run_id", str)
-    mdl = model.build_model(model.ModelSpec.from_params(_field(params, "model", Mapping), "params.model"))
-    spec = data.DataSpec.from_params(_field(params, "data", Mapping), "params.data")
-    store = blobstore.BlobStore(db if db is not None else blobstore.connect())
+    # the task (params.task, else the built-in numpy model of params.model): imported here, not at module load,
+    # and used only for round 0, the shapes a stored model must have, the shard sizes and the evaluation
+    task, ref = tasks.from_payload(params, FUNCTION)
+    spec = _field(params, "data", Mapping)
+    data.DataSpec.from_params(spec, "params.data")
+    # hash_alg: the run's digest algorithm for the blobs written here (absent: sha256); reading verifies each blob
+    # with the algorithm it names
+    store = blobstore.BlobStore(db if db is not None else blobstore.connect(),
+                                hash_alg=str(params.get("hash_alg") or "sha256"))
     if mode == "init":
-        return _init(params, run_id, mdl, spec, store, started)
-    return _aggregate(params, run_id, mdl, spec, store, started)
+        return _init(params, run_id, task, ref, spec, store, started)
+    if mode in ("partial", "combine"):  # tree aggregation (docs/aggregation.md)
+        return (_partial if mode == "partial" else _combine)(params, run_id, task, ref, spec, store, started)
+    return _aggregate(params, run_id, task, ref, spec, store, started)
 
 
 def _init(
-    params: Mapping[str, Any], run_id: str, mdl: model.Model, spec: data.DataSpec, store: blobstore.BlobStore,
-    started: float,
+    params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: tasks.TaskRef, spec: Mapping[str, Any],
+    store: blobstore.BlobStore, started: float,
 ) -> dict:
     rnd = params.get("round", 0)
     if rnd != 0:
@@ -93,15 +108,20 @@ def _init(
     existing = store.get_model_doc(run_id, 0)
     if existing is not None:
         return _result(existing, started, already_done=True)
-    weights = mdl.init(model.derive_seed(seed, 0))
-    loss, accuracy = _evaluate(mdl, spec, weights)
-    doc = store.write_model(run_id, 0, weights, {"accuracy": accuracy, "loss": loss, "rejected": []}, num_updates=0)
+    weights = tasks.check_weights(task.init(model.derive_seed(seed, 0)), task.weights_spec(), "init() weights")
+    loss, accuracy, extra = _evaluate(task, spec, weights)
+    metrics: dict[str, Any] = {"accuracy": accuracy, "loss": loss, "rejected": [], **extra}
+    num_clients = params.get("num_clients")
+    if isinstance(num_clients, int) and not isinstance(num_clients, bool) and num_clients >= 1:
+        # the per-client label histogram of this run (Logs/<run>/partition.json, `fedkeeper report --partition`)
+        metrics["partition"] = partition.summary(task, ref.key, spec, num_clients, seed)
+    doc = store.write_model(run_id, 0, weights, metrics, num_updates=0)
     return _result(doc, started, already_done=bool(doc.get("duplicate")))
 
 
 def _aggregate(
-    params: Mapping[str, Any], run_id: str, mdl: model.Model, spec: data.DataSpec, store: blobstore.BlobStore,
-    started: float,
+    params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: tasks.TaskRef, spec: Mapping[str, Any],
+    store: blobstore.BlobStore, started: float,
 ) -> dict:
     rnd = _field(params, "round", int, minimum=1)
     seed = _field(params, "seed", int, minimum=0)
@@ -117,11 +137,16 @@ def _aggregate(
     if existing is not None:
         return _result(existing, started, already_done=True)
 
-    previous, previous_doc = store.read_model(run_id, rnd - 1, mdl.expected())
+    previous, previous_doc = store.read_model(run_id, rnd - 1, task.weights_spec())
     state, clip_norm = _read_state(store, run_id, rnd - 1, previous_doc, strategy, previous, dp)
-    shards = data.shard_sizes(spec, num_clients, seed)
+    shards = partition.shard_sizes(task, ref.key, spec, num_clients, seed)
     admitted = admission.Admitted(issued, store, run_id=run_id, round=rnd, expected=model.expected_spec(previous),
                                   shard_sizes=shards)
+    stale = _staleness(params)
+    if stale is not None:  # deadline (late: carry) and buffered rounds: updates of earlier rounds, re-based
+        expected = task.weights_spec()
+        admitted = staleness.Rebased(admitted, stale, previous, rnd,
+                                     lambda base: store.read_model(run_id, base, expected)[0])
     dp_metrics: dict[str, Any] | None = None
     try:
         if dp is not None and dp.mode == "central":
@@ -146,8 +171,9 @@ def _aggregate(
         _require_updates(admitted, run_id, rnd)
     del previous
 
-    loss, accuracy = _evaluate(mdl, spec, new_weights)
+    loss, accuracy, extra = _evaluate(task, spec, new_weights)
     metrics: dict[str, Any] = {
+        **extra,
         "accuracy": accuracy,
         "loss": loss,
         "rejected": admitted.rejected,
@@ -156,6 +182,8 @@ def _aggregate(
     }
     if dp_metrics is not None:
         metrics["privacy"] = dp_metrics
+    if stale is not None:
+        metrics["updates"] = admitted.updates
     stored_state = {f"{_STRATEGY}{k}": v for k, v in state.items()}
     if dp is not None and dp.adaptive:
         stored_state[_CLIP_NORM] = np.asarray(next_clip, np.float64)
@@ -165,8 +193,160 @@ def _aggregate(
                             state_sha256=state_sha)
     if keep_models > 0 and not doc.get("duplicate"):
         store.gc_models(run_id, keep_last=keep_models)
-        store.gc_updates(run_id, through_round=rnd)  # aggregated: their blobs are no longer needed
+        # aggregated: their blobs are no longer needed (stale modes: only below the oldest round still in flight)
+        store.gc_updates(run_id, through_round=_gc_through(params, rnd))
     return _result(doc, started, already_done=bool(doc.get("duplicate")))
+
+
+# ------------------------------------------------------------------------------------- tree aggregation
+#
+# ``partial`` (a node below the root): with ``updates`` (a leaf: the admission of ``aggregate``, up to k updates)
+# or ``parts`` (an inner node: its children's partial keys), plus ``level`` and ``index``; writes the partial sum
+# (runtime/partials.py) and answers with its key. ``combine`` (the root): ``parts``, then what ``aggregate`` does
+# after its sum: the mean (or, under central DP, the noise added once to the clipped sums), the strategy's server
+# step, the evaluation and the model. Both are idempotent like ``aggregate``: a stored partial or model is returned.
+
+
+def _tree_setup(params: Mapping[str, Any]) -> tuple[int, strategies.MeanThenStep, privacy.PrivacySpec | None, str]:
+    if params.get("staleness") is not None:
+        raise ValueError(f"{FUNCTION}: tree aggregation does not take stale updates (params.staleness)")
+    rnd = _field(params, "round", int, minimum=1)
+    strategy = _strategy(params)
+    if not isinstance(strategy, strategies.MeanThenStep):
+        raise ValueError(f"{FUNCTION}: strategy {strategy.name!r} needs every update at once; tree aggregation "
+                         "sums partials, so it takes the FedAvg family only")
+    dp = _privacy(params, strategy)
+    return rnd, strategy, dp, partials.DP if dp is not None and dp.mode == "central" else partials.MEAN
+
+
+def _part_keys(params: Mapping[str, Any]) -> list[str]:
+    keys = _field(params, "parts", list)
+    if not keys or not all(isinstance(k, str) and k for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError(f"{FUNCTION}: params.parts must be a non-empty list of distinct partial keys")
+    return keys
+
+
+def _read_parts(store: blobstore.BlobStore, run_id: str, rnd: int, keys: list[str], kind: str,
+                expected: Mapping[str, Any]) -> partials.PartialSum:
+    """The children's sums added in the listed (plan) order, one child in memory at a time."""
+    total = partials.PartialSum.empty(kind, expected)
+    for key in keys:
+        sums, doc = store.read_partial(run_id, rnd, key, partials.sum_spec(expected))
+        if doc.get("kind") != kind:
+            raise ValueError(f"{FUNCTION}: partial {key} sums {doc.get('kind')!r}, this round sums {kind!r}")
+        total.add_partial(partials.PartialSum.from_stored(doc, sums, expected))
+        sums = None  # noqa: F841 - drop this child's arrays before the next one is read
+    return total
+
+
+def _partial(params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: tasks.TaskRef,
+             spec: Mapping[str, Any], store: blobstore.BlobStore, started: float) -> dict:
+    rnd, strategy, dp, kind = _tree_setup(params)
+    level = _field(params, "level", int, minimum=1)
+    index = _field(params, "index", int, minimum=0)
+    expected = task.weights_spec()
+    leaf = params.get("updates") is not None
+    if leaf:
+        num_clients = _field(params, "num_clients", int, minimum=1)
+        issued = admission.parse_issued(_field(params, "updates", list), num_clients, f"{FUNCTION}: params.updates")
+        inputs: list[Any] = [item.as_params() for item in issued]
+    else:
+        inputs = _part_keys(params)
+    key = partials.partial_key(run_id, rnd, level, index, partials.inputs_digest(kind, params.get("privacy"), inputs))
+    existing = store.get_partial_doc(key)
+    already_done = existing is not None
+    if existing is None:
+        if leaf:
+            seed = _field(params, "seed", int, minimum=0)
+            previous, previous_doc = store.read_model(run_id, rnd - 1, expected)
+            clip_norm = _read_state(store, run_id, rnd - 1, previous_doc, strategy, previous, dp)[1]
+            admitted = admission.Admitted(issued, store, run_id=run_id, round=rnd,
+                                          expected=model.expected_spec(previous),
+                                          shard_sizes=partition.shard_sizes(task, ref.key, spec, num_clients, seed))
+            total = partials.PartialSum.empty(kind, model.expected_spec(previous))
+            for update in admitted:
+                try:
+                    if kind == partials.DP:
+                        total.add_clipped(update.client_id, update.weights, update.num_examples, previous, clip_norm)
+                    else:
+                        total.add_update(update.client_id, update.weights, update.num_examples)
+                except (strategies.StrategyError, ValueError) as exc:
+                    admitted.refuse(update, str(exc))
+                update = None  # noqa: F841
+            total.rejected = list(admitted.rejected)
+        else:
+            total = _read_parts(store, run_id, rnd, inputs, kind, expected)
+        existing = store.write_partial(key, run_id, rnd, level, index, total.sums, total.meta())
+    return {"ok": True, "round": rnd, "level": level, "index": index, "key": key, "count": existing.get("count"),
+            "rejected": len(existing.get("rejected") or []), "duration_s": round(time.perf_counter() - started, 6),
+            "already_done": already_done or bool(existing.get("duplicate"))}
+
+
+def _combine(params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: tasks.TaskRef,
+             spec: Mapping[str, Any], store: blobstore.BlobStore, started: float) -> dict:
+    rnd, strategy, dp, kind = _tree_setup(params)
+    keys = _part_keys(params)
+    keep_models = params.get("keep_models", 0)
+    if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
+        raise ValueError(f"{FUNCTION}: params.keep_models must be an integer >= 0, got {keep_models!r}")
+    existing = store.get_model_doc(run_id, rnd)
+    if existing is not None:
+        return _result(existing, started, already_done=True)
+    expected = task.weights_spec()
+    previous, previous_doc = store.read_model(run_id, rnd - 1, expected)
+    state, clip_norm = _read_state(store, run_id, rnd - 1, previous_doc, strategy, previous, dp)
+    total = _read_parts(store, run_id, rnd, keys, kind, expected)
+
+    def none_left() -> NoValidUpdates:
+        reasons = ", ".join(f"client {r['client_id']}: {r['reason']}" for r in total.rejected) or "no updates listed"
+        return NoValidUpdates(f"no valid updates for round {rnd} of run {run_id} ({reasons})")
+
+    dp_metrics: dict[str, Any] | None = None
+    if total.count == 0 and (kind != partials.DP or dp is None or dp.expected_clients is None):
+        raise none_left()
+    if kind == partials.DP and dp is not None:
+        mechanism = privacy.CentralDP(dp, previous, clip_norm, rnd)
+        mechanism.add_sum(total.sums, total.count, total.unclipped)
+        noisy_mean, next_clip, info = mechanism.result()
+        new_weights, state = strategy.server_step(previous, noisy_mean, state)
+        dp_metrics = {"mode": "central", "clip_norm": float(clip_norm), **_plain(info)}
+    else:
+        strategy.check_state(state, previous)
+        new_weights, state = strategy.server_step(previous, total.mean(), state)
+        next_clip = clip_norm
+        if dp is not None:
+            dp_metrics = {"mode": "local", "clip_norm": float(clip_norm)}
+    del previous
+    loss, accuracy, extra = _evaluate(task, spec, new_weights)
+    metrics: dict[str, Any] = {**extra, "accuracy": accuracy, "loss": loss, "rejected": total.rejected,
+                               "clients": total.clients, "num_examples": total.num_examples,
+                               "tree": {"parts": len(keys), "level": params.get("level")}}
+    if dp_metrics is not None:
+        metrics["privacy"] = dp_metrics
+    stored_state = {f"{_STRATEGY}{k}": v for k, v in state.items()}
+    if dp is not None and dp.adaptive:
+        stored_state[_CLIP_NORM] = np.asarray(next_clip, np.float64)
+    state_sha = store.write_state(run_id, rnd, stored_state)["sha256"] if stored_state else None
+    doc = store.write_model(run_id, rnd, new_weights, metrics, num_updates=total.count, state_sha256=state_sha)
+    store.delete_partials(run_id, rnd, only_round=True)  # the model is committed: its intermediates go
+    if keep_models > 0 and not doc.get("duplicate"):
+        store.gc_models(run_id, keep_last=keep_models)
+        store.gc_updates(run_id, through_round=rnd)
+    return _result(doc, started, already_done=bool(doc.get("duplicate")))
+
+
+def _staleness(params: Mapping[str, Any]) -> staleness.StalenessSpec | None:
+    raw = params.get("staleness")
+    return None if raw is None else staleness.StalenessSpec.from_params(raw, f"{FUNCTION}: params.staleness")
+
+
+def _gc_through(params: Mapping[str, Any], rnd: int) -> int:
+    """The newest round whose update blobs may be collected: ``rnd``, or the payload's ``gc_through`` (lower:
+    updates of earlier rounds still in flight or carried are aggregated later)."""
+    through = params.get("gc_through", rnd)
+    if isinstance(through, bool) or not isinstance(through, int):
+        raise ValueError(f"{FUNCTION}: params.gc_through must be an integer, got {through!r}")
+    return min(rnd, through)
 
 
 def _strategy(params: Mapping[str, Any]) -> strategies.Strategy:
@@ -218,24 +398,23 @@ def _plain(info: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in (info or {}).items()}
 
 
-def _evaluate(mdl: model.Model, spec: data.DataSpec, weights: Mapping[str, Any]) -> tuple[float, float]:
-    test = data.load_split(spec, "test")
-    if test.x.shape[1] != mdl.spec.num_features:
-        raise ValueError(
-            f"{FUNCTION}: the test images have {test.x.shape[1]} features, params.model needs {mdl.spec.num_features}"
-        )
-    if len(test) and test.y.max() >= mdl.spec.output_size:
-        raise ValueError(
-            f"{FUNCTION}: test labels reach {test.y.max()}, params.model.output_size is {mdl.spec.output_size}"
-        )
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        loss, accuracy = mdl.evaluate(weights, test.x, test.y)
+def _evaluate(task: tasks.Task, spec: Mapping[str, Any], weights: Mapping[str, Any]
+              ) -> tuple[float, float, dict[str, Any]]:
+    """(loss, accuracy, the task's other metrics) of ``weights`` on the test split."""
+    test = task.load_test(spec)
+    if len(test) == 0:
+        raise ValueError(f"{FUNCTION}: the test split is empty")
+    try:
+        loss, accuracy, extra = tasks.as_evaluation(task.evaluate(weights, test))
+    except ValueError as exc:
+        raise ValueError(f"{FUNCTION}: {exc}") from None
     # A finite model can still overflow its own loss (weights of 1e20 are finite): NaN and Inf can be neither
     # stored (the embedded store keeps JSON) nor returned as JSON, and a model that cannot be stored would fail
     # the aggregator on every retry. Such a loss is recorded as the largest float.
     if not math.isfinite(loss):
         loss = sys.float_info.max
-    return float(loss), float(accuracy)
+    reserved = {"accuracy", "loss", "rejected", "clients", "num_examples", "privacy", "partition", "updates"}
+    return float(loss), float(accuracy), {k: v for k, v in extra.items() if k not in reserved}
 
 
 def _result(doc: Mapping[str, Any], started: float, *, already_done: bool) -> dict:

@@ -69,6 +69,8 @@ class Harness(ABC):
     polls_after_restart: ClassVar[bool]
     #: outcomes this platform cannot produce, with the reason
     cannot: ClassVar[dict[Outcome, str]] = {}
+    #: starting the platform takes long (a real Ray instance): its part of the suite is marked slow
+    slow: ClassVar[bool] = False
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
@@ -157,9 +159,9 @@ class LocalHarness(Harness):
         self._bodies: list[bytes] = []
         real_submit = WorkerPool.submit
 
-        def submit(pool: WorkerPool, fn: Any, params_json: bytes) -> Any:
+        def submit(pool: WorkerPool, fn: Any, params_json: bytes, **options: Any) -> Any:
             self._bodies.append(bytes(params_json))
-            return real_submit(pool, fn, params_json)
+            return real_submit(pool, fn, params_json, **options)  # options: the latency profile's (P1)
 
         mp = self._stack.enter_context(pytest.MonkeyPatch.context())
         mp.setattr(WorkerPool, "submit", submit)
@@ -349,4 +351,237 @@ class GcfHarness(Harness):
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.fake.workdir.glob("*.log")))
 
 
-HARNESSES: dict[str, type[Harness]] = {h.kind: h for h in (LocalHarness, OpenWhiskHarness, LambdaHarness, GcfHarness)}
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+class RayHarness(Harness):
+    """A real Ray instance on this machine (ray.init: 2 CPUs, no dashboard, its files under the test's workdir),
+    shared by every provider object of the process, stopped at the end."""
+
+    kind = "ray"
+    slow = True  # ray.init takes about 8-10 s on a 2-core machine
+    short_timeout_s = 1.0
+    polls_by_id = True  # the registry actor keeps activation records
+    polls_after_restart = True  # ... and it is a detached actor: any driver of the cluster reads them
+    cannot = {
+        Outcome.THROTTLED: "Ray queues calls until resources are free; it never refuses one for load",
+        Outcome.AUTH: "a Ray cluster has no per-call credentials (access is reaching its address)",
+    }
+
+    def start(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            raise RuntimeError("a Ray instance is already initialised in this process")
+        self.ray_dir = Path("/tmp") / f"fkray-{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must fit 107 bytes
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="fk-contract",
+                 _temp_dir=str(self.ray_dir))
+        self._stack.callback(lambda: __import__("shutil").rmtree(self.ray_dir, ignore_errors=True))
+        self._stack.callback(ray.shutdown)
+        self._bodies: list[bytes] = []
+        import json
+
+        from fedkeeper.providers.ray.provider import RayProvider
+
+        real_invoke = RayProvider.invoke
+
+        def invoke(provider: RayProvider, name: str, payload: dict) -> Any:
+            self._bodies.append(json.dumps(payload).encode())
+            return real_invoke(provider, name, payload)
+
+        mp = self._stack.enter_context(pytest.MonkeyPatch.context())
+        mp.setattr(RayProvider, "invoke", invoke)
+
+    def config(self) -> Any:
+        from fedkeeper.providers.ray.config import RayCluster
+
+        return RayCluster(address="auto", namespace="fk-contract", function_num_cpus=0.5, keep_warm_s=30.0,
+                          max_instances=2)
+
+    def invocation_bodies(self) -> list[bytes]:
+        return list(self._bodies)
+
+    def request_lines(self) -> list[str]:
+        return []  # no HTTP: Ray's own protocol between processes of this machine
+
+    def function_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.ray_dir.rglob("worker-*.err"))
+                         + sorted(self.ray_dir.rglob("worker-*.out")))
+
+
+# ---------------------------------------------------------------------------------------------- OpenFaaS
+
+
+OF_PASSWORD = "CANARYofPASSct41hT7uV9wX1yZ3"
+OF_BAD_PASSWORD = "CANARYofBADct41gS6tU8vW0xY2"
+
+
+class _ContainerHarness(Harness):
+    """What the container-platform harnesses share: a fake of tests/fake_containers.py's family, started with a
+    canary credential, whose recorded requests are shown without their Authorization header."""
+
+    #: the good and the refused credential (canaries)
+    credential: ClassVar[str]
+    bad_credential: ClassVar[str]
+
+    @abstractmethod
+    def _fake(self) -> Any:
+        """The platform's fake, not yet started, accepting `credential`."""
+
+    @abstractmethod
+    def _cluster(self, credential: str) -> Any:
+        """The cluster config of the running fake, with `credential`."""
+
+    def _shows_body(self, path: str) -> bool:
+        """Whether a recorded request's body goes into `request_lines` (the deploy requests)."""
+        return False
+
+    def start(self) -> None:
+        self.fake = self._fake()
+        self.fake.start()
+        self._stack.callback(self.fake.stop)
+        self.secrets += [self.credential, self.bad_credential]
+
+    def config(self) -> Any:
+        return self._cluster(self.credential)
+
+    def throttle(self, n: int) -> None:
+        self.fake.throttle(n)
+
+    @contextlib.contextmanager
+    def rejected_credentials(self) -> Iterator[Any]:
+        yield self._cluster(self.bad_credential)
+
+    def invocation_bodies(self) -> list[bytes]:
+        return [r.body for r in self.fake.invocation_requests()]
+
+    def request_lines(self) -> list[str]:
+        with self.fake._lock:
+            recorded = list(self.fake.requests)
+        return [f"{r.method} {r.url} " + repr({k: v for k, v in r.headers.items() if k.lower() != "authorization"})
+                + (r.body.decode("utf-8", "replace") if self._shows_body(r.path) else "") for r in recorded]
+
+    def function_logs(self) -> str:
+        return self.fake.logs()
+
+
+class OpenFaasHarness(_ContainerHarness):
+    """The fake gateway (tests/fake_openfaas.py), which runs the images the build recipe makes of the zips;
+    asynchronous calls with callbacks to the provider's receiver (the mixed experiment test covers sync calls).
+    The basic-auth password is a canary."""
+
+    kind = "openfaas"
+    short_timeout_s = 1.0  # of-watchdog timeouts are durations; FedKeeper writes whole seconds
+    polls_by_id = True  # the callback lands in this provider object's receiver, kept by call id
+    polls_after_restart = False  # ... and nowhere else: OpenFaaS keeps no results (LOST; the tracker re-invokes)
+    credential, bad_credential = OF_PASSWORD, OF_BAD_PASSWORD
+
+    def _fake(self) -> Any:
+        from fake_openfaas import FakeOpenFaaS
+
+        return FakeOpenFaaS(self.workdir / "fake-openfaas", password=OF_PASSWORD)
+
+    def _cluster(self, credential: str) -> Any:
+        from fedkeeper.providers.openfaas.config import OpenFaasCluster
+
+        return OpenFaasCluster(gateway=self.fake.url, password=credential, image=self.fake.image_template,
+                               invocation="async", max_inflight=8, request_timeout_s=10.0)
+
+    def _shows_body(self, path: str) -> bool:
+        return path.startswith("/system/functions")
+
+
+# ---------------------------------------------------------------------------------------------- Knative
+
+
+KN_TOKEN = "CANARYknTOKENct41pQ8rS0tU2vW4xY6"
+KN_BAD_TOKEN = "CANARYknBADct41oP7qR9sT1uV3wX5"
+
+
+class KnativeHarness(_ContainerHarness):
+    """The fake Kubernetes API and ingress (tests/fake_knative.py), whose pods run the images the build recipe makes
+    of the zips, scaled from zero on demand; the bearer token is a canary. Calls go through `ingress:` with the
+    route's Host, as on a cluster without DNS for its domain."""
+
+    kind = "knative"
+    short_timeout_s = 1.0  # timeoutSeconds is whole seconds
+    polls_by_id = False  # a call over the route cannot be looked up later: only its future knows
+    polls_after_restart = False
+    credential, bad_credential = KN_TOKEN, KN_BAD_TOKEN
+
+    def _fake(self) -> Any:
+        from fake_knative import FakeKnative
+
+        return FakeKnative(self.workdir / "fake-knative", token=KN_TOKEN)
+
+    def _cluster(self, credential: str) -> Any:
+        from fedkeeper.providers.knative.config import KnativeCluster
+
+        return KnativeCluster(api_server=self.fake.api_url, token=credential, ingress=self.fake.ingress_url,
+                              namespace="fk-contract", image=self.fake.image_template, max_inflight=8,
+                              request_timeout_s=10.0)
+
+    def _shows_body(self, path: str) -> bool:
+        return "/services" in path
+
+
+# ---------------------------------------------------------------------------------------------- Azure Functions
+
+
+AZ_TENANT, AZ_CLIENT = "fk-tenant", "11111111-2222-3333-4444-555555555555"
+AZ_SECRET = "CANARYazSECRETct41Qw8Er7Ty6Ui5Op4"
+AZ_BAD_SECRET = "CANARYazBADct41Lk3Jh2Gf1Ds0Az9"
+AZ_STORAGE = "DefaultEndpointsProtocol=https;AccountName=fk;AccountKey=CANARYazSTORAGEct41Mn8Bv7Cx6=="
+
+
+class AzureHarness(Harness):
+    """Entra ID, ARM, Kudu and the Functions host of tests/fake_azure.py, which runs the deployed v2 app in this
+    process; the client secret and the storage connection string are canaries."""
+
+    kind = "azure"
+    short_timeout_s = 1.0  # host.json functionTimeout counts whole seconds
+    polls_by_id = False  # an HTTP call to a function app cannot be looked up later: only its future knows
+    polls_after_restart = False
+
+    def start(self) -> None:
+        from fake_azure import FakeAzure
+
+        self.fake = FakeAzure(self.workdir / "fake-azure", tenant=AZ_TENANT, client_id=AZ_CLIENT,
+                              client_secret=AZ_SECRET).start()
+        self._stack.callback(self.fake.stop)
+        self.secrets += [AZ_SECRET, AZ_BAD_SECRET, AZ_STORAGE]
+
+    def _cluster(self, secret: str) -> Any:
+        from fedkeeper.providers.azure.config import AzureCluster
+
+        return AzureCluster(subscription_id="00000000-0000-0000-0000-0000000000ct", resource_group="fk-contract",
+                            function_app="fkct", location="westeurope", tenant_id=AZ_TENANT, client_id=AZ_CLIENT,
+                            client_secret=secret, storage_secret=AZ_STORAGE, management_endpoint=self.fake.url,
+                            authority_host=self.fake.url, max_inflight=8, request_timeout_s=10.0)
+
+    def config(self) -> Any:
+        return self._cluster(AZ_SECRET)
+
+    def throttle(self, n: int) -> None:
+        with self.fake._lock:
+            self.fake.throttle_next = n
+
+    @contextlib.contextmanager
+    def rejected_credentials(self) -> Iterator[Any]:
+        yield self._cluster(AZ_BAD_SECRET)
+
+    def invocation_bodies(self) -> list[bytes]:
+        return [r.body for r in self.fake.invocations]
+
+    def request_lines(self) -> list[str]:
+        by_design = ("authorization", "x-functions-key")  # each carries a credential where it belongs
+        return [f"{r.method} {r.url} " + repr({k: v for k, v in r.headers.items() if k.lower() not in by_design})
+                for r in self.fake.requests]
+
+    def function_logs(self) -> str:
+        return "\n".join(self.fake.logs)
+
+
+HARNESSES: dict[str, type[Harness]] = {h.kind: h for h in (LocalHarness, OpenWhiskHarness, LambdaHarness, GcfHarness,
+                                                             RayHarness, OpenFaasHarness, KnativeHarness,
+                                                             AzureHarness)}

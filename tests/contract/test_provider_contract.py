@@ -43,7 +43,8 @@ pytestmark = pytest.mark.integration
 # ---------------------------------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module", params=registry.kinds())
+@pytest.fixture(scope="module", params=[
+    pytest.param(k, marks=pytest.mark.slow) if k in HARNESSES and HARNESSES[k].slow else k for k in registry.kinds()])
 def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     kind = request.param
     if kind not in HARNESSES:

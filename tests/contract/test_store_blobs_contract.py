@@ -152,6 +152,63 @@ def test_another_activation_of_the_same_client_writes_its_own_document(store: St
         store.blobs.write_update(RUN, 1, "c1", model(), base_round=0, num_examples=1, activation_id="x", attempt=0)
 
 
+def test_find_updates_reads_many_in_one_round_trip_as_find_update_would(store: Store) -> None:
+    """The aggregator's batched read: the same document per (round, client, activation) as ``find_update``, the
+    pre-activation key as the fallback, None where nothing is stored, and one query for all of them."""
+    store.blobs.write_update(RUN, 1, 7, model(9.0), base_round=0, num_examples=3)  # old key, no activation
+    for client in range(5):
+        store.blobs.write_update(RUN, 1, client, model(float(client)), base_round=0, num_examples=10,
+                                 activation_id=f"a{client}", attempt=1)
+    store.blobs.write_update(RUN, 1, 3, model(), base_round=0, num_examples=1)  # an old-key doc beside a new one
+    wanted = [(1, c, f"a{c}") for c in range(5)] + [(1, 7, "a7"), (1, 8, "a8"), (2, 0, "a0")]
+    calls = []
+    real_find = store.blobs.updates.find
+    store.blobs.updates = type("Spy", (), {"find": lambda _self, *a, **k: calls.append(a) or real_find(*a, **k)})()
+    got = store.blobs.find_updates(RUN, wanted)
+    assert len(calls) == 1
+    store.blobs.updates = store.db["updates"]
+    assert list(got) == wanted
+    for rnd, client, aid in wanted:
+        single = store.blobs.find_update(RUN, rnd, client, aid)
+        assert (got[(rnd, client, aid)] or {}).get("_id") == (single or {}).get("_id")
+    assert got[(1, 3, "a3")]["_id"] == f"{RUN}:1:3:a3" and got[(1, 7, "a7")]["_id"] == f"{RUN}:1:7"
+    assert got[(1, 8, "a8")] is None and got[(2, 0, "a0")] is None
+    weights = store.blobs.decode_update(got[(1, 2, "a2")], SPEC, RUN, 1, 2)
+    np.testing.assert_array_equal(weights["b1"], np.full(8, 2.0, np.float32))
+    assert store.blobs.find_updates(RUN, []) == {}
+
+
+@pytest.mark.parametrize("alg", sorted(W.HASH_IDS))
+def test_each_digest_algorithm_is_recorded_and_verified(store: Store, alg: str) -> None:
+    if not W.hash_available(alg):
+        pytest.skip(f"{alg} is not installed")
+    blobs = BlobStore(store.db, hash_alg=alg)
+    model_doc = blobs.write_model(RUN, 0, model(1.0), {"accuracy": 0.0})
+    update = write(blobs, "c1", model(2.0))
+    assert model_doc["hash_alg"] == alg and update["hash_alg"] == alg
+    # read back by a store of any algorithm: each blob is verified with the one it was written with
+    weights, _ = store.blobs.read_model(RUN, 0, SPEC)
+    np.testing.assert_array_equal(weights["b1"], np.full(8, 1.0, np.float32))
+    doc = store.blobs.find_update(RUN, 1, "c1", "act-c1")
+    assert W.hash_alg_of(store.blobs.blob_of(doc)) == alg
+    np.testing.assert_array_equal(store.blobs.decode_update(doc, SPEC, RUN, 1, "c1")["b1"], np.full(8, 2.0, np.float32))
+    other = "xxh3_128" if alg != "xxh3_128" else "sha256"
+    with pytest.raises(CorruptUpdate) as info:  # a document that names another algorithm than its blob's
+        store.blobs.decode_update({**doc, "hash_alg": other}, SPEC, RUN, 1, "c1")
+    assert info.value.reason == "checksum"
+
+
+def test_a_document_without_hash_alg_is_sha256(store: Store) -> None:
+    """Documents written before the algorithm was a choice have no ``hash_alg``: they are read as sha256."""
+    write(store.blobs, "c1", model(2.0))
+    store.db["updates"].update_one({"_id": f"{RUN}:1:c1:act-c1"}, {"$unset": {"hash_alg": ""}})
+    doc = store.blobs.find_update(RUN, 1, "c1", "act-c1")
+    assert "hash_alg" not in doc
+    np.testing.assert_array_equal(store.blobs.decode_update(doc, SPEC, RUN, 1, "c1")["b1"], np.full(8, 2.0, np.float32))
+    with pytest.raises(ValueError, match="digest algorithm"):
+        BlobStore(store.db, hash_alg="md5")
+
+
 def test_decode_update_checks_the_blob_against_its_document(store: Store) -> None:
     write(store.blobs, "c1", model(2.0))
     doc = store.blobs.find_update(RUN, 1, "c1", "act-c1")
@@ -371,4 +428,50 @@ def test_a_corrupt_server_state_is_refused(store: Store) -> None:
                                          {"$set": {"blob": {"inline": bson.Binary(W.encode(server_state(2.0)))}}})
     with pytest.raises(CorruptModel) as info:
         store.blobs.read_state(RUN, 1, sha)
+    assert info.value.reason == "checksum"
+
+
+def partial_sums(value: float) -> dict[str, np.ndarray]:
+    """A tree-aggregation partial: float64 sums of the model's arrays."""
+    return {name: np.full(a.shape, value, np.float64) for name, a in model().items()}
+
+
+PARTIAL_SPEC = W.spec_of(partial_sums(0.0))
+
+
+def test_partials_round_trip_first_write_wins_and_are_deleted_by_round(small_inline: Store) -> None:
+    """Tree aggregation's partial sums: one document per node key, the first write wins (a retried leaf gets the
+    stored one back), GridFS past the inline limit, presence in one query, deletion per round with their files."""
+    keys = []
+    for r in (1, 2):
+        for index in range(2):
+            key = f"{RUN}:{r}:partial:1:{index}:digest{index}"
+            doc = small_inline.blobs.write_partial(key, RUN, r, 1, index, partial_sums(r + index / 10), {"weight": 7.0 + index})
+            assert doc["_id"] == key and doc["level"] == 1 and doc["index"] == index and doc["weight"] == 7.0 + index
+            again = small_inline.blobs.write_partial(key, RUN, r, 1, index, partial_sums(99.0), {"weight": 1.0})
+            assert again["duplicate"] is True and again["weight"] == 7.0 + index
+            keys.append(key)
+    sums, doc = small_inline.blobs.read_partial(RUN, 2, keys[3], PARTIAL_SPEC)
+    np.testing.assert_array_equal(sums["w1"], np.full((16, 8), 2.1))  # the first write's sums, not the retry's
+    assert small_inline.blobs.get_partial_doc(keys[0])["round"] == 1 and small_inline.blobs.get_partial_doc("nope") is None
+    assert small_inline.blobs.partials_present([*keys, "absent"]) == set(keys) and small_inline.blobs.partials_present([]) == set()
+
+    assert small_inline.blobs.delete_partials(RUN, 2, only_round=True) == 2
+    assert small_inline.blobs.partials_present(keys) == set(keys[:2])
+    with pytest.raises(CorruptModel) as info:
+        small_inline.blobs.read_partial(RUN, 2, keys[3], PARTIAL_SPEC)
+    assert info.value.reason == "missing"
+    assert small_inline.blobs.delete_partials(RUN, 5) == 2 and small_inline.blobs.partials_present(keys) == set()
+    assert file_ids(small_inline) == set()  # their GridFS files went with them
+
+
+def test_a_corrupt_or_misplaced_partial_is_refused(store: Store) -> None:
+    key = f"{RUN}:1:partial:1:0:d"
+    store.blobs.write_partial(key, RUN, 1, 1, 0, partial_sums(1.0), {"weight": 2.0})
+    with pytest.raises(CorruptModel):
+        store.blobs.read_partial(RUN, 2, key, PARTIAL_SPEC)  # the document is round 1's
+    store.db["partials"].update_one({"_id": key}, {"$set": {"blob": {"inline": bson.Binary(
+        W.encode(partial_sums(2.0)))}}})
+    with pytest.raises(CorruptModel) as info:
+        store.blobs.read_partial(RUN, 1, key, PARTIAL_SPEC)
     assert info.value.reason == "checksum"

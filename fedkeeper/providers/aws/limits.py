@@ -27,6 +27,7 @@ STOCK = Limits(
     concurrency=None,  # one event per execution environment; scaling is by environments, not a setting here
     payload_bytes=6 * 2**20,
     package_bytes=50 * 2**20,
+    unpacked_bytes=250 * 2**20,
     source="AWS Lambda quotas (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)",
 )
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from fedkeeper.providers.aws import limits as aws_limits
 from fedkeeper.providers.aws.config import LAMBDA_MEMORY_MB, LAMBDA_TIMEOUT_S, LambdaCluster
-from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, UnitPrice
+from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, RequirementsRoute, UnitPrice
 from fedkeeper.providers.limits import RuntimeKind
 
 
@@ -40,6 +40,22 @@ class LambdaPlatform(PlatformSpec):
         vendor = bool(cluster.vendor_wheels) and not cluster.layers
         return PackagingOptions(vendor_wheels=vendor, architecture=cluster.architecture, python_version=kind.python,
                                 wheel_platform=kind.wheel_platform)
+
+    def requirements_route(self, cluster: Any) -> RequirementsRoute:
+        """Vendored into the zip up to Lambda's limits (50 MB zipped upload, 250 MB unzipped), else a layer
+        (the same 250 MB, code included), else a container image (10 GB), which FedKeeper does not build."""
+        image = ("a Lambda container image (up to 10 GB; FROM public.ecr.aws/lambda/python with the requirements "
+                 "installed, deployed outside FedKeeper: docs/tasks.md#aws-lambda)")
+        if cluster.layers:
+            return RequirementsRoute("layer", "provided by the cluster's layers (within Lambda's 250 MB unzipped)",
+                                     image)
+        if cluster.vendor_wheels:
+            return RequirementsRoute("zip", "vendored into the zip (50 MB zipped, 250 MB unzipped)",
+                                     f"a layer (layers: [arn], its content counts in the 250 MB unzipped) or {image}",
+                                     beyond_unpacked=image)
+        return RequirementsRoute("layer", "provided by the cluster's layers", image,
+                                 missing="neither vendor_wheels: true nor layers: give the functions their "
+                                         "requirements one of these ways")
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         out: list[ConfigProblem] = []

@@ -21,6 +21,7 @@ STOCK = Limits(
     concurrency=(1, 1000),
     payload_bytes=32 * 2**20,
     package_bytes=100 * 2**20,
+    unpacked_bytes=500 * 2**20,
     source="Cloud Functions quotas (cloud.google.com/functions/quotas, 2nd gen)",
 )
 

@@ -54,13 +54,12 @@ from fedkeeper.providers.base import (
     PlatformError,
     Provider,
     ProviderError,
-    State,
     Status,
     Throttled,
 )
 from fedkeeper.providers.google.auth import IdTokenCache, admin_credentials, id_token_fetcher, transient
 from fedkeeper.providers.google.http import Target, TokenRejected, classify, post
-from fedkeeper.providers.threaded import CallPool, settled_status
+from fedkeeper.providers.threaded import CallPool, Targets, poll_call, pooled_session
 
 if TYPE_CHECKING:
     from fedkeeper.providers.google.config import GcfCluster
@@ -123,12 +122,9 @@ class GcfProvider(Provider):
         self.parent = f"projects/{config.project_id}/locations/{config.region}"
         self._client: Any = None
         self._lock = threading.Lock()
-        self._targets: dict[str, Target] = {}
+        self._targets: Targets[Target] = Targets()
         self._calls = CallPool(cluster, config.max_inflight, f"gcf-{cluster}", closed_error=PlatformError)
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=config.max_inflight)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session = pooled_session(config.max_inflight)
         self._upload_session = requests.Session()
         self._tokens = IdTokenCache(id_token_fetcher(cluster, config))
         # local emulators and fakes finish operations at once; the real service takes minutes
@@ -324,14 +320,10 @@ class GcfProvider(Provider):
         if not url:
             return None
         timeout = timeout_s if timeout_s is not None else float(function.service_config.timeout_seconds or 60)
-        target = Target(name=name, url=url, timeout_s=timeout)
-        with self._lock:
-            self._targets[name] = target
-        return target
+        return self._targets.put(name, Target(name=name, url=url, timeout_s=timeout))
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            self._targets.pop(name, None)
+        self._targets.forget(name)
 
     def remove(self, name: str) -> bool:
         self._forget(name)
@@ -377,11 +369,7 @@ class GcfProvider(Provider):
 
     # ------------------------------------------------------------------ invoke / poll
 
-    def _target(self, name: str) -> Target:
-        with self._lock:
-            target = self._targets.get(name)
-        if target is not None:
-            return target
+    def _look_up(self, name: str) -> Target:
         function = self._get(name)
         if function is None:
             raise FunctionMissing(self.cluster, f"{name} is not deployed in {self.parent}")
@@ -391,7 +379,7 @@ class GcfProvider(Provider):
         return target
 
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
-        target = self._target(name)
+        target = self._targets.get(name, self._look_up)
         activation_id = uuid.uuid4().hex
         future = self._calls.submit(self._run_call, target, payload, activation_id)
         return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
@@ -421,18 +409,10 @@ class GcfProvider(Provider):
             raise
 
     def poll(self, inv: Invocation) -> Status:
-        try:
-            return settled_status(inv, activation_id=inv.activation_id,
-                                  lost=f"{inv.name}: submitted by an earlier process; an HTTP call to a function "
-                                       "URL cannot be resumed",
-                                  cancelled=f"{inv.name}: cancelled before it was sent (provider closed)")
-        except (Throttled, FunctionMissing, AuthError):
-            raise  # the tracker backs off, redeploys, or stops the run
-        except ProviderError as exc:
-            # The call is over: asking again cannot change its outcome, so it is a failed attempt (retried by
-            # the tracker's policy), not trouble with asking about it.
-            return Status(State.FAILED, error=f"{type(exc).__name__}: {exc.message}",
-                          activation_id=inv.activation_id)
+        # Throttled, FunctionMissing and AuthError are raised (the tracker backs off, redeploys, or stops the
+        # run); other trouble is a failed attempt, retried by the tracker's policy: the call is over
+        return poll_call(inv, lost=f"{inv.name}: submitted by an earlier process; an HTTP call to a function URL "
+                                   "cannot be resumed")
 
     def close(self) -> None:
         if not self._calls.close():

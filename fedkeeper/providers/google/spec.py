@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fedkeeper.config.base import UnreadableFile, expand_path, read_small_file
-from fedkeeper.providers.base import ConfigProblem, PlatformSpec, UnitPrice
+from fedkeeper.providers.base import ConfigProblem, PlatformSpec, RequirementsRoute, UnitPrice
 from fedkeeper.providers.google import limits as gcf_limits
 from fedkeeper.providers.google.config import GCF_MEMORY_MB, GCF_TIMEOUT_S, GcfCluster
 from fedkeeper.providers.limits import RuntimeKind
@@ -48,6 +48,13 @@ class GooglePlatform(PlatformSpec):
     stock_limits = gcf_limits.STOCK
     kinds: ClassVar[dict[str, RuntimeKind]] = gcf_limits.KINDS
     limits_title: ClassVar[str | None] = "Cloud Functions (2nd gen, HTTP)"
+
+    def requirements_route(self, cluster: Any) -> RequirementsRoute:
+        """GCF installs the zip's requirements.txt at deploy; sources plus modules must stay within 500 MB."""
+        return RequirementsRoute("platform", "installed by Cloud Functions from the zip's requirements.txt",
+                                 "a Cloud Run service from a container image with the requirements (GCF 2nd gen "
+                                 "allows 500 MB of sources plus modules; deployed outside FedKeeper: "
+                                 "docs/tasks.md#google-cloud-functions)")
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         out: list[ConfigProblem] = []

@@ -35,6 +35,64 @@ class Faults(Model):
         return bool(self.failure_rate or self.timeout_rate or self.crash_rate or self.latency_ms[1])
 
 
+class Slowdown(Model):
+    """Per-activation handler slow-down: a lognormal multiplier, median × exp(sigma × N(0, 1))."""
+
+    median: float = Field(1.0, gt=0, le=1000, description="median multiplier of the handler's time")
+    sigma: float = Field(0.0, ge=0, le=3, description="sigma of the multiplier's logarithm")
+
+
+class SpeedTier(Model):
+    """A share of the clients whose handler runs `slowdown` times slower (a slower device class)."""
+
+    share: float = Field(ge=0, le=1)
+    slowdown: float = Field(gt=0, le=1000)
+
+
+class Stragglers(Model):
+    """A share of stragglers: clients (or single activations, `per: activation`) slowed down `slowdown` times."""
+
+    share: float = Field(0.0, ge=0, le=1)
+    slowdown: float = Field(10.0, ge=1, le=1000)
+    per: Literal["client", "activation"] = "client"
+
+
+class ColdStartModel(Model):
+    """Simulated function instances: a call on no warm instance of its function is cold and waits a start-up
+    delay drawn from `delay_ms`; an instance idle for `keep_warm_s` goes cold; at most `max_warm` idle
+    instances are kept warm per cluster (the least recently used goes first)."""
+
+    delay_ms: tuple[float, float] = (0.0, 0.0)
+    keep_warm_s: float | None = Field(None, ge=0, le=MAX_WAIT_S, description="default: the cluster's keep_warm_s")
+    max_warm: int | None = Field(None, ge=0, description="idle warm instances kept per cluster (null: no limit)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ColdStartModel":
+        lo, hi = self.delay_ms
+        if lo < 0 or hi < lo or hi > MAX_WAIT_S * 1000:
+            raise ValueError(f"delay_ms must be [lo, hi] with 0 <= lo <= hi <= {MAX_WAIT_S * 1000:.0f}")
+        return self
+
+
+class Profile(Model):
+    """A seeded timing profile that makes the local platform stand in for a real fabric (docs/platforms.md):
+    every draw comes from (seed, client, round, attempt), so the simulated timing repeats whatever the order."""
+
+    seed: int = Field(0, ge=0)
+    base_ms: float | None = Field(None, gt=0, le=MAX_WAIT_S * 1000,
+                                  description="nominal handler time of a client call (null: the measured one)")
+    slowdown: Slowdown = Field(default_factory=Slowdown)
+    tiers: list[SpeedTier] = Field(default_factory=list)
+    stragglers: Stragglers = Field(default_factory=Stragglers)
+    cold_start: ColdStartModel | None = None
+
+    @model_validator(mode="after")
+    def _shares(self) -> "Profile":
+        if self.tiers and abs(sum(t.share for t in self.tiers) - 1.0) > 1e-6:
+            raise ValueError("the shares of profile.tiers must add up to 1")
+        return self
+
+
 class LocalCluster(Model):
     """Worker processes on this machine: the embedded default platform."""
 
@@ -43,6 +101,7 @@ class LocalCluster(Model):
     keep_warm_s: float = Field(60.0, ge=0, le=MAX_WAIT_S)
     cold_start_ms: float = Field(0.0, ge=0, le=MAX_WAIT_S * 1000)
     faults: Faults = Field(default_factory=Faults)
+    profile: Profile | None = Field(None, description="seeded latency profile and cold-start model")
     python: str | None = Field(None, description="interpreter for workers (default: the one running fedkeeper)")
 
     @property

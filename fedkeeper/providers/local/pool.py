@@ -7,7 +7,10 @@ It behaves like a FaaS invoker rather than a function call:
 - a worker that runs past the function's timeout is killed (TIMED_OUT, OpenWhisk's message); one that exits
   mid-call fails only that activation; idle workers are reaped after `keep_warm_s`;
 - faults drawn per activation (`local_faults`) are applied here: failure without running, a call that holds its
-  worker until the timeout kills it, a worker killed mid-call, added latency.
+  worker until the timeout kills it, a worker killed mid-call, added latency;
+- a timing profile (`profile`): a client call's reply is held until its simulated handler time has passed (its
+  worker stays busy meanwhile, as a slower machine's would), and with a cold-start model the `cold` flag and
+  the start-up delay come from simulated instances (`profile.InstanceModel`), not from the worker processes.
 
 The dispatcher waits on a selector over the workers' stdout pipes and a wake-up pipe, with the nearest deadline
 as its timeout: there is no polling sleep, no thread per call, and `status()` is a dict lookup. Only the
@@ -30,10 +33,12 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fedkeeper.providers.base import State, Status
 from fedkeeper.providers.local.faults import FaultDecision, FaultPlan
+from fedkeeper.providers.local.profile import NO_DRAW, Draw, InstanceModel, ProfilePlan, label
 from fedkeeper.providers.local.worker import (
     ENTRY_FILE,
     INIT_TIMEOUT_S,
@@ -56,9 +61,10 @@ MAX_REPLY_BYTES = (1 << 20) + 64 * 1024
 
 class _Activation:
     __slots__ = ("id", "fn", "params", "submitted", "fault", "not_before", "state", "result", "error", "start",
-                 "end", "duration_s", "cold", "injected", "pid")
+                 "end", "duration_s", "cold", "injected", "pid", "draw", "start_mono", "cold_delay_s")
 
-    def __init__(self, fn: FunctionRuntime, params: bytes, fault: FaultDecision, now: float) -> None:
+    def __init__(self, fn: FunctionRuntime, params: bytes, fault: FaultDecision, now: float,
+                 draw: Draw = NO_DRAW) -> None:
         self.id = uuid.uuid4().hex
         self.fn = fn
         self.params = params
@@ -74,6 +80,9 @@ class _Activation:
         self.duration_s: float | None = None
         self.cold: bool | None = None
         self.pid: int | None = None
+        self.draw = draw
+        self.start_mono: float | None = None
+        self.cold_delay_s = 0.0  # the profile's start-up delay this call waited (a simulated cold start)
 
     def status(self) -> Status:
         return Status(state=self.state, result=self.result, error=self.error, activation_id=self.id,
@@ -85,24 +94,35 @@ class WorkerPool:
     """All worker processes of one local cluster; see the module docstring for the scheduling rules."""
 
     def __init__(self, cluster: str, *, concurrency: int, keep_warm_s: float, cold_start_ms: float = 0.0,
-                 faults: Any = None, python: str | None = None) -> None:
+                 faults: Any = None, python: str | None = None, profile: Any = None) -> None:
         self.cluster = cluster
         self.concurrency = max(1, int(concurrency))
         self.keep_warm_s = float(keep_warm_s)
         self.cold_start_s = float(cold_start_ms) / 1000.0
         self.python = python or sys.executable
         self._faults = FaultPlan(faults)
+        self.plan = ProfilePlan(profile, self.keep_warm_s)
+        self.instances = InstanceModel(self.plan.keep_warm_s, self.plan.max_warm) if self.plan.models_cold else None
+        #: with simulated instances, a worker process serves every function of the same code and settings (the
+        #: same spec digest: per-client copies of fl_client), so 100 per-client functions need no 100 processes
+        self.share_workers = self.instances is not None
         self._cv = threading.Condition()
         self._records: dict[str, _Activation] = {}
         self._inbox: deque[_Activation] = deque()
         self._retire_names: set[str] = set()
+        self._cancelled: list[_Activation] = []  # settled by `cancel`; the dispatcher frees their workers
         self._stopping = False
         self._closed = False
         self._wake_pending = False
         self._failure: BaseException | None = None
+        #: called (no arguments, outside the lock) whenever an activation settles: the tracker's wake-up, so it
+        #: hands the next call to a freed worker at once instead of after its polling pause
+        self._listeners: list[Callable[[], None]] = []
         # dispatcher-only state
         self._ready: deque[_Activation] = deque()
         self._delayed: list[tuple[float, int, _Activation]] = []
+        #: replies kept back until the profile's simulated handler time has passed
+        self._held: list[tuple[float, int, Worker, _Activation, dict[str, Any]]] = []
         self._seq = itertools.count()
         self._workers: list[Worker] = []
         self._idle: dict[tuple[str, str], list[Worker]] = {}
@@ -114,16 +134,23 @@ class WorkerPool:
         self._thread = threading.Thread(target=self._run, name=f"fk-local-{cluster}", daemon=True)
         self._thread.start()
 
+    def _wkey(self, fn: FunctionRuntime) -> tuple[str, str]:
+        """Which idle workers may take a call of `fn`: its own (name, digest), or any of the same digest when
+        warm and cold are the simulated instances' word (`share_workers`)."""
+        return ("", fn.digest) if self.share_workers else (fn.name, fn.digest)
+
     # ------------------------------------------------------------------ caller side (any thread)
 
-    def submit(self, fn: FunctionRuntime, params_json: bytes) -> _Activation:
-        """Queue one activation and return its record at once."""
+    def submit(self, fn: FunctionRuntime, params_json: bytes, *, client: int | None = None, round_number: int = 0,
+               attempt: int = 1) -> _Activation:
+        """Queue one activation and return its record at once; (client, round, attempt) seed its profile draws."""
         with self._cv:
             if self._failure is not None:
                 raise RuntimeError(f"local cluster {self.cluster!r} dispatcher failed: {self._failure!r}")
             if self._stopping:
                 raise RuntimeError(f"local cluster {self.cluster!r} is closed")
-            act = _Activation(fn, params_json, self._faults.draw(), time.monotonic())
+            draw = self.plan.draw(client, round_number, attempt) if self.plan.active else NO_DRAW
+            act = _Activation(fn, params_json, self._faults.draw(), time.monotonic(), draw)
             self._records[act.id] = act
             self._inbox.append(act)
             signal_needed = not self._wake_pending  # one wake-up per batch: bursts do not flood the pipe
@@ -131,6 +158,16 @@ class WorkerPool:
         if signal_needed:
             self._wake()
         return act
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever an activation settles (it must be quick and must not raise)."""
+        with self._cv:
+            if callback not in self._listeners:
+                self._listeners = [*self._listeners, callback]
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with self._cv:
+            self._listeners = [c for c in self._listeners if c != callback]
 
     def status(self, activation_id: str) -> Status | None:
         with self._cv:
@@ -150,6 +187,28 @@ class WorkerPool:
                     break
                 self._cv.wait(remaining)
             return act.status()
+
+    def cancel(self, activation_id: str) -> Status | None:
+        """Stop a pending call (the caller abandoned it): settled at once as FAILED ("cancelled"), billed for the
+        time it ran; the dispatcher then frees its worker — a reply held for the simulated handler time is
+        dropped and the worker goes idle (its instance stays warm), a handler still computing is killed with its
+        worker, as a platform stops a container. None: no such call; a call already done keeps its status."""
+        with self._cv:
+            act = self._records.get(activation_id)
+            if act is None:
+                return None
+            if act.state is State.PENDING:
+                ran = time.monotonic() - act.start_mono if act.start_mono is not None else 0.0
+                self._finish(act, State.FAILED, error="cancelled by the caller", end=time.time(),
+                             duration_s=max(0.0, ran) if act.start is not None else 0.0)
+                self._cancelled.append(act)
+                wake = True
+            else:
+                wake = False
+            status = act.status()
+        if wake:
+            self._wake()
+        return status
 
     def retire(self, name: str) -> None:
         """Stop the idle workers of a function (after it was redeployed or removed); busy ones finish first."""
@@ -210,6 +269,7 @@ class WorkerPool:
                     inbox, self._inbox = self._inbox, deque()
                     self._wake_pending = False
                     retire, self._retire_names = self._retire_names, set()
+                    cancelled, self._cancelled = self._cancelled, []
                 for act in inbox:
                     if act.not_before > now:
                         heapq.heappush(self._delayed, (act.not_before, next(self._seq), act))
@@ -217,6 +277,8 @@ class WorkerPool:
                         self._ready.append(act)
                 while self._delayed and self._delayed[0][0] <= now:
                     self._ready.append(heapq.heappop(self._delayed)[2])
+                for act in cancelled:
+                    self._free_cancelled(act, now)
                 for name in retire:
                     for w in [w for w in self._workers if w.fn.name == name and w.state == "idle"]:
                         self._retire(w, now)
@@ -243,11 +305,16 @@ class WorkerPool:
                 t = min(t, w.kill_at)
         if self._delayed:
             t = min(t, self._delayed[0][0])
+        if self._held:
+            t = min(t, self._held[0][0])
         if t == math.inf:
             return None
         return max(0.0, t - time.monotonic())
 
     def _timers(self, now: float) -> None:
+        while self._held and self._held[0][0] <= now:
+            _, _, w, act, reply = heapq.heappop(self._held)
+            self._release(w, act, reply, now)
         for w in list(self._workers):
             if w.state == "starting" and now >= w.deadline:
                 act = w.act
@@ -284,10 +351,12 @@ class WorkerPool:
                 t = time.time()
                 self._finish(act, State.FAILED, error="injected failure", start=t, end=t, duration_s=0.0)
                 continue
-            idle = self._idle.get((act.fn.name, act.fn.digest))
+            idle = self._idle.get(self._wkey(act.fn))
             if idle:
                 ready.popleft()
                 worker = idle.pop()  # most recently used: the others age out and get reaped
+                delay = self._simulated_start(act, now)
+                worker.available_at = max(worker.available_at, now + delay)
                 self._assign(worker, act, now, cold=False)
                 continue
             if len(self._workers) >= self.concurrency:
@@ -298,22 +367,50 @@ class WorkerPool:
                 self._kill(victim)  # evicted; it still counts until its exit is seen, then we come back here
                 return
             ready.popleft()
-            self._spawn(act, now)
+            self._spawn(act, now, self._simulated_start(act, now))
 
-    def _spawn(self, act: _Activation, now: float) -> None:
+    def _free_cancelled(self, act: _Activation, now: float) -> None:
+        """The worker of a cancelled call: idle again when the handler is not computing (its reply is held, or it
+        waits out a simulated start-up), stopped when it is; a starting worker goes idle once ready."""
+        w = next((w for w in self._workers if w.act is act), None)
+        if w is None:
+            return  # not placed yet: `_schedule` skips settled calls
+        if w.state == "starting":
+            w.act = None  # becomes a fresh idle worker when its ready message comes
+        elif w.state == "holding" or (w.state == "busy" and not w.running):
+            finished = w.state == "holding"
+            w.act, w.running, w.state, w.last_used = None, False, "idle", now
+            self._idle.setdefault(self._wkey(w.fn), []).append(w)
+            if finished and self.instances is not None:
+                self.instances.release(act.fn.name, now)  # the handler ran to its end: its instance is warm
+        elif w.state == "busy":
+            w.act = None
+            self._kill(w)
+
+    def _simulated_start(self, act: _Activation, now: float) -> float:
+        """With a cold-start model: take a simulated instance (warm, or a cold one whose start-up delay this call
+        waits). Returns the delay; 0 without the model."""
+        if self.instances is None:
+            return 0.0
+        warm = self.instances.acquire(act.fn.name, now)
+        act.cold_delay_s = 0.0 if warm else act.draw.cold_delay_s
+        act.cold = not warm
+        return act.cold_delay_s
+
+    def _spawn(self, act: _Activation, now: float, delay: float = 0.0) -> None:
         fn = act.fn
         if not (fn.code_dir / ENTRY_FILE).is_file():
             self._finish(act, State.FAILED, error=f"function {fn.name} is no longer deployed on {self.cluster}")
             return
         try:
-            w = spawn_worker(self.python, fn, self.cluster, now, self.cold_start_s)
+            w = spawn_worker(self.python, fn, self.cluster, now, self.cold_start_s + delay)
         except OSError as exc:
             self._finish(act, State.FAILED, error=f"cannot start a worker for {fn.name}: {exc}")
             return
         self._sel.register(w.out_fd, selectors.EVENT_READ, (w, "r"))
         self._workers.append(w)
         w.act = act
-        act.cold = True
+        act.cold = True if self.instances is None else act.cold  # the simulated instance's word, with a model
         act.pid = w.pid
         log.debug("local cluster %s: spawned worker %d for %s", self.cluster, w.pid, fn.name)
 
@@ -321,7 +418,7 @@ class WorkerPool:
         w.state = "busy"
         w.act = act
         w.running = False
-        act.cold = cold
+        act.cold = cold if self.instances is None else act.cold
         act.pid = w.pid
         if now >= w.available_at:
             self._start(w, act, now)
@@ -330,6 +427,7 @@ class WorkerPool:
         w.running = True
         w.deadline = now + act.fn.timeout_s
         act.start = time.time()
+        act.start_mono = now
         if act.fault == "timeout":
             return  # holds the worker, runs nothing, and is killed at the deadline like a hung handler
         deadline_ms = int((act.start + act.fn.timeout_s) * 1000)
@@ -412,7 +510,7 @@ class WorkerPool:
                 if w.act is None:  # (its activation was settled meanwhile) a fresh warm worker
                     w.state = "idle"
                     w.last_used = now
-                    self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
+                    self._idle.setdefault(self._wkey(w.fn), []).append(w)
                 else:
                     w.state = "busy"
                     if now >= w.available_at:
@@ -429,12 +527,42 @@ class WorkerPool:
         if act is None or msg.get("id") != act.id:
             log.warning("local cluster %s: worker %d answered an unknown call; ignored", self.cluster, w.pid)
             return
-        w.act = None
         w.running = False
         w.calls += 1
+        if act.draw.slowed and act.start_mono is not None:
+            # the profile's simulated handler time: the reply waits, and the worker with it
+            measured = float(msg.get("duration_s") or 0.0)
+            simulated = act.draw.simulated_s(measured)
+            msg["_simulated_s"], msg["_overrun_s"] = simulated, max(0.0, measured - simulated)
+            release_at = act.start_mono + min(simulated, act.fn.timeout_s)
+            if release_at > now:
+                w.state = "holding"
+                heapq.heappush(self._held, (release_at, next(self._seq), w, act, msg))
+                return
+        self._release(w, act, msg, now)
+
+    def _release(self, w: Worker, act: _Activation, msg: dict[str, Any], now: float) -> None:
+        """Settle a call from its worker's reply (after the profile's hold, if any) and free the worker."""
+        if w.state not in ("busy", "holding") or w.act is not act:
+            return  # the worker died or was stopped while its reply was held: that path settled the call
+        w.act = None
         w.last_used = now
+        simulated = msg.get("_simulated_s")
         fields = {"start": msg.get("start"), "end": msg.get("end"), "duration_s": msg.get("duration_s")}
-        if msg.get("ok"):
+        timed_out = False
+        if simulated is not None:
+            timed_out = simulated > act.fn.timeout_s
+            fields.update(end=time.time(), duration_s=min(simulated, act.fn.timeout_s))
+            parts = label(act.draw, cold_delay_s=act.cold_delay_s, overrun_s=float(msg.get("_overrun_s") or 0.0))
+        else:
+            parts = label(act.draw, cold_delay_s=act.cold_delay_s)
+        if parts:
+            act.injected = ",".join(([act.injected] if act.injected else []) + parts)
+        if timed_out:  # the simulated handler ran past the function's timeout: killed there, its instance lost
+            ms = int(round(act.fn.timeout_s * 1000))
+            self._finish(act, State.TIMED_OUT, error=f"The action exceeded its time limits of {ms} milliseconds.",
+                         **fields)
+        elif msg.get("ok"):
             result = msg.get("result")
             self._finish(act, State.SUCCEEDED, result=result if isinstance(result, dict) else {"value": result},
                          **fields)
@@ -443,11 +571,13 @@ class WorkerPool:
             if error.startswith("MemoryError"):
                 error += f" (memory limit {act.fn.memory_mb} MB)"
             self._finish(act, State.FAILED, error=error, **fields)
+        if self.instances is not None and not timed_out and not msg.get("discard"):
+            self.instances.release(act.fn.name, now)
         if msg.get("discard"):
             self._retire(w, now)
         else:
             w.state = "idle"
-            self._idle.setdefault((w.fn.name, w.fn.digest), []).append(w)
+            self._idle.setdefault(self._wkey(w.fn), []).append(w)
 
     def _on_exit(self, w: Worker) -> None:
         self._sel.unregister(w.out_fd)
@@ -477,13 +607,13 @@ class WorkerPool:
     def _forget(self, w: Worker) -> None:
         if w in self._workers:
             self._workers.remove(w)
-        idle = self._idle.get((w.fn.name, w.fn.digest))
+        idle = self._idle.get(self._wkey(w.fn))
         if idle and w in idle:
             idle.remove(w)
 
     def _retire(self, w: Worker, now: float) -> None:
         """Ask a worker to exit (EOF on its stdin); it is killed if it has not exited after EXIT_GRACE_S."""
-        idle = self._idle.get((w.fn.name, w.fn.digest))
+        idle = self._idle.get(self._wkey(w.fn))
         if idle and w in idle:
             idle.remove(w)
         if w.state in ("dying", "gone"):
@@ -497,7 +627,7 @@ class WorkerPool:
             pass
 
     def _kill(self, w: Worker) -> None:
-        idle = self._idle.get((w.fn.name, w.fn.digest))
+        idle = self._idle.get(self._wkey(w.fn))
         if idle and w in idle:
             idle.remove(w)
         if w.state == "gone":
@@ -512,6 +642,8 @@ class WorkerPool:
         with self._cv:
             if act.state is not State.PENDING:
                 return
+            if act.cold_delay_s > 0 and "cold=" not in (act.injected or ""):  # settled without a reply
+                act.injected = ",".join(([act.injected] if act.injected else []) + [f"cold={act.cold_delay_s:.3f}s"])
             act.result = result
             act.error = error
             if start is not None:
@@ -521,6 +653,9 @@ class WorkerPool:
             act.params = b""  # the payload is not needed any more; keep long runs' memory flat
             act.state = state
             self._cv.notify_all()
+            listeners = self._listeners
+        for callback in listeners:
+            callback()
 
     def _shutdown(self) -> None:
         """Stop every worker (runs in the dispatcher thread, the workers' PDEATHSIG parent)."""

@@ -27,6 +27,7 @@ import shutil
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,6 +58,19 @@ CODE_DIR = "code"
 LOG_FILE = "worker.log"
 
 
+def _profile_key(payload: dict[str, Any]) -> dict[str, Any]:
+    """(client, round, attempt) of a call, from the payload the tracker builds: the seed of its profile draws.
+    A payload without them (the aggregator has no client; a bare test call has none) draws as client None,
+    round 0, attempt 1."""
+
+    def number(key: str, default: int | None) -> int | None:
+        value = payload.get(key)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
+
+    return {"client": number("client_id", None), "round_number": number("round", 0) or 0,
+            "attempt": number("attempt", 1) or 1}
+
+
 class LocalProvider(Provider):
     """One local cluster. The worker pool (and its dispatcher thread) starts on the first invoke."""
 
@@ -68,6 +82,7 @@ class LocalProvider(Provider):
         self._pool: WorkerPool | None = None
         self._closed = False
         self._runtimes: dict[str, tuple[tuple[int, int, int], FunctionRuntime]] = {}
+        self._settle_listeners: list[Callable[[], None]] = []
         atexit.register(self.close)  # safety net: no worker outlives the command
 
     # ------------------------------------------------------------------ deployments
@@ -223,8 +238,24 @@ class LocalProvider(Provider):
             self._pool = WorkerPool(
                 self.cluster, concurrency=getattr(cfg, "concurrency", 2), keep_warm_s=getattr(cfg, "keep_warm_s", 60.0),
                 cold_start_ms=getattr(cfg, "cold_start_ms", 0.0), faults=getattr(cfg, "faults", None),
-                python=getattr(cfg, "python", None))
+                python=getattr(cfg, "python", None), profile=getattr(cfg, "profile", None))
+            for callback in self._settle_listeners:
+                self._pool.add_listener(callback)
         return self._pool
+
+    def on_settle(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever one of this cluster's activations settles (from the pool's dispatcher thread):
+        the tracker waits on it instead of sleeping out its polling pause, so a freed worker gets its next call at
+        once (bench/bench_scale.py). Idempotent per callback."""
+        if callback not in self._settle_listeners:
+            self._settle_listeners.append(callback)
+            if self._pool is not None:
+                self._pool.add_listener(callback)
+
+    def off_settle(self, callback: Callable[[], None]) -> None:
+        self._settle_listeners = [c for c in self._settle_listeners if c != callback]
+        if self._pool is not None:
+            self._pool.remove_listener(callback)
 
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         fn = self._runtime(name)
@@ -242,7 +273,7 @@ class LocalProvider(Provider):
             raise InvocationFailed(self.cluster, f"payload for {name} is {len(params)} bytes; FaaS platforms cap "
                                                  f"it at about 1 MB: pass large data through the store")
         try:
-            act = self._ensure_pool().submit(fn, params)
+            act = self._ensure_pool().submit(fn, params, **_profile_key(payload))
         except RuntimeError as exc:
             raise PlatformError(self.cluster, str(exc)) from None
         return Invocation(cluster=self.cluster, name=name, activation_id=act.id, submitted=act.submitted)
@@ -255,6 +286,12 @@ class LocalProvider(Provider):
         return Status(State.LOST, activation_id=inv.activation_id,
                       error="the local platform has no record of this activation (submitted by another process)")
 
+    def cancel(self, inv: Invocation) -> Status | None:
+        """The local platform stops a call: its worker is freed (or stopped mid-computation), billed up to now."""
+        if self._pool is None:
+            return None
+        return self._pool.cancel(inv.activation_id)
+
     def wait(self, inv: Invocation, timeout: float | None = None) -> Status:
         """Block until done (local only; the orchestrator polls). For benchmarks and tests."""
         if self._pool is not None:
@@ -265,6 +302,13 @@ class LocalProvider(Provider):
 
     def worker_pids(self) -> list[int]:
         return self._pool.worker_pids() if self._pool is not None else []
+
+    def profile_description(self) -> dict[str, Any] | None:
+        """The cluster's timing profile as recorded in Logs/ (None without one)."""
+        from fedkeeper.providers.local.profile import ProfilePlan
+
+        profile = getattr(self.config, "profile", None)
+        return ProfilePlan(profile, float(getattr(self.config, "keep_warm_s", 60.0))).describe()
 
     def close(self) -> None:
         if self._closed:

@@ -21,6 +21,12 @@ class LocalPlatform(PlatformSpec):
     #: polling is a dictionary lookup in this process: keep it tight so a finished call is seen at once
     poll_max_s: ClassVar[float | None] = 0.01
     runs_on_this_machine: ClassVar[bool] = True
+
+    def keep_warm_window_s(self, cluster: Any) -> float | None:
+        """The profile's cold-start window when it simulates one, else `keep_warm_s` (idle workers are stopped)."""
+        cold = getattr(getattr(cluster, "profile", None), "cold_start", None)
+        window = getattr(cold, "keep_warm_s", None) if cold is not None else None
+        return float(window if window is not None else cluster.keep_warm_s)
     #: a worker's address space is capped at memory + 128 MB (worker.ADDRESS_SPACE_ALLOWANCE_MB), and the
     #: interpreter with numpy and pymongo reserves about 147 MB: below 128 MB the worker cannot even import its
     #: handler (the clouds' minimum too); the cap's byte count must fit the 64 bits setrlimit takes

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fedkeeper.config.base import UnreadableFile, expand_path, read_small_file
-from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, UnitPrice
+from fedkeeper.providers.base import ConfigProblem, PackagingOptions, PlatformSpec, RequirementsRoute, UnitPrice
 from fedkeeper.providers.limits import RuntimeKind
 from fedkeeper.providers.openwhisk import limits as ow_limits
 from fedkeeper.providers.openwhisk.config import OpenWhiskCluster
@@ -53,6 +53,18 @@ class OpenWhiskPlatform(PlatformSpec):
         assert kind is not None and kind.wheel_platform is not None
         return PackagingOptions(vendor_wheels=bool(cluster.vendor_wheels), python_version=kind.python,
                                 wheel_platform=kind.wheel_platform)
+
+    def requirements_route(self, cluster: Any) -> RequirementsRoute:
+        """An action image built with them (docker_image), or vendored into the zip within exec-size-limit."""
+        image = (f"an action image with the requirements: docker_image (build it FROM openwhisk/action-python-v3.11: "
+                 f"docs/tasks.md#apache-openwhisk, {ow_limits.DOCKER_IMAGE_DOC})")
+        if cluster.docker_image:
+            return RequirementsRoute("image", "provided by the action image (docker_image)")
+        if cluster.vendor_wheels:
+            return RequirementsRoute("zip", "vendored into the action zip (exec-size-limit: 48 MB base64)", image)
+        return RequirementsRoute("image", "provided by an action image", image,
+                                 missing="the stock python kinds' images lack them: set docker_image (or "
+                                         "vendor_wheels: true for small ones)")
 
     def check_cluster(self, path: str, cluster: Any, env_paths: set[str]) -> list[ConfigProblem]:
         out: list[ConfigProblem] = []

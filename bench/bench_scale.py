@@ -1,0 +1,367 @@
+"""Where a client's time goes at 100, 300 and 1000 clients per round (issue 18): a profile kept as bench output.
+
+Runs `fedkeeper start` in this process (tiny MLP 64-32-10 on digits, one local epoch, two local workers, the
+embedded nx-27017 store), once per setting with `--rounds` rounds (default 2), and reports the last (warm) round:
+
+- the round's breakdown: select (ranking, stored-update lookup, payloads), invoke (hand-off of each call to a
+  worker), wait (the tracker until every client answered: polls, activation records, sleeps, its own loop),
+  aggregate (the aggregator function, which reads every update from the store), record (counts, rounds.csv,
+  the runs document);
+- CPU seconds per client in each process: the orchestrator, the workers (clients and aggregator) and the store
+  server, which tells the hand-off, the store round trips and the bookkeeping apart on a 2-core machine;
+- the marginal cost per client, (round at 1000 − round at 100) / 900;
+- the clients' training compute alone (`model.train_local` on the same partitions, timed here), divided by
+  the workers, and the round time as a ratio to it.
+
+With `--profile` the orchestrator's own hot functions (cProfile, the largest setting) are printed too. With
+`--flower PYTHON` (a Python with `flwr[simulation]`, never a dependency of this project) the same task runs in
+Flower's simulation engine (bench/flower_task.py: same model, data partitions, epochs and clients, 2 CPUs) and
+the per-round wall times are printed side by side: Flower's is its 2-round run minus its 1-round run.
+Run:  python bench/bench_scale.py [--clients 100 300 1000] [--rounds 2] [--profile] [--hash xxh3_128]
+                                  [--flower /path/to/venv/bin/python]
+Figures are measured in this run; the machine is shared, so compare the ratios printed side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import csv
+import functools
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = 2
+MODEL = {"model": "mlp", "input_size": 64, "hidden_size": 32, "output_size": 10}
+TRAIN = {"optim": "adam", "lr": 0.01, "batch_size": 10, "local_epochs": 1, "mu": 0.0, "l2": 0.0}
+SEED = 42
+
+
+def make_config(folder: Path, clients: int, rounds: int, hash_alg: str | None = None) -> Path:
+    cfg = yaml.safe_load((ROOT / "config-sample.yaml").read_text())
+    cfg["experiment"] = f"scale{clients}"
+    cfg["providers"]["local"] = {"laptop": {"concurrency": WORKERS}, "laptop-server": {"concurrency": 1}}
+    fl = cfg["scenarios"]["federated_learning"]
+    if hash_alg:
+        fl["hash_alg"] = hash_alg
+    fl["rounds"] = rounds
+    fl["model_params"].update(local_epochs=TRAIN["local_epochs"])
+    fl["clients_info"].update(total_num_clients=clients, num_clients_per_round=clients, placement={"laptop": clients})
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- instrumentation
+
+
+class Probe:
+    """Wall-clock marks and per-label time sums, collected by wrapping the orchestrator's methods (bench only)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[str, float]] = []
+        self.current: dict[str, float] = defaultdict(float)
+        self.cpu_mark: dict[str, float] = {}
+        self.nx_pid: int | None = None
+        self.workdir: Path | None = None
+
+    def timed(self, label: str, fn: Callable[..., Any], when: Callable[..., bool] | None = None) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            if when is not None and not when(*args, **kw):
+                return fn(*args, **kw)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.current[label] += time.perf_counter() - t0
+                self.current[f"{label}#"] += 1
+        return wrapper
+
+    def mark(self, label: str) -> None:
+        self.current[label] = time.perf_counter()
+
+    # CPU seconds of the processes involved: this one, its worker processes, the embedded store server
+    def _cpu(self) -> dict[str, float]:
+        me = psutil.Process()
+        t = me.cpu_times()
+        out = {"orchestrator": t.user + t.system, "workers": 0.0, "store": 0.0}
+        nx = self._nx_pid()
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                out["store" if child.pid == nx else "workers"] += c.user + c.system
+        if nx is not None and not any(c.pid == nx for c in me.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                c = psutil.Process(nx).cpu_times()
+                out["store"] += c.user + c.system
+        return out
+
+    def _nx_pid(self) -> int | None:
+        if self.nx_pid is None and self.workdir is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self.nx_pid = int(json.loads((self.workdir / ".fedkeeper" / "store.json").read_text())["pid"])
+        return self.nx_pid
+
+    def round_begin(self) -> None:
+        self.current = defaultdict(float)
+        self.cpu_mark = self._cpu()
+        self.mark("round_begin")
+
+    def round_end(self) -> None:
+        self.mark("round_end")
+        cpu = self._cpu()
+        for k, v in cpu.items():
+            self.current[f"cpu_{k}"] = v - self.cpu_mark.get(k, 0.0)
+        self.rounds.append(dict(self.current))
+
+
+@contextlib.contextmanager
+def instrumented(probe: Probe) -> Iterator[None]:
+    """Wrap the methods whose time the breakdown needs; restore them afterwards."""
+    from fedkeeper.scenarios import federated_learning as fl_mod
+    from fedkeeper.scenarios import stop as stop_mod
+    from fedkeeper.store import repository
+    from fedkeeper.tracker import Tracker
+
+    def clients(self: Any, jobs: Any, *a: Any, **k: Any) -> bool:
+        return bool(jobs) and jobs[0].client_id is not None
+
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(owner: Any, name: str, new: Any) -> None:
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, new)
+
+    orig_check, orig_run, orig_agg = stop_mod.check, Tracker.run, fl_mod.Experiment._aggregate
+    orig_update_run = repository.Store.update_run
+
+    def check(*a: Any, **k: Any) -> Any:
+        probe.round_begin()
+        return orig_check(*a, **k)
+
+    def run(self: Any, jobs: Any, *a: Any, **k: Any) -> Any:
+        is_clients = clients(self, jobs)
+        if is_clients:
+            probe.mark("wait_begin")
+        try:
+            return orig_run(self, jobs, *a, **k)
+        finally:
+            if is_clients:
+                probe.mark("wait_end")
+
+    def aggregate(self: Any, round_number: int, mode: str, *a: Any, **k: Any) -> Any:
+        if mode == "aggregate":
+            probe.mark("agg_begin")
+        try:
+            return orig_agg(self, round_number, mode, *a, **k)
+        finally:
+            if mode == "aggregate":
+                probe.mark("agg_end")
+
+    def update_run(self: Any, run_id: str, **fields: Any) -> Any:
+        result = orig_update_run(self, run_id, **fields)
+        if "last_completed_round" in fields:
+            probe.round_end()
+        return result
+
+    patch(stop_mod, "check", check)
+    patch(Tracker, "run", run)
+    patch(fl_mod.Experiment, "_aggregate", aggregate)
+    patch(repository.Store, "update_run", update_run)
+    for name, label in (("_submit", "invoke"), ("_poll_due", "poll"), ("flush", "records"), ("_sleep", "sleep"),
+                        ("resume", "resume")):
+        patch(Tracker, name, probe.timed(label, getattr(Tracker, name)))
+    try:
+        yield
+    finally:
+        for owner, name, old in reversed(saved):
+            setattr(owner, name, old)
+
+
+def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) -> dict[str, Any]:
+    from fedkeeper.cli.main import cli
+
+    probe = Probe()
+    prof = cProfile.Profile() if profile else None
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="fk-bench-scale-") as tmp:
+        folder = Path(tmp)
+        probe.workdir = folder
+        config = make_config(folder, clients, rounds, hash_alg)
+        os.chdir(folder)
+        try:
+            with instrumented(probe):
+                t0 = time.perf_counter()
+                if prof is not None:
+                    prof.enable()
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):  # the run's summary table: not this report
+                        cli.main(["-q", "start", "-c", str(config)], prog_name="fedkeeper", standalone_mode=False)
+                finally:
+                    if prof is not None:
+                        prof.disable()
+                wall = time.perf_counter() - t0
+        finally:
+            os.chdir(here)
+        run_dir = next((folder / "Logs").iterdir())
+        with open(run_dir / "rounds.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        with open(run_dir / "activations.csv", newline="") as handle:
+            acts = list(csv.DictReader(handle))
+    last = probe.rounds[-1]
+    r = len(rows)
+    handler = [float(a["duration_s"] or 0) for a in acts if a["function"] == "fl_client" and int(a["round"]) == r]
+    begin = last["round_begin"]
+    out = {
+        "clients": clients, "wall_s": wall, "rows": rows, "round_s": float(rows[-1]["round_s"]),
+        "select": last["wait_begin"] - begin,
+        "invoke": last.get("invoke", 0.0),
+        "wait": last["wait_end"] - last["wait_begin"] - last.get("invoke", 0.0),
+        "poll": last.get("poll", 0.0), "records": last.get("records", 0.0), "sleep": last.get("sleep", 0.0),
+        "resume": last.get("resume", 0.0), "passes": last.get("records#", 0),
+        "aggregate": last["agg_end"] - last["agg_begin"],
+        "record": last["round_end"] - last["agg_end"],
+        "measured_round": last["round_end"] - begin,
+        "handler_sum": sum(handler), "handler_mean": statistics.mean(handler) if handler else 0.0,
+        "cpu": {k[4:]: v for k, v in last.items() if k.startswith("cpu_")},
+        "accuracy": float(rows[-1]["accuracy"]),
+    }
+    if prof is not None:
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+        out["profile"] = buf.getvalue()
+    return out
+
+
+def training_compute(clients: int, round_number: int) -> float:
+    """Seconds `train_local` takes for every client of a round, in this process, no store, no hand-off."""
+    from fedkeeper.runtime import data, model
+
+    mdl = model.build_model(MODEL)
+    spec = data.DataSpec.from_params({"dataset": "digits", "partition": "iid"}, "data")
+    weights = mdl.init(SEED)
+    splits = [data.client_split(spec, clients, c, SEED) for c in range(clients)]
+    kw = {k: v for k, v in TRAIN.items()}
+    model.train_local(mdl, weights, splits[0].x, splits[0].y, seed=1, **kw)  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for c, local in enumerate(splits):
+            model.train_local(mdl, weights, local.x, local.y, seed=model.derive_seed(SEED, round_number, c), **kw)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def flower_round(python: str, clients: int, timeout_s: float) -> tuple[float, float] | str:
+    """(wall of a 2-round run, seconds per round = 2 rounds minus 1 round) of Flower's simulation on the same task,
+    or why there is none."""
+    import subprocess
+
+    walls = []
+    for rounds in (1, 2):
+        cmd = [python, str(ROOT / "bench" / "flower_task.py"), "--total", str(clients), "--per-round", str(clients),
+               "--rounds", str(rounds), "--cpus", str(WORKERS), "--epochs", str(TRAIN["local_epochs"])]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                                  env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+        except subprocess.TimeoutExpired:
+            return f"over {timeout_s:.0f} s"
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            return f"failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:] or ''}"
+        walls.append(float(json.loads(lines[-1])["wall_s"]))
+    return walls[1], walls[1] - walls[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="cProfile of the orchestrator, largest setting")
+    parser.add_argument("--hash", default=None, help="scenarios.federated_learning.hash_alg for the runs")
+    parser.add_argument("--flower", metavar="PYTHON", default=os.environ.get("FLWR_PYTHON"),
+                        help="a Python with flwr[simulation], for the side-by-side comparison")
+    parser.add_argument("--flower-timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    results = []
+    for clients in args.clients:
+        results.append(run_setting(clients, args.rounds, args.profile and clients == max(args.clients), args.hash))
+        results[-1]["train_s"] = training_compute(clients, args.rounds)
+        if args.flower:
+            results[-1]["flower"] = flower_round(args.flower, clients, args.flower_timeout)
+
+    cores = os.cpu_count()
+    print(f"fedkeeper start, local platform, {WORKERS} client workers, embedded nx-27017 store, {cores} cores, "
+          f"Python {sys.version.split()[0]}; MLP 64-32-10 on digits, 1 local epoch; round {args.rounds} of "
+          f"{args.rounds} (warm)\n")
+    head = (f"{'clients':>7} {'round s':>8} {'select':>7} {'invoke':>7} {'wait':>7} {'aggregate':>9} {'record':>7} "
+            f"{'| poll':>7} {'records':>7} {'sleep':>6} {'passes':>6} {'| train/W s':>11} {'ratio':>6} "
+            f"{'handler ms':>10} {'acc':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        bound = r["train_s"] / WORKERS
+        print(f"{r['clients']:>7} {r['round_s']:>8.3f} {r['select']:>7.3f} {r['invoke']:>7.3f} {r['wait']:>7.3f} "
+              f"{r['aggregate']:>9.3f} {r['record']:>7.3f} {r['poll']:>7.3f} {r['records']:>7.3f} "
+              f"{r['sleep']:>6.3f} {r['passes']:>6.0f} {bound:>11.3f} {r['round_s'] / bound:>6.1f} "
+              f"{1000 * r['handler_mean']:>10.2f} {r['accuracy']:>6.3f}")
+    print("\nCPU per client (ms) in each process during the round, and the round's wall time per client:")
+    print(f"{'clients':>7} {'orchestrator':>12} {'workers':>8} {'store':>6} {'sum':>6} {'wall/client':>11} "
+          f"{'aggregate/update':>16}")
+    for r in results:
+        n = r["clients"]
+        cpu = {k: 1000 * v / n for k, v in r["cpu"].items()}
+        print(f"{n:>7} {cpu['orchestrator']:>12.2f} {cpu['workers']:>8.2f} {cpu['store']:>6.2f} "
+              f"{sum(cpu.values()):>6.2f} {1000 * r['round_s'] / n:>11.2f} {1000 * r['aggregate'] / n:>16.3f}")
+    by = {r["clients"]: r for r in results}
+    lo, hi = min(by), max(by)
+    if hi > lo:
+        marginal = (by[hi]["round_s"] - by[lo]["round_s"]) / (hi - lo)
+        print(f"\nmarginal cost per client ({lo} -> {hi} clients per round): {1000 * marginal:.2f} ms "
+              f"(goal <= 2 ms: {'met' if marginal <= 0.002 else 'MISSED'})")
+        ratio = by[hi]["round_s"] / (by[hi]["train_s"] / WORKERS)
+        print(f"round at {hi} clients / (training compute / {WORKERS} workers): {ratio:.1f}x "
+              f"(goal <= 2x: {'met' if ratio <= 2 else 'MISSED'})")
+        per_update = by[hi]["aggregate"] / hi
+        print(f"aggregation per update at {hi} clients: {1000 * per_update:.3f} ms "
+              f"(goal <= 0.5 ms: {'met' if per_update <= 0.0005 else 'MISSED'})")
+    if args.flower:
+        print(f"\nside by side with Flower's simulation engine (same task, {WORKERS} CPUs, {args.rounds} rounds): wall "
+              "time of the whole run (start-up included), and per round (Flower: its 2-round run minus its 1-round "
+              "run, which start-up noise can swamp at small counts)")
+        print(f"{'clients':>7} {'fedkeeper wall':>14} {'flower wall':>11} {'ratio':>6} {'fedkeeper/round':>15} "
+              f"{'flower/round':>12} {'ratio':>6}")
+        for r in results:
+            fl = r["flower"]
+            if isinstance(fl, tuple):
+                print(f"{r['clients']:>7} {r['wall_s']:>14.2f} {fl[0]:>11.2f} {fl[0] / r['wall_s']:>5.2f}x "
+                      f"{r['round_s']:>15.3f} {fl[1]:>12.3f} {fl[1] / r['round_s']:>5.2f}x")
+            else:
+                print(f"{r['clients']:>7} {r['wall_s']:>14.2f} {fl}")
+        print("ratio = flower / fedkeeper (> 1: fedkeeper is faster)")
+    for r in results:
+        if "profile" in r:
+            print(f"\norchestrator profile at {r['clients']} clients per round (all rounds, by own time):")
+            print("\n".join(r["profile"].splitlines()[:40]))
+
+
+if __name__ == "__main__":
+    main()

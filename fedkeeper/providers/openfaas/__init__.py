@@ -1,0 +1,6 @@
+"""The openfaas platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.openfaas.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

@@ -1,0 +1,6 @@
+"""The ray platform: everything FedKeeper knows about it lives in this folder; it registers itself here."""
+
+from fedkeeper.providers.ray.spec import SPEC
+from fedkeeper.providers.registry import register
+
+register(SPEC)

@@ -1,0 +1,111 @@
+"""`mode: sync` (the default): each round invokes its cohort and waits for it, then aggregates.
+
+Round r: choose and rank clients (`Experiment.cohort_for`); invoke `fl_client` for those without a stored update;
+wait under the resilience policy; hand the aggregator the clients the round decided on — under over-selection
+the first `num_clients_per_round` by rank that succeeded (`scenarios.cohort`), so the result does not depend on
+arrival order — naming the activation whose update to take; record metrics. Same config and seed, same model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from fedkeeper.activations import JobState
+from fedkeeper.scenarios.rounds import common
+from fedkeeper.scenarios.rounds.prewarm import Prewarmer
+from fedkeeper.tracker import Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress
+
+    from fedkeeper.scenarios.federated_learning import Experiment
+
+
+def run(exp: "Experiment", progress: "Progress") -> str:
+    """Rounds until the last one or the target accuracy; returns why the run is complete."""
+    warm = Prewarmer(exp)
+    reason = _rounds(exp, progress, warm)
+    warm.close()
+    return reason
+
+
+def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
+    from fedkeeper.scenarios.federated_learning import QuorumLost, client_payload
+
+    reached = common.resumed_reason(exp)
+    if reached:
+        return reached
+    done = int(exp.run.get("last_completed_round") or 0)
+    fl = exp.fl
+    plan = common.plan(exp)
+    run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
+    for r in range(done + 1, exp.rounds + 1):
+        budget = common.prelude(exp, r)
+        if budget:
+            return budget
+        t0 = time.perf_counter()
+        cohort, quorum = exp.cohort_for(r, plan)
+        selected = sorted(cohort.ranked)
+        exp.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
+        warm_cost = warm.collect()  # the warm-ups fired during the last aggregation: billed to this round
+        stored_updates = exp._stored_updates(r)
+        stored = set(stored_updates.chosen)
+        if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
+            exp.tracker.settle_stored(exp.run_id, r, stored_updates.docs)
+        jobs = [exp._job(r, client_id, client_payload(exp.run_id, r, client_id, fl))
+                for client_id in selected if client_id not in stored]
+        task = progress.add_task(f"round {r}/{exp.rounds}", total=len(selected), completed=len(stored),
+                                 failed=0, retrying=0)
+        listener = exp._progress_listener(progress, task)
+        exp.tracker.listeners.append(listener)
+        deadline = time.time() + fl.resilience.round_deadline_s if fl.resilience.round_deadline_s else None
+
+        def ok(js: list[Job]) -> int:
+            return len(stored) + sum(j.state is JobState.SUCCEEDED for j in js)
+
+        def settled(js: list[Job]) -> bool:  # over-selection: the ranked clients it takes are all in
+            return cohort.settled(stored | {j.client_id for j in js if j.state is JobState.SUCCEEDED},
+                                  {j.client_id for j in js if j.state is JobState.GAVE_UP})
+
+        satisfied = settled if len(selected) > cohort.needed else None
+        try:
+            outcome = exp.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
+                                      satisfied=satisfied)
+        finally:
+            exp.tracker.listeners.remove(listener)
+        invoke_s = time.perf_counter() - t0
+        stored_updates = exp._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
+                                                 if j.state is JobState.SUCCEEDED}, report=True)
+        # only what the round decided on when it stopped waiting: stored before it, or seen to succeed (an
+        # abandoned client's update that landed since is not used), then by rank, never by arrival order
+        arrived = stored | {j.client_id for j in outcome.jobs if j.state is JobState.SUCCEEDED}
+        accepted = cohort.pick(c for c in stored_updates.chosen if c in arrived)
+        if len(accepted) < quorum:
+            progress.remove_task(task)
+            failed = [f"client {j.client_id}: {j.error}" for j in outcome.jobs
+                      if j.state is not JobState.SUCCEEDED][:5]
+            raise QuorumLost(f"round {r}: only {len(accepted)} of {len(selected)} selected clients stored an "
+                             f"update; at least {quorum} needed (resilience.min_fraction). "
+                             f"Resume with --resume {exp.run_id}. Failures: {'; '.join(failed)}")
+        if warm.enabled and r < exp.rounds:  # warm the next round's clients while this one aggregates
+            warm.fire(r + 1, sorted(exp.cohort_for(r + 1, plan)[0].ranked))
+        t1 = time.perf_counter()
+        result = exp._aggregate(r, "aggregate", stored_updates.for_aggregator(accepted))
+        aggregate_s = time.perf_counter() - t1
+        rejected = common.log_aggregated(exp, r, result, stored_updates.chosen, stored_updates.docs, accepted)
+        progress.remove_task(task)
+        durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
+                     for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
+        aggregated = result.get("num_updates")
+        row = common.base_row(exp, r, selected=len(selected),
+                              aggregated=int(aggregated) if aggregated is not None else len(accepted) - len(rejected),
+                              rejected=len(rejected), result=result, invoke_s=invoke_s,
+                              slowest_s=max(durations) if durations else 0.0, aggregate_s=aggregate_s,
+                              round_s=time.perf_counter() - t0)
+        reached = common.commit(exp, progress, run_task, r, row, result, selected=len(selected),
+                                rejected=len(rejected), extra_cost=warm_cost)
+        if reached:
+            return reached
+    exp.current_round = None
+    return f"all {exp.rounds} rounds completed"
