@@ -647,7 +647,7 @@ class Tracker:
             stopped = self._cancel(attempt)
             status = Status(State.PENDING, error=reason)
             if stopped is not None:  # the platform stopped it: billed for the time it ran, no more
-                status = Status(State.PENDING, error=f"{reason} (cancelled)", activation_id=stopped.activation_id,
+                status = Status(State.PENDING, error=reason, activation_id=stopped.activation_id,
                                 start=stopped.start, end=stopped.end, duration_s=stopped.duration_s,
                                 cold=stopped.cold, injected=stopped.injected)
             self._finish(attempt, status, ActivationState.ABANDONED)

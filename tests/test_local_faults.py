@@ -11,7 +11,7 @@ import pytest
 from fedkeeper.providers.local.config import Faults
 from fedkeeper.providers.base import State
 from fedkeeper.providers.local.faults import FaultPlan
-from local_support import deploy, make_provider
+from local_support import deploy, make_provider, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +79,23 @@ def test_same_seed_same_faults_across_platform_instances(tmp_path: Path) -> None
             p.close()
     assert runs[0] == runs[1]
     assert {state for state, _ in runs[0]} == {State.SUCCEEDED, State.FAILED}
+
+
+def test_a_cancelled_call_frees_its_worker_and_is_billed_for_the_time_it_ran(tmp_path: Path) -> None:
+    """`Provider.cancel` on the local platform: the abandoned call ends at once as failed ("cancelled"), billed
+    up to the cancel, and its single worker takes the next call instead of finishing the abandoned one."""
+    p = make_provider(tmp_path, concurrency=1)
+    try:
+        name = deploy(p, "sleep", timeout_s=60.0)
+        slow = p.invoke(name, {"seconds": 30})
+        assert wait_until(lambda: p.poll(slow).start is not None, 20)
+        status = p.cancel(slow)
+        assert status is not None and status.state is State.FAILED and "cancelled" in (status.error or "")
+        assert status.duration_s is not None and status.duration_s < 30
+        nxt = p.invoke(name, {"seconds": 0})
+        done = p.wait(nxt, 20)  # well before the cancelled call's 30 s would have ended
+        assert done.state is State.SUCCEEDED
+        assert p.poll(slow).state is State.FAILED  # settled once: the cancel is final
+        assert p.cancel(slow).state is State.FAILED  # cancelling a settled call keeps its status
+    finally:
+        p.close()

@@ -185,3 +185,30 @@ def test_selection_config_validates_the_policy_and_its_parameters() -> None:
         SelectionConfig(policy="history", epsilon=2)
     with pytest.raises(ValueError, match="nonsense"):
         SelectionConfig(policy="warm_first", nonsense=1)
+
+
+def test_history_without_rookies_first_lets_unmeasured_clients_take_only_the_exploration_places() -> None:
+    speed = {c: 0.2 for c in range(20)}
+    first = simulate("history", 20, 4, 1, speed=speed, epsilon=0.25, rookies_first=False, max_wait_rounds=100)
+    assert len(first[0]) == 4  # round 1: nobody is measured, every place is exploration
+    picks = simulate("history", 20, 4, 8, speed=speed, epsilon=0.25, rookies_first=False, max_wait_rounds=100)
+    with_rookies = simulate("history", 20, 4, 8, speed=speed, epsilon=0.25, max_wait_rounds=100)
+    # rookies first measures all 20 within 5 rounds; without it, rookies enter one exploration place at a time
+    assert len(set().union(*with_rookies[:5])) == 20
+    assert len(set().union(*picks[:5])) < 20
+
+
+def test_history_max_slowdown_keeps_slow_known_clients_out_of_the_preferred_places() -> None:
+    # seven fast clients, five slow ones of different speeds, eight places: one place goes to a slow client
+    speed = {**{c: 0.1 for c in range(7)}, 7: 2.0, 8: 3.0, 9: 4.0, 10: 5.0, 11: 6.0}
+    base = dict(speed=speed, epsilon=0.0, max_wait_rounds=100, max_share=1.0)
+    plain = simulate("history", 12, 8, 14, **base)
+    capped = simulate("history", 12, 8, 14, max_slowdown=2.0, **base)
+    slow_plain = set().union(*(set(r) - set(range(7)) for r in plain[3:]))
+    slow_capped = set().union(*(set(r) - set(range(7)) for r in capped[3:]))
+    assert slow_plain == {7}  # by score: always the least slow one
+    assert len(slow_capped) > 1  # beyond 2× the median score nobody is preferred: the last place is drawn
+    for ranked in capped[3:]:
+        assert set(range(7)) <= set(ranked)
+    with pytest.raises(ValueError):
+        SelectionConfig.model_validate({"policy": "history", "max_slowdown": 1.0})

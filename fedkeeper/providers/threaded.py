@@ -11,6 +11,8 @@ providers do, `pooled_session` is an HTTP session whose connection pool serves a
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
@@ -47,6 +49,14 @@ class CallPool:
                 self._pool = ThreadPoolExecutor(max_workers=self._max_workers,
                                                 thread_name_prefix=self._thread_name_prefix)
             return self._pool.submit(fn, *args)
+
+    def call(self, name: str, fn: Callable[..., Status], /, *args: Any) -> Invocation:
+        """Submit `fn(*args, activation_id)` under a new activation id; the Invocation of function `name` holds
+        its future."""
+        activation_id = uuid.uuid4().hex
+        future = self.submit(fn, *args, activation_id)
+        return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
+                          handle=future)
 
     def close(self) -> bool:
         """Refuse new calls and cancel queued ones; False if it was closed already."""

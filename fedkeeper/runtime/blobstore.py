@@ -608,21 +608,12 @@ class BlobStore:
         """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays. The
         partial sums of those rounds (tree aggregation) go entirely: they are intermediates of the model."""
         self.delete_partials(run_id, through_round)
-        return self._prune_where(self.updates, {"run_id": run_id, "round": {"$lte": int(through_round)}})
-
-    def _prune_where(self, coll: Any, query: dict[str, Any]) -> int:
-        """``_prune`` of the documents ``query`` matches, without reading them all first: only those with a GridFS
-        file are read (their file ids; none for small models, whose blobs are inline), then one ``update_many`` by
-        the query, then their files go. On the embedded server reading a round's thousand documents cost about as
-        much as pruning them (bench/bench_scale.py). A file of a document written between the two steps stays
-        until ``gc_orphan_files``."""
-        live = {**query, "blob": {"$ne": None}}
-        files = self._retry(lambda: [d.get("file_id") for d in coll.find({**live, "file_id": {"$ne": None}},
-                                                                          {"_id": 1, "file_id": 1})])
-        res = self._retry(lambda: coll.update_many(live, {"$set": {"blob": None, "pruned": time.time()}}))
-        for file_id in files:
-            self._drop_file(file_id)
-        return int(res.modified_count)
+        docs = self._retry(
+            lambda: list(
+                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}}, {"blob": 0})
+            )
+        )
+        return self._prune(self.updates, docs)
 
     def gc_orphan_files(self, older_than_s: float = 3600.0) -> int:
         """Delete GridFS files that no doc references (a writer died between upload and insert, or lost a race)."""

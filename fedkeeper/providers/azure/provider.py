@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,10 +266,7 @@ class AzureProvider(Provider):
 
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         target = self._targets.get(name, self._look_up)
-        activation_id = uuid.uuid4().hex
-        future = self._calls.submit(self._run_call, name, target, payload, activation_id)
-        return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
-                          handle=future)
+        return self._calls.call(name, self._run_call, name, target, payload)
 
     def _post(self, name: str, target: tuple[str, str, float], payload: dict[str, Any],
               activation_id: str) -> tuple[requests.Response | None, float, float]:

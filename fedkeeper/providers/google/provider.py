@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -380,10 +379,7 @@ class GcfProvider(Provider):
 
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         target = self._targets.get(name, self._look_up)
-        activation_id = uuid.uuid4().hex
-        future = self._calls.submit(self._run_call, target, payload, activation_id)
-        return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
-                          handle=future)
+        return self._calls.call(name, self._run_call, target, payload)
 
     def _run_call(self, target: Target, payload: dict[str, Any], activation_id: str) -> Status:
         """One call, on a pool thread. A cached token that is refused (revoked, clock skew) is replaced and the

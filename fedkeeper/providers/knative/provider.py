@@ -25,7 +25,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -284,10 +283,7 @@ class KnativeProvider(Provider):
 
     def invoke(self, name: str, payload: dict[str, Any]) -> Invocation:
         url, timeout = self._routes.get(name, self._look_up)
-        activation_id = uuid.uuid4().hex
-        future = self._calls.submit(self._run_call, name, url, timeout, payload, activation_id)
-        return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
-                          handle=future)
+        return self._calls.call(name, self._run_call, name, url, timeout, payload)
 
     def _run_call(self, name: str, url: str, timeout: float, payload: dict[str, Any], activation_id: str) -> Status:
         headers = {"K-Request-Id": activation_id}

@@ -29,7 +29,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -241,10 +240,7 @@ class OpenFaasProvider(Provider):
         timeout = self._known.get(name, self._look_up_timeout)
         if self.config.invocation == "async":
             return self._invoke_async(name, payload)
-        activation_id = uuid.uuid4().hex
-        future = self._calls.submit(self._run_call, name, payload, timeout, activation_id)
-        return Invocation(cluster=self.cluster, name=name, activation_id=activation_id, submitted=time.time(),
-                          handle=future)
+        return self._calls.call(name, self._run_call, name, payload, timeout)
 
     def _run_call(self, name: str, payload: dict[str, Any], timeout: float, activation_id: str) -> Status:
         try:
