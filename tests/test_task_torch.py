@@ -7,18 +7,20 @@ torch==2.13.0 (the CPU build) is in the test extra; these tests are skipped wher
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+
+# background `fedkeeper` processes; test_fl_e2e's autouse fixture stops them when a test fails half-way
+from test_fl_e2e import _reap_launched  # noqa: F401
+from test_fl_e2e import launch as _launch
 
 pytest.importorskip("torch")
 
@@ -117,26 +119,6 @@ def test_the_torch_cnn_reaches_the_builtin_numpy_cnns_accuracy(torch_task: Any) 
 
 
 # ------------------------------------------------------------------------------------------ end to end
-
-_launched: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_launched() -> Iterator[None]:
-    yield
-    while _launched:
-        proc = _launched.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def _launch(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "fedkeeper.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"})
-    _launched.append(proc)
-    return proc
-
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 400) -> tuple[int, str]:
     _out, err = proc.communicate(timeout=timeout)
