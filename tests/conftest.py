@@ -21,13 +21,14 @@ import pytest
 def nx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real nx-27017 server on 127.0.0.1 (free port, files under a tmp dir); stopped and reaped at the end."""
     from fedkeeper.store import NxServer
+    from fedkeeper.store.nxserve import create_time
 
     home = tmp_path_factory.mktemp("nx-server")
     leases = home / "leases"
     leases.mkdir()
     me = psutil.Process()
     # The server stops by itself if this pytest process dies without running the teardown (e.g. SIGKILL).
-    (leases / f"{me.pid}.lease").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    (leases / f"{me.pid}.lease").write_text(json.dumps({"pid": me.pid, "create_time": create_time(me.pid)}))
     server = NxServer.in_dir(home, lease_dir=leases, lease_grace_s=5.0)
     try:
         yield server.start(timeout_s=30.0)

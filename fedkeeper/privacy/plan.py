@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedkeeper.config.errors import ConfigError, ConfigIssue
-from fedkeeper.privacy.accountant import Accountant
+
+if TYPE_CHECKING:  # dp-accounting takes about 1.5 s to import (scipy): only runs with privacy pay for it
+    from fedkeeper.privacy.accountant import Accountant
 from fedkeeper.runtime.privacy import PrivacySpec
 
 KEY = "scenarios.federated_learning.privacy"
@@ -80,6 +82,8 @@ def plan_for(fl: Any) -> PrivacyPlan | None:
     total = int(fl.clients_info.total_num_clients)
     per_round = int(fl.clients_info.num_clients_per_round)
     try:
+        from fedkeeper.privacy.accountant import Accountant
+
         accountant = Accountant(mode=spec.mode, noise_multiplier=spec.noise_multiplier,
                                 delta=float(section.delta_for(total)), sampling=section.sampling,
                                 population=total, sample_size=selected_count(fl),

@@ -371,7 +371,7 @@ class EmbeddedServer:
         me = psutil.Process()
         with self._locked():
             self._lease = self.lease_dir / f"{me.pid}-{uuid.uuid4().hex[:12]}.lease"
-            self._write_json(self._lease, {"pid": me.pid, "create_time": me.create_time()})
+            self._write_json(self._lease, {"pid": me.pid, "create_time": _create_time(me.pid) or 0.0})
             try:
                 state = self._running()
                 if state is not None:

@@ -28,6 +28,23 @@ import psutil
 
 
 def create_time(pid: int) -> float | None:
+    """When `pid` started, as an identity for leases, lock holders and store.json (None: no such process).
+
+    On Linux: seconds after boot, from /proc/<pid>/stat's start ticks. Not psutil's wall-clock create_time, which
+    is boot time + ticks and moves when the wall clock is stepped (a VM's clock sync does that): one step of 26 s
+    made the test session's live lease look like a dead process's, and its server stopped itself mid-run."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                data = stat.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        except OSError:
+            data = b""
+        try:  # fields after the command name (which may hold spaces and parentheses); starttime is field 22
+            return int(data[data.rindex(b")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+        except (ValueError, IndexError):
+            pass
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
