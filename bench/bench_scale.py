@@ -13,7 +13,9 @@ embedded nx-27017 store), once per setting with `--rounds` rounds (default 2), a
 - the clients' training compute alone (`model.train_local` on the same partitions, timed here), divided by
   the workers, and the round time as a ratio to it.
 
-With `--profile` the orchestrator's own hot functions (cProfile, the largest setting) are printed too. With
+With `--profile` (the largest setting) each process's hot functions are printed too, in ms per client call:
+the orchestrator, the client workers, the aggregator's workers and the store server (cProfile in each: the local
+platform's worker entry and the embedded server's entry write one when `FK_PROFILE_DIR` is set). With
 `--flower PYTHON` (a Python with `flwr[simulation]`, never a dependency of this project) the same task runs in
 Flower's simulation engine (bench/flower_task.py: same model, data partitions, epochs and clients, 2 CPUs) and
 the per-round wall times are printed side by side: Flower's is its 2-round run minus its 1-round run.
@@ -102,12 +104,13 @@ class Probe:
     def _cpu(self) -> dict[str, float]:
         me = psutil.Process()
         t = me.cpu_times()
-        out = {"orchestrator": t.user + t.system, "workers": 0.0, "store": 0.0}
+        out = {"orchestrator": t.user + t.system, "workers": 0.0, "aggregator": 0.0, "store": 0.0}
         nx = self._nx_pid()
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 c = child.cpu_times()
-                out["store" if child.pid == nx else "workers"] += c.user + c.system
+                kind = "store" if child.pid == nx else "aggregator" if "aggregator" in child.cwd() else "workers"
+                out[kind] += c.user + c.system
         if nx is not None and not any(c.pid == nx for c in me.children(recursive=True)):
             with contextlib.suppress(psutil.Error):
                 c = psutil.Process(nx).cpu_times()
@@ -169,12 +172,15 @@ def instrumented(probe: Probe) -> Iterator[None]:
 
     def aggregate(self: Any, round_number: int, mode: str, *a: Any, **k: Any) -> Any:
         if mode == "aggregate":
-            probe.mark("agg_begin")
+            cpu0 = probe._cpu()  # CPU of each process over the aggregate phase: a figure the shared machine's
+            probe.mark("agg_begin")  # other load does not inflate the way it inflates wall time
         try:
             return orig_agg(self, round_number, mode, *a, **k)
         finally:
             if mode == "aggregate":
                 probe.mark("agg_end")
+                for key, value in probe._cpu().items():
+                    probe.current[f"aggcpu_{key}"] = value - cpu0.get(key, 0.0)
 
     def update_run(self: Any, run_id: str, **fields: Any) -> Any:
         result = orig_update_run(self, run_id, **fields)
@@ -204,6 +210,10 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
     here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="fk-bench-scale-") as tmp:
         folder = Path(tmp)
+        profile_dir = folder / "profiles"
+        if profile:  # the workers' entry and the store server write their own cProfile there (FK_PROFILE_DIR)
+            profile_dir.mkdir()
+            os.environ["FK_PROFILE_DIR"] = str(profile_dir)
         probe.workdir = folder
         config = make_config(folder, clients, rounds, hash_alg)
         os.chdir(folder)
@@ -221,6 +231,14 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
                 wall = time.perf_counter() - t0
         finally:
             os.chdir(here)
+            os.environ.pop("FK_PROFILE_DIR", None)
+        process_profiles = _process_profiles(profile_dir, prof, clients * rounds) if profile else None
+        if profile and os.environ.get("BENCH_SCALE_KEEP"):  # the raw .prof files, for pstats by hand
+            import shutil
+
+            if prof is not None:
+                prof.dump_stats(str(profile_dir / "orchestrator.prof"))
+            shutil.copytree(profile_dir, Path(os.environ["BENCH_SCALE_KEEP"]) / str(clients), dirs_exist_ok=True)
         run_dir = next((folder / "Logs").iterdir())
         with open(run_dir / "rounds.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -229,6 +247,9 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
     last = probe.rounds[-1]
     r = len(rows)
     handler = [float(a["duration_s"] or 0) for a in acts if a["function"] == "fl_client" and int(a["round"]) == r]
+    # the aggregator function's own time (its handler, as the worker timed it): the aggregate phase less hand-off
+    agg_handler = sum(float(a["duration_s"] or 0) for a in acts
+                      if a["function"] == "fl_server_aggregator" and int(a["round"]) == r and a["state"] == "succeeded")
     begin = last["round_begin"]
     out = {
         "clients": clients, "wall_s": wall, "rows": rows, "round_s": float(rows[-1]["round_s"]),
@@ -236,19 +257,67 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
         "invoke": last.get("invoke", 0.0),
         "wait": last["wait_end"] - last["wait_begin"] - last.get("invoke", 0.0),
         "poll": last.get("poll", 0.0), "records": last.get("records", 0.0), "sleep": last.get("sleep", 0.0),
-        "resume": last.get("resume", 0.0), "passes": last.get("records#", 0),
-        "aggregate": last["agg_end"] - last["agg_begin"],
+        "resume": last.get("resume", 0.0), "passes": last.get("poll#", 0),
+        "aggregate": last["agg_end"] - last["agg_begin"], "agg_handler": agg_handler,
         "record": last["round_end"] - last["agg_end"],
         "measured_round": last["round_end"] - begin,
         "handler_sum": sum(handler), "handler_mean": statistics.mean(handler) if handler else 0.0,
         "cpu": {k[4:]: v for k, v in last.items() if k.startswith("cpu_")},
+        "agg_cpu": {k[7:]: v for k, v in last.items() if k.startswith("aggcpu_")},
         "accuracy": float(rows[-1]["accuracy"]),
     }
-    if prof is not None:
-        buf = io.StringIO()
-        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
-        out["profile"] = buf.getvalue()
+    if process_profiles is not None:
+        out["profile"] = process_profiles
     return out
+
+
+#: builtins in which a process waits for others (cProfile counts their wall time): left out of the busy figures;
+#: sends and writes stay in (they may wait for the interpreter lock after the system call too)
+_WAITS = frozenset({"<method 'acquire' of '_thread.lock' objects>", "<method 'acquire' of '_thread.RLock' objects>",
+                    "<method 'recv' of '_socket.socket' objects>", "<method 'recv_into' of '_socket.socket' objects>",
+                    "<method 'poll' of 'select.epoll' objects>", "<method 'poll' of 'select.poll' objects>",
+                    "<built-in method time.sleep>", "<method 'readline' of '_io.BufferedReader' objects>",
+                    "<method 'readinto' of '_io.BufferedReader' objects>", "<method 'wait' of '_thread.lock' objects>",
+                    "_serve"})  # the worker entry's loop: its own time is the wait for the next call line
+
+
+def _process_profiles(folder: Path, orchestrator: cProfile.Profile | None, calls: int) -> str:
+    """Each process group's hot functions (cProfile, own time), in ms per client call over the whole run: the
+    orchestrator (this process), the client workers, the aggregator's workers and the store server. The store
+    server's connection threads block in recv between requests, which its profile counts as time: read its
+    figures as where it spends its CPU besides waiting."""
+    groups: dict[str, list[Any]] = {"orchestrator": [orchestrator] if orchestrator is not None else [],
+                                    "client workers": [], "aggregator workers": [], "store server": []}
+    deadline = time.monotonic() + 5.0  # the store server writes its files as it stops
+    while time.monotonic() < deadline and not list(folder.glob("store-*.prof")):
+        time.sleep(0.1)
+    for path in sorted(folder.glob("[sw]*.prof")):
+        group = ("store server" if path.name.startswith("store-") else
+                 "aggregator workers" if "aggregator" in path.name else "client workers")
+        groups[group].append(str(path))
+    parts = []
+    for group, sources in groups.items():
+        if not sources:
+            parts.append(f"{group}: no profile written")
+            continue
+        stats = pstats.Stats(stream=io.StringIO())
+        for source in sources:
+            try:
+                stats.add(source)
+            except (EOFError, ValueError, OSError):  # a process killed while it wrote its profile: left out
+                parts.append(f"{group}: an unreadable profile left out ({source})")
+        busy = {k: v for k, v in stats.stats.items() if k[2] not in _WAITS}
+        rows = sorted(busy.items(), key=lambda kv: kv[1][2], reverse=True)  # by own time
+        total = sum(v[2] for v in busy.values())
+        waited = sum(v[2] for k, v in stats.stats.items() if k[2] in _WAITS)
+        lines = [f"{group} ({len(sources)} profile(s)): {1000 * total / calls:.3f} ms per client call busy, "
+                 f"{1000 * waited / calls:.3f} ms blocked (lock, recv, select, sleep, pipe reads: not listed)",
+                 f"{'ms/call':>9} {'calls/call':>10}  function"]
+        for (file, line, name), (_cc, nc, tt, _ct, _callers) in rows[:14]:
+            where = f"{Path(file).name}:{line}({name})" if line else name
+            lines.append(f"{1000 * tt / calls:>9.3f} {nc / calls:>10.2f}  {where}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def training_compute(clients: int, round_number: int) -> float:
@@ -324,13 +393,25 @@ def main() -> None:
               f"{r['sleep']:>6.3f} {r['passes']:>6.0f} {bound:>11.3f} {r['round_s'] / bound:>6.1f} "
               f"{1000 * r['handler_mean']:>10.2f} {r['accuracy']:>6.3f}")
     print("\nCPU per client (ms) in each process during the round, and the round's wall time per client:")
-    print(f"{'clients':>7} {'orchestrator':>12} {'workers':>8} {'store':>6} {'sum':>6} {'wall/client':>11} "
-          f"{'aggregate/update':>16}")
+    print(f"{'clients':>7} {'orchestrator':>12} {'workers':>8} {'aggregator':>10} {'store':>6} {'sum':>6} "
+          f"{'wall/client':>11} {'aggregate/update':>16}")
     for r in results:
         n = r["clients"]
         cpu = {k: 1000 * v / n for k, v in r["cpu"].items()}
-        print(f"{n:>7} {cpu['orchestrator']:>12.2f} {cpu['workers']:>8.2f} {cpu['store']:>6.2f} "
+        print(f"{n:>7} {cpu['orchestrator']:>12.2f} {cpu['workers']:>8.2f} {cpu['aggregator']:>10.2f} "
+              f"{cpu['store']:>6.2f} "
               f"{sum(cpu.values()):>6.2f} {1000 * r['round_s'] / n:>11.2f} {1000 * r['aggregate'] / n:>16.3f}")
+    print("\nAggregation per update (ms): wall time of the round's aggregate phase as the orchestrator sees it "
+          "(hand-off to the worker included) and of the aggregator function alone, then the CPU each process "
+          "spent during that phase (not inflated by the shared machine's other load). Pruning the round's blobs "
+          "is not in it: the orchestrator prunes after the round is recorded, while the next round trains.")
+    print(f"{'clients':>7} {'aggregate':>9} {'function':>9} {'| CPU: aggregator':>17} {'store':>6} "
+          f"{'orchestrator':>12} {'sum':>6}")
+    for r in results:
+        n, cpu = r["clients"], r["agg_cpu"]
+        print(f"{n:>7} {1000 * r['aggregate'] / n:>9.3f} {1000 * r['agg_handler'] / n:>9.3f} "
+              f"{1000 * cpu.get('aggregator', 0.0) / n:>17.3f} {1000 * cpu.get('store', 0.0) / n:>6.3f} "
+              f"{1000 * cpu.get('orchestrator', 0.0) / n:>12.3f} {1000 * sum(cpu.values()) / n:>6.3f}")
     by = {r["clients"]: r for r in results}
     lo, hi = min(by), max(by)
     if hi > lo:
@@ -359,8 +440,9 @@ def main() -> None:
         print("ratio = flower / fedkeeper (> 1: fedkeeper is faster)")
     for r in results:
         if "profile" in r:
-            print(f"\norchestrator profile at {r['clients']} clients per round (all rounds, by own time):")
-            print("\n".join(r["profile"].splitlines()[:40]))
+            print(f"\nprofile per process at {r['clients']} clients per round (all {args.rounds} rounds, by own "
+                  "time; cProfile's overhead included):")
+            print(r["profile"])
 
 
 if __name__ == "__main__":

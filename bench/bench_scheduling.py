@@ -1,5 +1,6 @@
 """Serverless-aware scheduling on the local platform (issue 20): time to a target accuracy and estimated cost of
-sync+random, sync+history, sync+warm_first, deadline and buffered, side by side, in one run.
+sync+random, sync+history, sync+warm_first, deadline and buffered, and of the `scored` policy in each mode, side
+by side, in one run.
 
 100 clients on one local cluster with a seeded heterogeneous profile (docs/scheduling.md): three speed tiers
 (50 % ×1, 30 % ×2, 20 % ×4), 10 % stragglers (×10), cold starts of 1–3 s with a keep-warm window; every time is
@@ -9,7 +10,8 @@ handler times the profile reports, so they stand for what the same schedule woul
 timing. Each setting runs in process (`start_command`) against the embedded store; the figures are read back
 from Logs/<run>/ (rounds.csv, activations.csv, summary.json).
 
-    python bench/bench_scheduling.py [--scale 0.25] [--target 0.85] [--rounds 25] [--json out.json]
+    python bench/bench_scheduling.py [--scale 0.25] [--target 0.85] [--rounds 25] [--seed 3] [--only NAME ...]
+                                     [--json out.json]
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ LAMBDA = {"gb_second": 0.0000166667, "per_million_invocations": 0.2}
 #: history: rookies are measured through the exploration share rather than all first, and known clients slower
 #: than 1.5 × the median are left to exploration and the waiting bound (which still brings everyone in)
 HISTORY = {"policy": "history", "rookies_first": False, "max_slowdown": 1.5}
+#: scored: value (reliability × diversity) per second of expected round time, cold starts included
+#: (docs/scheduling.md). No random exploration places: a random client is a cold start that would make a warm
+#: round as long as a cold one, and the diversity term already brings new clients in (whole rounds of them).
+#: `cold_start_s` is set by `config` to the profile's mean cold start, as a user sets their platform's.
+SCORED = {"policy": "scored", "epsilon": 0.0}
 SETTINGS: dict[str, dict[str, Any]] = {
     "sync+random": {"selection": {"policy": "random"}, "mode": "sync"},
     "sync+history": {"selection": HISTORY, "mode": "sync"},
@@ -40,10 +47,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "deadline(carry)": {"selection": {"policy": "random"}, "mode": {"name": "deadline", "late": "carry"}},
     "deadline(discard)+history": {"selection": HISTORY, "mode": {"name": "deadline", "late": "discard"}},
     "buffered": {"selection": {"policy": "random"}, "mode": {"name": "buffered"}},
+    "sync+scored": {"selection": SCORED, "mode": "sync"},
+    "deadline(discard)+scored": {"selection": SCORED, "mode": {"name": "deadline", "late": "discard"}},
+    "buffered+scored": {"selection": SCORED, "mode": {"name": "buffered"}},
 }
 
 
-def config(scale: float, rounds: int, target: float, setting: dict[str, Any], per_round: int) -> dict[str, Any]:
+def config(scale: float, rounds: int, target: float, setting: dict[str, Any], per_round: int,
+           seed: int = 3) -> dict[str, Any]:
     base_ms = 400 * scale
     profile = {"seed": 20, "base_ms": base_ms,
                "slowdown": {"median": 1.0, "sigma": 0.1},
@@ -51,7 +62,7 @@ def config(scale: float, rounds: int, target: float, setting: dict[str, Any], pe
                "stragglers": {"share": 0.1, "slowdown": 10},
                "cold_start": {"delay_ms": [1000 * scale, 3000 * scale], "keep_warm_s": 20 * scale}}
     fl: dict[str, Any] = {
-        "rounds": rounds, "seed": 3, "target_accuracy": target,
+        "rounds": rounds, "seed": seed, "target_accuracy": target,
         "clients_info": {"total_num_clients": 100, "num_clients_per_round": per_round,
                          "placement": {"fleet": 100, "agg": 0}, "deployment": "per_client"},
         "server": {"cluster": "agg"},
@@ -61,6 +72,9 @@ def config(scale: float, rounds: int, target: float, setting: dict[str, Any], pe
         "resilience": {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "poll_max_s": 0.02, "timeout_slack_s": 5},
         "selection": setting["selection"], "prewarm": bool(setting.get("prewarm")),
     }
+    if fl["selection"]["policy"] == "scored" and "cold_start_s" not in fl["selection"]:
+        lo, hi = profile["cold_start"]["delay_ms"]
+        fl["selection"] = {**fl["selection"], "cold_start_s": (lo + hi) / 2 / 1000}
     mode = setting["mode"]
     if isinstance(mode, dict) and mode.get("name") == "deadline":
         # the deadline lets the two fast tiers (×1, ×2 with noise) in: 2.5 × the nominal handler time
@@ -132,6 +146,8 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=3, help="the experiment's seed (selection, data, training); "
+                        "the timing profile keeps its own")
     parser.add_argument("--only", nargs="*", default=None, help="settings to run (default: all)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="write the runs' Logs/ here instead of a temp dir")
@@ -143,7 +159,7 @@ def main() -> int:
         for name, setting in SETTINGS.items():
             if args.only and name not in args.only:
                 continue
-            data = config(args.scale, args.rounds, args.target, setting, args.per_round)
+            data = config(args.scale, args.rounds, args.target, setting, args.per_round, args.seed)
             data["mongo_config"]["db"] = "bench_sched_" + "".join(ch if ch.isalnum() else "_" for ch in name)
             result = measure(name, data, Path(tmp) / "".join(ch if ch.isalnum() else "_" for ch in name), args.target)
             results.append(result)

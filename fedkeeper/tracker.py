@@ -15,6 +15,7 @@ per cluster comes from the fabric (`TrackerFabric`).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import random
@@ -46,10 +47,7 @@ log = logging.getLogger(__name__)
 #: activation records are written at least this often while jobs run, and whenever this many are buffered
 FLUSH_EVERY_S = 0.05
 FLUSH_MAX = 512
-_DONE = frozenset(s for s in JobState if s.done)
-#: the same as a tuple: `in` compares by identity first, where the frozenset hashes each StrEnum member in Python
-#: (a thousand jobs a pass, hundreds of passes a round: bench/bench_scale.py)
-_DONE_T = tuple(_DONE)
+#: a tuple: `in` compares by identity first, where a frozenset hashes each StrEnum member in Python
 _QUEUED = (JobState.WAITING, JobState.BACKOFF)
 
 #: (round, who, function): who is the client id, None for the aggregator, or a tree aggregation node ("1.0")
@@ -154,6 +152,18 @@ class Attempt:
     interval: float
     status: Status | None = None
     state: ActivationState = ActivationState.INVOKED  # the record's state; changed only through `move`
+    #: while it runs: when the platform says the handler started (epoch s; None until it says so), and the
+    #: wall-clock time of the poll that last found it still running — together a lower bound on its handler time
+    #: that a deadline can act on before the call ends (`running_for`)
+    running_since: float | None = None
+    pending_at: float | None = None
+    polled_at: float | None = None
+
+    def running_for(self) -> float | None:
+        """Seconds the handler had certainly run when last seen running (None: not known to have started)."""
+        if self.running_since is None or self.pending_at is None:
+            return None
+        return max(0.0, self.pending_at - self.running_since)
 
     def move(self, new: ActivationState) -> None:
         """Change the record's state along `ACTIVATION_TRANSITIONS` (`IllegalTransition` otherwise)."""
@@ -313,42 +323,62 @@ class Tracker:
         deadline_hit = False
         clusters = {j.cluster for j in jobs}
         self._watch(clusters)
-        pending = jobs
+        # The jobs not done, kept apart by state so a pass costs what is in flight, not what is queued: at a
+        # thousand clients a round makes hundreds of passes, and five scans of every job per pass were the
+        # orchestrator's largest cost after the hand-off itself (bench/bench_scale.py). `queue` (waiting and
+        # backing off) stays in the jobs' order, so submissions keep the order a full scan gave them.
+        index = {id(j): i for i, j in enumerate(jobs)}
+        running = [j for j in jobs if j.state is JobState.RUNNING]
+        queue = [j for j in jobs if j.state in _QUEUED]
         while True:
             if self.guard is not None:
                 self.guard()
             woken = self._wakeup.is_set()
             self._wakeup.clear()  # a call that settles from here on wakes the next pause
             now = self.clock()
-            pending = [j for j in pending if j.state not in _DONE_T]  # a done job never comes back
-            if not pending:
+            if not running and not queue:
                 break
             if satisfied is not None and satisfied(jobs):
-                for job in pending:
+                for job in sorted(running + queue, key=lambda j: index[id(j)]):
                     self._abandon(job, "enough clients succeeded (over-selection)")
                 break
             if deadline is not None and now >= deadline and (enough is None or enough(jobs)):
                 deadline_hit = True
-                for job in pending:
+                for job in sorted(running + queue, key=lambda j: index[id(j)]):
                     self._abandon(job, "round deadline reached")
                 break
-            inflight = Counter(j.cluster for j in pending if j.state is JobState.RUNNING)
+            inflight = Counter(j.cluster for j in running)
             room = self._room(clusters, inflight)
-            for job in pending:
-                if room <= 0:  # every cluster is at its cap: the rest of a long queue waits for the next pass
-                    break
-                if job.state in (JobState.WAITING, JobState.BACKOFF) and now >= job.not_before \
-                        and inflight[job.cluster] < self._inflight_cap(job.cluster):
-                    self._submit(job, counts)
-                    if job.state is JobState.RUNNING:
-                        inflight[job.cluster] += 1
-                        room = self._room(clusters, inflight)
-            self._poll_due([j.active for j in pending if j.state is JobState.RUNNING and j.active], counts,
-                           woken=woken)
+            if room > 0 and queue:
+                left: list[Job] = []
+                i = 0
+                for i, job in enumerate(queue):  # noqa: B007 - `i` marks where the scan stopped
+                    if room <= 0:  # every cluster is at its cap: the rest of a long queue waits for the next pass
+                        break
+                    if now >= job.not_before and inflight[job.cluster] < self._inflight_cap(job.cluster):
+                        self._submit(job, counts)
+                        if job.state is JobState.RUNNING:
+                            running.append(job)
+                            inflight[job.cluster] += 1
+                            room = self._room(clusters, inflight)
+                            continue
+                    if job.state in _QUEUED:
+                        left.append(job)
+                else:
+                    i = len(queue)
+                queue = left + queue[i:]
+            self._poll_due([j.active for j in running if j.active], counts, woken=woken)
+            still: list[Job] = []
+            for job in running:
+                if job.state is JobState.RUNNING:
+                    still.append(job)
+                elif job.state in _QUEUED:  # failed, to be retried: back in the queue at its place
+                    bisect.insort(queue, job, key=lambda j: index[id(j)])
+            running = still
             self._flush_due()
             if until is not None and until(jobs):
                 break
-            self._sleep(pending, deadline)
+            self._sleep(running, queue, deadline, clusters)
         self.flush()
         self._add_totals(counts)
         return WaitOutcome(jobs, counts, deadline_hit)
@@ -360,8 +390,11 @@ class Tracker:
         rounds: dict[tuple[str, int], list[Job]] = {}
         for job in jobs:
             rounds.setdefault((job.run_id, job.round), []).append(job)
+        server = getattr(self.store, "find_server_activations", None)  # optional: a store may not offer it
         for (run_id, round_number), group in rounds.items():
-            records = self.store.find_activations(run_id, round=round_number)
+            # an aggregation needs only the round's aggregator records, not its thousand client records
+            records = (server(run_id, round_number) if server is not None and all(j.client_id is None for j in group)
+                       else self.store.find_activations(run_id, round=round_number))
             bases, flying = attempt_bases(records), in_flight(records)
             for job in group:
                 job.attempt_base = bases.get(job.who, 0)
@@ -498,6 +531,7 @@ class Tracker:
             self._handle(attempt, outcome, counts)
 
     def _poll_one(self, attempt: Attempt) -> Status | ProviderError:
+        attempt.polled_at = time.time()  # before asking: a "still running" answer is at least this late
         try:
             return self.fabric.provider(attempt.job.cluster).poll(attempt.invocation)
         except ProviderError as exc:
@@ -526,6 +560,8 @@ class Tracker:
             outcome = Status(State.TIMED_OUT, error=f"no answer from the platform: {outcome.message}")
         status = outcome
         if status.state is State.PENDING:
+            if status.start is not None:
+                attempt.running_since, attempt.pending_at = float(status.start), attempt.polled_at
             if now >= attempt.deadline:
                 status = Status(State.TIMED_OUT, error=f"no result within {attempt.deadline - attempt.submitted:.0f}s")
             else:
@@ -672,28 +708,31 @@ class Tracker:
         for name in ("succeeded", "failed", "timed_out", "lost", "retries", "throttled", "redeploys"):
             setattr(self.totals, name, getattr(self.totals, name) + getattr(counts, name))
 
-    def _sleep(self, jobs: Iterable[Job], deadline: float | None) -> None:
-        """Sleep until the next poll or retry is due (bounded), never a fixed long interval."""
+    def _sleep(self, running: list[Job], queue: list[Job], deadline: float | None, clusters: Iterable[str]) -> None:
+        """Sleep until the next poll or retry is due (bounded), never a fixed long interval. `running`: the jobs
+        in flight; `queue`: those waiting or backing off; `clusters`: those of the run's jobs."""
         now = self.clock()
         wake = [deadline] if deadline is not None else []
-        jobs = jobs if isinstance(jobs, list) else list(jobs)
-        active = [j.active for j in jobs if j.state is JobState.RUNNING and j.active is not None]
-        running = Counter(a.job.cluster for a in active)
+        active = [j.active for j in running if j.state is JobState.RUNNING and j.active is not None]
+        in_flight = Counter(a.job.cluster for a in active)
         wake += [a.next_poll for a in active]
         # a waiting job wakes the loop only where its cluster has room: at its cap, the next poll frees a slot
         # (before, a long queue behind a full cluster spun the loop without sleeping, taking a core from the workers).
         # Only clusters with room are scanned for their earliest waiting job: at a thousand jobs a pass, a scan of
         # every job's state was the tracker's largest own cost (bench/bench_scale.py)
-        open_clusters = {c for c in {j.cluster for j in jobs} if running[c] < self._inflight_cap(c)}
-        if open_clusters:
-            wake += [j.not_before for j in jobs if j.state in _QUEUED and j.cluster in open_clusters]
+        if queue:
+            open_clusters = {c for c in clusters if in_flight[c] < self._inflight_cap(c)}
+            for job in queue if open_clusters else ():
+                if job.cluster in open_clusters:
+                    if job.not_before <= now:  # due now (a slot just freed): no pause, and no need to scan on
+                        return
+                    wake.append(job.not_before)
         if not wake:
             return
         delay = min(wake) - now
         if delay > 0:
             # providers that report settled calls end the pause early (`on_settle`); the others are polled
             self._wakeup.wait(min(delay, self.policy.poll_max_s))
-
 
 
 def _merged(inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]]

@@ -143,3 +143,27 @@ def test_profiles_are_described_for_the_run_log() -> None:
     assert list(described) == ["a"]
     assert described["a"]["seed"] == 3 and described["a"]["effective_keep_warm_s"] == 30.0
     assert described["a"]["cold_start"]["delay_ms"] == [1000.0, 2000.0]
+
+
+def test_prestart_starts_workers_ahead_only_under_a_cold_start_model(tmp_path: Path) -> None:
+    """With simulated cold starts a process start is the emulator's cost: `prestart` pays it before the first
+    call, which then runs on a prestarted worker and is still cold by the model's word. Without a model a process
+    start is the platform's cold start, and nothing is started ahead."""
+    p = LocalProvider("lab", LocalCluster(concurrency=2, profile=Profile(seed=4, cold_start={"delay_ms": (100, 100)})),
+                      workdir=tmp_path / "model")
+    try:
+        a, b = deploy(p, "echo", name="fk-t-a"), deploy(p, "echo", name="fk-t-b")
+        assert p.prestart([a, b, "fk-t-missing"]) == 2  # the copies share their workers: two in all, both ready
+        ready = sorted(p.worker_pids())
+        first = p.wait(p.invoke(b, {"client_id": 1, "round": 1, "attempt": 1}), 30)
+        assert first.state is State.SUCCEEDED and first.cold is True  # the simulated instance was cold
+        assert sorted(p.worker_pids()) == ready  # ... but no process was started for it
+        assert p.prestart([a]) == 2  # idempotent: the cluster is at its concurrency
+    finally:
+        p.close()
+    plain = LocalProvider("plain", LocalCluster(concurrency=2), workdir=tmp_path / "plain")
+    try:
+        name = deploy(plain, "echo", name="fk-t-c")
+        assert plain.prestart([name]) == 0 and plain.worker_pids() == []
+    finally:
+        plain.close()

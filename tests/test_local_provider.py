@@ -311,3 +311,22 @@ def test_worker_pids_are_own_process_group(provider: LocalProvider) -> None:
     _, st = call(provider, name)
     pid = st.result["pid"]
     assert os.getpgid(pid) == pid != os.getpgid(0)  # Ctrl-C on the terminal does not reach workers
+
+
+def test_deploy_and_remove_sweep_folders_left_by_a_killed_deploy(tmp_path: Path) -> None:
+    """SIGKILL cannot be deferred: a deploy killed while unpacking leaves its staging folder. The next deploy or
+    remove sweeps folders whose maker is gone (and those of the older pid-less layout), never a live one's."""
+    p = make_provider(tmp_path)
+    try:
+        name = deploy(p, "echo", name="fk-t-sweep")
+        fdir = p.root / name
+        dead, legacy, live = fdir / ".code-999999999-dead", fdir / ".old-1a2b3c4d", fdir / f".code-{os.getpid()}-live"
+        removed = p.root / ".removed-999999999-dead-fk-t-gone"
+        for folder in (dead, legacy, live, removed):
+            folder.mkdir()
+        deploy(p, "echo", name="fk-t-sweep")  # unchanged, and still sweeps
+        assert not dead.exists() and not legacy.exists() and not removed.exists() and live.is_dir()
+        live.rmdir()
+        assert p.remove(name) and not any(p.root.iterdir())
+    finally:
+        p.close()

@@ -14,13 +14,16 @@ import yaml
 
 from chaos_audit import audit_run
 from fedkeeper.errors import Interrupted
+from fedkeeper.providers.local.config import Profile
+from fedkeeper.providers.local.profile import ProfilePlan
 from fedkeeper.scenarios import federated_learning as fl_module
 from fedkeeper.tracker import Tracker
 from round_support import experiment_yaml, start_in_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-#: 6 clients: ids 0-3 fast (40 ms), 4-5 slow (a 10× tier: 400 ms); deadline 0.2 s
+#: 6 clients, drawn into a fast tier (40 ms) and a slow one (a 10× tier: 400 ms; client 1 with this seed);
+#: deadline 0.2 s
 PROFILE = {"seed": 7, "base_ms": 40, "tiers": [{"share": 0.67, "slowdown": 1}, {"share": 0.33, "slowdown": 10}]}
 
 
@@ -53,6 +56,10 @@ def test_deadline_discard_is_deterministic_and_audited(nx_server: str, client: A
         _audit(run)
         assert all(float(r["cost"]) > 0 for r in run.rounds())
     assert runs[0].summary["model_sha256"] == runs[1].summary["model_sha256"]
+    # the slow tier (400 ms > D) is seen running past D and cut at once, not waited for (rounds.deadline.known_late)
+    slow = [c for c in range(6) if ProfilePlan(Profile(**PROFILE), 60.0).traits(c).tier_slowdown > 1]
+    calls = list(runs[0].db["activations"].find({"run_id": runs[0].run_id, "client_id": {"$in": slow}}))
+    assert calls and {a["state"] for a in calls} == {"abandoned"}, [a["state"] for a in calls]
 
 
 def test_deadline_carry_uses_late_updates_once(nx_server: str, client: Any, tmp_path: Path) -> None:

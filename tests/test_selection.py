@@ -212,3 +212,101 @@ def test_history_max_slowdown_keeps_slow_known_clients_out_of_the_preferred_plac
         assert set(range(7)) <= set(ranked)
     with pytest.raises(ValueError):
         SelectionConfig.model_validate({"policy": "history", "max_slowdown": 1.0})
+
+
+def warm_history(rounds: int, *, fast: range, slow: range, uses: int = 1, keep: float = 60.0) -> History:
+    """Clients `fast` (0.1 s) and `slow` (1 s) each selected in `uses` rounds, all ending just before the last
+    aggregation (their functions warm under a `keep` s window); everyone else never invoked."""
+    records = [record(None, 0, start=0.0, duration=0.1)]
+    for r in range(1, rounds + 1):
+        t = 10.0 * r
+        if r > rounds - uses:
+            records += [record(c, r, start=t, duration=0.1, cold=False) for c in fast]
+            records += [record(c, r, start=t, duration=1.0, cold=False) for c in slow]
+        records.append(record(None, r, start=t + 1.5, duration=0.1))
+    return History.from_records(records, rounds + 1)
+
+
+def test_scored_prefers_warm_fast_clients_and_waits_for_no_cold_one() -> None:
+    history = warm_history(3, fast=range(0, 6), slow=range(6, 12))
+    ctx = SelectionContext(4, 7, 40, 5, history, keep_warm_s={"c": 60.0})
+    policy = make("scored", {"epsilon": 0.0, "cold_start_s": 2.0})
+    assert set(policy.rank(ctx)) <= set(range(6))  # warm and fast, not warm and slow, not cold rookies
+    terms = policy.terms(ctx)
+    assert terms[0].warm == 1.0 and terms[30].warm == 0.0
+    # a rookie: the median known handler time (0.55 s, a neutral prior) plus a cold start
+    assert terms[0].expected_s == pytest.approx(0.1) and terms[30].expected_s == pytest.approx(0.55 + 2.0)
+    # the same clients idle beyond the keep-warm window are cold: a cold start costs them as much as a rookie
+    cold = SelectionContext(4, 7, 40, 5, history, keep_warm_s={"c": 1.0})
+    assert policy.terms(cold)[0].warm == 0.0
+    # warmth ramps down over the last `warm_margin` of the window (idle here: 31.6 − 30.1 = 1.5 s)
+    ramp = SelectionContext(4, 7, 40, 5, history, keep_warm_s={"c": 2.0})
+    assert make("scored", {"warm_margin": 0.5}).terms(ramp)[0].warm == pytest.approx(0.5)
+
+
+def test_scored_takes_whole_rounds_of_warm_or_of_new_clients() -> None:
+    policy = make("scored", {"epsilon": 0.0, "cold_start_s": 0.2})
+    # the warm clients were selected once: still worth more per second than rookies that cost a cold start
+    fresh = SelectionContext(4, 7, 40, 5, warm_history(3, fast=range(0, 10), slow=range(0)), keep_warm_s={"c": 60})
+    assert set(policy.rank(fresh)) <= set(range(10))
+    # selected in every round so far: a round of new clients is worth its cold start — all of it
+    # new, since a round waits for its slowest client anyway
+    used = SelectionContext(4, 7, 40, 5, warm_history(3, fast=range(0, 10), slow=range(0), uses=3),
+                            keep_warm_s={"c": 60})
+    assert not set(policy.rank(used)) & set(range(10))
+    # time does not count (speed 0): the most valuable clients, whatever they cost
+    assert not set(make("scored", {"epsilon": 0.0, "speed": 0.0}).rank(fresh)) & set(range(10))
+
+
+def test_scored_rotates_through_the_population() -> None:
+    def run(diversity: float) -> list[list[int]]:
+        return simulate("scored", 30, 5, 18, epsilon=0.0, diversity=diversity, max_wait_rounds=100)
+
+    rotating, greedy = run(1.0), run(0.0)
+    assert len(set().union(*rotating)) == 30  # everyone takes part
+    taken = [sum(c in r for r in rotating) for c in range(30)]
+    assert max(taken) - min(taken) <= 2
+    assert len(set().union(*greedy[3:])) <= 10  # without the diversity term the same few clients train on
+
+
+def test_scored_keeps_exploration_and_the_waiting_bound() -> None:
+    history = warm_history(3, fast=range(0, 6), slow=range(6, 12))
+    ctx = SelectionContext(4, 7, 40, 5, history, keep_warm_s={"c": 60.0})
+    best = make("scored", {"epsilon": 0.0}).rank(ctx)
+    explored = make("scored", {"epsilon": 0.4}).rank(ctx)
+    assert explored[:3] == best[:3] and set(explored[3:]) != set(best[3:])
+    speed = {c: (0.1 if c < 5 else 2.0) for c in range(24)}
+    picks = simulate("scored", 24, 4, 40, speed=speed, epsilon=0.0, diversity=0.0, max_wait_rounds=6)
+    last = {c: 0 for c in range(24)}
+    for r, ranked in enumerate(picks, start=1):
+        for c in ranked:
+            last[c] = r
+        assert all(r - last[c] <= 6 + math.ceil(24 / 4) for c in range(24)), r
+
+
+def test_scored_is_seeded_and_a_pure_function_of_the_history() -> None:
+    speed = {c: 0.1 * (1 + c % 4) for c in range(20)}
+    a = simulate("scored", 20, 4, 8, seed=3, speed=speed, fails={2})
+    assert a == simulate("scored", 20, 4, 8, seed=3, speed=speed, fails={2})
+    assert a[0] != simulate("scored", 20, 4, 8, seed=4, speed=speed, fails={2})[0]
+    # resume: an activation that ended after round 1's aggregation, or is still running, or an interrupted
+    # session's records of round 2 itself, do not change how round 2 is ranked
+    base = [record(None, 0, start=0.0, duration=0.1), record(0, 1, start=1.0, duration=1.0, cold=True),
+            record(1, 1, start=1.0, duration=0.5, cold=True), record(None, 1, start=2.5, duration=0.5)]
+    late = record(2, 1, start=1.0, duration=9.0, cold=True)
+    running = dict(late, state="invoked", end=None)
+    interrupted = [record(5, 2, start=3.5, duration=0.2, cold=False)]
+    rankings = {tuple(make("scored").rank(SelectionContext(2, 9, 12, 3, History.from_records(records, 2))))
+                for records in (base + [late], base + [running], base + [running] + interrupted)}
+    assert len(rankings) == 1
+
+
+def test_history_reads_cold_flags_stored_as_integers_and_learns_the_cold_start() -> None:
+    records = [record(None, 0, start=0.0), record(0, 1, start=1.0, cold=True), record(1, 1, start=1.0, cold=False),
+               record(None, 1, start=3.0)]
+    records[1].update(cold=1, start=1.6)  # as the store hands it back: 0/1; started 0.6 s after it was submitted
+    records[2].update(cold=0, start=1.1)
+    history = History.from_records(records, 3)
+    assert history.start_waits == {True: [pytest.approx(0.6)], False: [pytest.approx(0.1)]}
+    assert history.cold_start_s() == pytest.approx(0.5)
+    assert History.from_records(records[:1], 1).cold_start_s() is None

@@ -300,7 +300,7 @@ class SelectionConfig(Model):
     validates them and names each bad one (docs/scheduling.md)."""
 
     model_config = ConfigDict(extra="allow")
-    policy: str = Field("random", description="random, history, warm_first")
+    policy: str = Field("random", description="random, history, warm_first, scored")
 
     @model_validator(mode="after")
     def _known_policy(self) -> "SelectionConfig":

@@ -33,8 +33,27 @@ class WarmFirstParams(PolicyParams):
     max_wait_rounds: int | None = Field(None, ge=1, description="null: 3 × ceil(total / per round)")
 
 
+class ScoredParams(PolicyParams):
+    speed: float = Field(1.0, ge=0, description="exponent of the expected time in the score (value / time^speed; "
+                         "0: time does not count)")
+    warm: float = Field(1.0, ge=0, description="weight of the cold-start risk in a client's expected time: "
+                        "handler time + warm × P(cold) × the cold-start delay (0: warmth does not count)")
+    reliability: float = Field(1.0, ge=0, description="exponent of (successes + 1) / (finished attempts + 2) in "
+                               "the value")
+    diversity: float = Field(1.0, ge=0, description="exponent of 1 / (1 + rounds selected / the mean over clients) "
+                             "in the value")
+    window: int = Field(5, ge=1, description="successes whose handler times are averaged")
+    warm_margin: float = Field(0.2, ge=0, le=1, description="share of the keep-warm window before its end over "
+                               "which the warm probability falls from 1 to 0")
+    keep_warm_s: float | None = Field(None, ge=0, description="override the clusters' keep-warm window")
+    cold_start_s: float | None = Field(None, ge=0, description="a cold start's delay (null: learnt from the "
+                                       "recorded start-up waits of cold and warm calls)")
+    epsilon: float = Field(0.1, ge=0, le=1, description="share of each round's places drawn at random")
+    max_wait_rounds: int | None = Field(None, ge=1, description="null: 3 × ceil(total / per round)")
+
+
 PARAMS: dict[str, type[PolicyParams]] = {"random": PolicyParams, "history": HistoryParams,
-                                         "warm_first": WarmFirstParams}
+                                         "warm_first": WarmFirstParams, "scored": ScoredParams}
 
 
 def register_params(name: str, model: type[PolicyParams]) -> None:

@@ -224,6 +224,13 @@ class Provider(ABC):
         and bill all of it)."""
         return None
 
+    def prestart(self, names: list[str]) -> int:
+        """Get ready to run these deployed functions before their first call, where the platform has set-up of its
+        own that is not part of what it emulates (the local platform with a cold-start model starts its worker
+        processes). Returns how many workers are ready; 0 where there is nothing to do (every cloud platform: a
+        real cold start is the fabric's and belongs in the round)."""
+        return 0
+
     def close(self) -> None:
         """Release workers, pools and sessions."""
 

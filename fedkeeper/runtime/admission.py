@@ -21,6 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,8 +52,10 @@ REASONS: dict[str, str] = {
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 #: the aggregator reads update documents in chunks of at most this many, holding at most this many blob bytes
+#: (with the next chunk read ahead: two chunks of half that each)
 READ_BATCH_MAX = 256
 READ_BATCH_BYTES = 4 << 20
+READ_AHEAD_SPLIT = 4
 
 
 class UpdateSource(Protocol):
@@ -228,15 +231,38 @@ class Admitted:
         """The issued updates in chunks, each chunk's documents read in one round trip when the source can
         (``find_updates``): a thousand small updates in a few round trips instead of a thousand. A chunk holds
         at most ``READ_BATCH_BYTES`` of blobs (one update when a single one is larger), so memory stays flat in
-        the number of clients and near one update for big models."""
+        the number of clients and near one update for big models.
+
+        When two or more updates fit in half that budget, the next chunk is read (in a thread) while this one is
+        verified and summed: the store works on its documents while this process works on the previous ones,
+        and both chunks together still hold at most ``READ_BATCH_BYTES``. Big models read one update at a time,
+        as before (a second one read ahead would double the memory the aggregator needs beside the model)."""
         fetch = getattr(self._source, "find_updates", None)
-        size = max(1, min(READ_BATCH_MAX, READ_BATCH_BYTES // max(1, limit))) if fetch is not None else 1
-        for start in range(0, len(self._issued), size):
-            chunk = self._issued[start:start + size]
-            if fetch is None:
-                yield chunk, None
-                continue
-            yield chunk, fetch(self.run_id, [(self._round_of(i), i.client_id, i.activation_id) for i in chunk])
+        if fetch is None:
+            for item in self._issued:
+                yield [item], None
+            return
+        ahead = READ_BATCH_BYTES // 2 // max(1, limit) >= 2
+        size = max(1, min(READ_BATCH_MAX, (READ_BATCH_BYTES // 2 if ahead else READ_BATCH_BYTES) // max(1, limit)))
+        if ahead:  # at least READ_AHEAD_SPLIT chunks (of 16 or more): a small round overlaps its reads too
+            size = min(size, max(16, -(-len(self._issued) // READ_AHEAD_SPLIT)))
+        chunks = [self._issued[start:start + size] for start in range(0, len(self._issued), size)]
+
+        def read(chunk: list[Issued]) -> dict[Any, Any]:
+            return fetch(self.run_id, [(self._round_of(i), i.client_id, i.activation_id) for i in chunk])
+
+        if not ahead or len(chunks) < 2:
+            for chunk in chunks:
+                yield chunk, read(chunk)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fk-read-ahead") as pool:
+            pending = pool.submit(read, chunks[0])
+            for k, chunk in enumerate(chunks):
+                docs = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(read, chunks[k + 1])
+                yield chunk, docs
+                docs = None  # noqa: F841 - this chunk's documents go before the one after next is read
 
     def _round_of(self, item: Issued) -> int:
         return self.round if item.round is None else item.round

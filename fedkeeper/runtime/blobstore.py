@@ -232,7 +232,14 @@ class BlobStore:
         self.partials = db[PARTIALS]
         self.inline_limit = inline_limit
         self._retry: Retry = retry or default_retry
-        self._files = _GridFiles(db)
+        self._grid: _GridFiles | None = None  # made on first use: most stores (a client's) never touch GridFS
+
+    @property
+    def _files(self) -> _GridFiles:
+        """The GridFS bucket, built when a blob first needs it (building one costs a client call ~0.3 ms)."""
+        if self._grid is None:
+            self._grid = _GridFiles(self.db)
+        return self._grid
 
     def ensure_indexes(self) -> None:
         """Secondary indexes for listings; the natural keys are the ``_id``s."""
@@ -436,7 +443,7 @@ class BlobStore:
         if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1):
             raise ValueError(f"attempt must be an integer >= 1, got {attempt!r}")
         blob = W.encode(weights, self.hash_alg)
-        offered = W.digest_of(blob)
+        offered = W.PREFIX.unpack_from(blob, 0)[4].hex()  # = W.digest_of(blob), without re-parsing what encode wrote
         if len(blob) > self.inline_limit:  # look first only when a GridFS upload would be wasted
             existing = self._retry(lambda: self.updates.find_one({"_id": key}, {"blob": 0}))
             if existing is not None:
@@ -566,20 +573,32 @@ class BlobStore:
 
     # -------------------------------------------------------------------------------------------------- gc
 
-    def _prune(self, coll: Any, docs: Iterable[dict[str, Any]]) -> int:
+    def _prune(self, coll: Any, docs: Iterable[dict[str, Any]], batch: int | None = None,
+               between: Callable[[], None] | None = None) -> int:
         """Drop blobs but keep the metadata; the docs are updated first so none points at a deleted file.
 
         One ``update_many`` for all of them (a round's thousand updates in one round trip, not a thousand), then
-        the GridFS files of those that had one; deleting a file a concurrent pruner already deleted is a no-op."""
+        the GridFS files of those that had one; deleting a file a concurrent pruner already deleted is a no-op.
+        ``batch``: at most that many docs per ``update_many``, for a pruner that runs beside other work: the
+        embedded server holds its database lock for a whole command (about 0.5 ms per update document), so one
+        command over a round's thousand updates would stall every client write for half a second. ``between``:
+        called between two batches (a background pruner gives the store's other users their turn there)."""
         docs = list(docs)
         if not docs:
             return 0
-        res = self._retry(lambda: coll.update_many(
-            {"_id": {"$in": [d["_id"] for d in docs]}, "blob": {"$ne": None}},
-            {"$set": {"blob": None, "pruned": time.time()}}))
-        for doc in docs:
-            self._drop_file(doc.get("file_id"))
-        return int(res.modified_count)
+        step = len(docs) if batch is None else max(1, int(batch))
+        modified = 0
+        for start in range(0, len(docs), step):
+            if start and between is not None:
+                between()
+            part = docs[start:start + step]
+            res = self._retry(lambda part=part: coll.update_many(
+                {"_id": {"$in": [d["_id"] for d in part]}, "blob": {"$ne": None}},
+                {"$set": {"blob": None, "pruned": time.time()}}))
+            for doc in part:
+                self._drop_file(doc.get("file_id"))
+            modified += int(res.modified_count)
+        return modified
 
     def gc_models(self, run_id: str, keep_last: int, protect: Iterable[int] = ()) -> int:
         """Remove the blobs of global models older than the newest ``keep_last`` rounds, except ``protect``.
@@ -604,16 +623,19 @@ class BlobStore:
                                   and (newest is None or s["round"] < newest)])
         return pruned
 
-    def gc_updates(self, run_id: str, through_round: int) -> int:
+    def gc_updates(self, run_id: str, through_round: int, *, batch: int | None = None,
+                   between: Callable[[], None] | None = None) -> int:
         """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays. The
-        partial sums of those rounds (tree aggregation) go entirely: they are intermediates of the model."""
+        partial sums of those rounds (tree aggregation) go entirely: they are intermediates of the model.
+        ``batch``: documents per write, ``between``: called between two writes (``_prune``; None: all in one)."""
         self.delete_partials(run_id, through_round)
         docs = self._retry(
             lambda: list(
-                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}}, {"blob": 0})
+                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}},
+                                  {"_id": 1, "file_id": 1})
             )
         )
-        return self._prune(self.updates, docs)
+        return self._prune(self.updates, docs, batch, between)
 
     def gc_orphan_files(self, older_than_s: float = 3600.0) -> int:
         """Delete GridFS files that no doc references (a writer died between upload and insert, or lost a race)."""

@@ -135,6 +135,8 @@ def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedL
         payload["hash_alg"] = fl.hash_alg
     if updates is not None:
         payload.update(updates=updates, num_clients=fl.clients_info.total_num_clients)
+    if mode == "aggregate":  # the orchestrator prunes after the commit, in the background (rounds/collect.py)
+        payload["gc"] = False
     if fl.mode.stale and mode == "aggregate":  # updates of earlier rounds (scenarios/rounds, runtime/staleness.py)
         m = fl.mode
         payload["staleness"] = {"weighting": m.staleness_weighting, "server_lr": m.server_lr,
@@ -223,6 +225,8 @@ class Experiment:
         self.round_rows: list[dict[str, Any]] = []
         self.last_model: dict[str, Any] | None = None
         self.current_round: int | None = None
+        self._collector: Any = None  # rounds.collect.Collector, made by the first collection
+        self._uncollected: tuple[int, int, int] | None = None  # (round, keep_models, gc_through) of the last one
         prior_rounds = read_rounds(runlog.dir)
         self.clock = RunClock(counts.wall_s(prior_events or []) or 0.0,
                               [float(r["round_s"]) for r in prior_rounds if r.get("round_s") is not None],
@@ -258,6 +262,25 @@ class Experiment:
     def _aggregate(self, round_number: int, mode: str, updates: list[dict[str, Any]] | None) -> dict[str, Any]:
         payload = aggregator_payload(self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models,
                                      updates)
+        result = self._run_aggregator(round_number, mode, payload)
+        if payload.get("gc") is False:  # the aggregator left its garbage to us: collected once the round is recorded
+            self._uncollected = (round_number, int(payload.get("keep_models") or 0),
+                                 int(payload.get("gc_through", round_number)))
+        return result
+
+    def collect_garbage(self) -> None:
+        """Queue the collection the last aggregation left (`rounds.common.commit` calls this once round r is
+        recorded): pruned in the background while the next round trains (`rounds.collect.Collector`)."""
+        if self._uncollected is None:
+            return
+        if self._collector is None:
+            from fedkeeper.scenarios.rounds.collect import Collector
+
+            self._collector = Collector(self.store.blobs, self.run_id, logger=self.runlog.logger)
+        self._collector.collect(*self._uncollected)
+        self._uncollected = None
+
+    def _run_aggregator(self, round_number: int, mode: str, payload: dict[str, Any]) -> dict[str, Any]:
         tree = None
         if mode == "aggregate":  # tree aggregation when the flat one would not fit (scenarios/tree_aggregation.py)
             from fedkeeper.scenarios.tree_aggregation import TreeAggregation
@@ -276,7 +299,23 @@ class Experiment:
 
     # ---------------------------------------------------------------- rounds
 
+    def prestart(self) -> None:
+        """Let a platform with set-up of its own (`Provider.prestart`: the local platform's worker processes under a
+        cold-start model) get it done before round 1's clock starts, so rounds.csv times the fabric, not the
+        emulator."""
+        by_cluster: dict[str, list[str]] = {}
+        for client in range(self.fl.clients_info.total_num_clients):
+            cluster, name = self.fabric.client_function(client)
+            by_cluster.setdefault(cluster, []).append(name)
+        for cluster, names in by_cluster.items():
+            t0 = time.perf_counter()
+            started = self.fabric.provider(cluster).prestart(list(dict.fromkeys(names)))
+            if started:
+                self.runlog.logger.info("cluster %s: %d workers started before round 1 in %.2f s", cluster, started,
+                                        time.perf_counter() - t0)
+
     def initialise(self) -> None:
+        self.prestart()
         if self.store.get_model_doc(self.run_id, 0) is None:
             t0 = time.perf_counter()
             result = self._aggregate(0, "init", None)
@@ -309,7 +348,18 @@ class Experiment:
         (`scenarios.rounds`: sync, deadline, buffered); returns why the run is complete."""
         from fedkeeper.scenarios import rounds as round_modes
 
-        return round_modes.run(self, progress)
+        try:
+            reason = round_modes.run(self, progress)
+        except BaseException:
+            self._close_collector(timeout_s=5.0)  # a failing store must not hold the run's end back for long
+            raise
+        self._close_collector()
+        return reason
+
+    def _close_collector(self, timeout_s: float | None = None) -> None:
+        """Wait for the garbage collection still queued: a run that ends has pruned what its rounds allow."""
+        if self._collector is not None:
+            self._collector.close(timeout_s)
 
     def _progress_listener(self, progress: Progress, task: Any) -> Any:
         tally = {"failed": 0, "retrying": 0}

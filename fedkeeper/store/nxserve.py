@@ -5,9 +5,12 @@ Why a module of its own: the server process should import nx-27017 and little el
 would pull in the pymongo client, numpy and tenacity and add about half a second to every start), and
 ``python -m nx_27017`` does not exist in nx-27017 0.8.1.
 
-It runs nx-27017's own ``main`` with two additions:
+It runs nx-27017's own ``main`` with these additions:
 
 - its loggers at WARNING (``FK_NX_LOG_LEVEL`` overrides): at INFO it logs every command;
+- its insert handler gets the message's sections in a list with a short text form (`quiet_insert_sections`):
+  it formats them into a debug message on every insert, logged or not;
+- with ``FK_PROFILE_DIR`` set, a cProfile of each connection thread there (bench/bench_scale.py --profile);
 - a watchdog thread (when ``FK_NX_LEASE_DIR`` is set): each fedkeeper process that uses the server holds a
   lease file there (pid + process start time); when no live process has held one for ``FK_NX_LEASE_GRACE_S``
   seconds, the server stops itself, so even a user killed with SIGKILL leaves no server behind.
@@ -15,6 +18,7 @@ It runs nx-27017's own ``main`` with two additions:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -23,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -89,6 +94,76 @@ def watch_leases(lease_dir: Path, grace_s: float, poll_s: float = 0.5) -> None:
             return
 
 
+class _Sections(list):  # type: ignore[type-arg]
+    """A wire message's sections whose text form is short: nx-27017 0.8.1 formats every insert's sections into a
+    debug message (an f-string, built even when DEBUG is off), which for a 10 KB update blob took 0.18 ms, a
+    quarter of the server's CPU per insert (bench/bench_scale.py --profile)."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} sections>"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+
+def quiet_insert_sections() -> None:
+    """Hand nx-27017's insert handler the sections as `_Sections`: the same list, a short text form."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    handle_insert = NeoSQLiteHandler.handle_insert
+    if getattr(handle_insert, "_fk_quiet", False):
+        return
+
+    def quiet(self: Any, msg: dict[str, Any]) -> Any:
+        if isinstance(msg, dict) and isinstance(msg.get("sections"), list):
+            msg["sections"] = _Sections(msg["sections"])
+        return handle_insert(self, msg)
+
+    quiet._fk_quiet = True  # type: ignore[attr-defined]
+    NeoSQLiteHandler.handle_insert = quiet  # type: ignore[method-assign]
+
+
+def profile_connections(out_dir: Path) -> None:
+    """Profile every connection thread (cProfile, one file per thread in ``out_dir``) for bench/bench_scale.py:
+    written when the connection closes, or at exit for those still open. Off unless ``FK_PROFILE_DIR`` is set."""
+    import cProfile
+
+    import nx_27017.server as nx_server
+
+    import itertools
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    running: dict[int, cProfile.Profile] = {}
+    serve = nx_server.handle_client_threaded
+    numbers = itertools.count()  # thread idents are reused: a file per connection, never overwritten
+
+    def dump(ident: int, prof: cProfile.Profile) -> None:  # whole files only: written aside, then renamed
+        path = out_dir / f"store-{os.getpid()}-{ident}-{next(numbers)}.prof"
+        prof.dump_stats(str(path.with_suffix(".tmp")))
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def profiled(*args: object, **kwargs: object) -> None:
+        prof = cProfile.Profile()
+        running[threading.get_ident()] = prof
+        prof.enable()
+        try:
+            serve(*args, **kwargs)
+        finally:
+            prof.disable()
+            if running.pop(threading.get_ident(), None) is prof:
+                dump(threading.get_ident(), prof)
+
+    def at_exit() -> None:  # nx-27017 answers SIGTERM with sys.exit: the connections still open end here
+        for ident, prof in list(running.items()):
+            running.pop(ident, None)
+            dump(ident, prof)
+
+    nx_server.handle_client_threaded = profiled
+    atexit.register(at_exit)
+
+
 def main() -> None:
     level = getattr(logging, os.environ.get("FK_NX_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     for name in ("nx_27017", "neosqlite"):
@@ -97,6 +172,9 @@ def main() -> None:
     if lease_dir:
         grace = float(os.environ.get("FK_NX_LEASE_GRACE_S", "5"))
         threading.Thread(target=watch_leases, args=(Path(lease_dir), grace), daemon=True, name="fk-leases").start()
+    quiet_insert_sections()
+    if os.environ.get("FK_PROFILE_DIR"):
+        profile_connections(Path(os.environ["FK_PROFILE_DIR"]))
     from nx_27017.nx_27017 import main as nx_main
 
     sys.argv[0] = "nx-27017"

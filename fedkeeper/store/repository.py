@@ -304,6 +304,13 @@ class Store:
         return self._call(lambda: list(
             self.activations.find(query).sort([("round", 1), ("client_id", 1), ("attempt", 1)])))
 
+    def find_server_activations(self, run_id: str, round: int) -> list[dict[str, Any]]:
+        """The activations of one round that no client made (the aggregator's, tree aggregation's nodes), in
+        attempt order: what resuming an aggregation reads (``Tracker.resume``), without the round's thousand
+        client records (2 ms instead of 60 ms on the embedded server at 1000 clients)."""
+        query = {"run_id": run_id, "round": round, "client_id": None}
+        return self._call(lambda: list(self.activations.find(query).sort([("client_id", 1), ("attempt", 1)])))
+
     # ---------------------------------------------------------------------------------------------- locks
 
     def acquire_lock(self, name: str, holder: dict[str, Any], lease_s: float, *, now: float | None = None,

@@ -178,6 +178,14 @@ def test_update_activation_and_find_activations(store: Store) -> None:
     assert str(info.value) == "activation nope does not exist"
 
 
+def test_find_server_activations_reads_only_the_rounds_aggregator_records(store: Store) -> None:
+    """What resuming an aggregation reads (`Tracker.resume`): the records without a client id, of one round."""
+    for client, attempt, rnd in [("c1", 1, 1), (None, 2, 1), (None, 1, 1), ("c2", 1, 1), (None, 1, 2)]:
+        store.insert_activation(act(client, attempt, rnd, _id=f"{client}-{attempt}-{rnd}"))
+    assert [d["_id"] for d in store.find_server_activations("r1", 1)] == ["None-1-1", "None-2-1"]
+    assert store.find_server_activations("r1", 3) == [] and store.find_server_activations("zz", 1) == []
+
+
 def test_record_activations_inserts_then_updates_in_one_batch(store: Store) -> None:
     store.record_activations(
         inserts=[act("c1", _id="a1"), act("c2", _id="a2"), act(None, _id="agg"), act("c3")],

@@ -135,6 +135,23 @@ def run_worker() -> int:
     _send(out, {"ready": True, "pid": os.getpid(), "import_s": time.perf_counter() - t0,
                 "python": sys.version.split()[0]})
 
+    profile_dir = os.environ.pop("FK_PROFILE_DIR", None)  # bench/bench_scale.py --profile: this worker's profile
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            return _serve(proto_in, out, handler, secrets)
+        finally:
+            profiler.disable()
+            name = os.environ.get("FK_FUNCTION_NAME", "function")
+            profiler.dump_stats(os.path.join(profile_dir, f"worker-{name}-{os.getpid()}.prof"))
+    return _serve(proto_in, out, handler, secrets)
+
+
+def _serve(proto_in: BinaryIO, out: int, handler: Any, secrets: list[str]) -> int:
+    """Answer one call per line until stdin closes (0) or a call retires this process."""
     for line in proto_in:
         try:
             call = json.loads(line)

@@ -111,6 +111,8 @@ class WorkerPool:
         self._inbox: deque[_Activation] = deque()
         self._retire_names: set[str] = set()
         self._cancelled: list[_Activation] = []  # settled by `cancel`; the dispatcher frees their workers
+        #: `prestart` requests: functions to start workers for, and the event their caller waits on
+        self._prestart_req: list[tuple[list[FunctionRuntime], threading.Event]] = []
         self._stopping = False
         self._closed = False
         self._wake_pending = False
@@ -126,6 +128,7 @@ class WorkerPool:
         self._seq = itertools.count()
         self._workers: list[Worker] = []
         self._idle: dict[tuple[str, str], list[Worker]] = {}
+        self._prestart_events: list[threading.Event] = []  # set once no worker is starting
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -210,6 +213,25 @@ class WorkerPool:
             self._wake()
         return status
 
+    def prestart(self, fns: list[FunctionRuntime], timeout: float = INIT_TIMEOUT_S) -> int:
+        """Start idle workers for `fns` (round-robin over their worker keys, up to `concurrency` in all) and wait
+        until they are ready or `timeout` passes; returns how many workers are live.
+
+        Only with a cold-start model (`share_workers`): there cold and warm are the simulated instances' word, so
+        starting a worker process — interpreter, imports — is the emulator's own cost, not the fabric's, and
+        paying it inside the first round would add seconds of set-up to that round's time (bench_scheduling).
+        Without a model a process start *is* this platform's cold start, and nothing is started ahead."""
+        if not self.share_workers or not fns:
+            return 0
+        done = threading.Event()
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError(f"local cluster {self.cluster!r} is closed")
+            self._prestart_req.append((list(fns), done))
+        self._wake()
+        done.wait(timeout)
+        return len(self.worker_pids())
+
     def retire(self, name: str) -> None:
         """Stop the idle workers of a function (after it was redeployed or removed); busy ones finish first."""
         with self._cv:
@@ -270,6 +292,7 @@ class WorkerPool:
                     self._wake_pending = False
                     retire, self._retire_names = self._retire_names, set()
                     cancelled, self._cancelled = self._cancelled, []
+                    prestart, self._prestart_req = self._prestart_req, []
                 for act in inbox:
                     if act.not_before > now:
                         heapq.heappush(self._delayed, (act.not_before, next(self._seq), act))
@@ -282,8 +305,15 @@ class WorkerPool:
                 for name in retire:
                     for w in [w for w in self._workers if w.fn.name == name and w.state == "idle"]:
                         self._retire(w, now)
+                for fns, event in prestart:
+                    self._start_idle(fns, now)
+                    self._prestart_events.append(event)
                 self._timers(now)
                 self._schedule(now)
+                if self._prestart_events and not any(w.state == "starting" for w in self._workers):
+                    for event in self._prestart_events:
+                        event.set()
+                    self._prestart_events.clear()
         except BaseException as exc:  # a bug here must not leave workers behind or callers waiting forever
             log.exception("local cluster %s: dispatcher failed", self.cluster)
             with self._cv:
@@ -368,6 +398,23 @@ class WorkerPool:
                 return
             ready.popleft()
             self._spawn(act, now, self._simulated_start(act, now))
+
+    def _start_idle(self, fns: list[FunctionRuntime], now: float) -> None:
+        """Spawn workers with no call (they go idle when ready) for the distinct worker keys of `fns` in turn,
+        while the cluster is below `concurrency`."""
+        targets = list({self._wkey(fn): fn for fn in fns if (fn.code_dir / ENTRY_FILE).is_file()}.values())
+        turn = 0
+        while targets and len(self._workers) < self.concurrency:
+            fn = targets[turn % len(targets)]
+            turn += 1
+            try:
+                w = spawn_worker(self.python, fn, self.cluster, now, self.cold_start_s)
+            except OSError as exc:
+                log.warning("local cluster %s: cannot start a worker for %s: %s", self.cluster, fn.name, exc)
+                return
+            self._sel.register(w.out_fd, selectors.EVENT_READ, (w, "r"))
+            self._workers.append(w)
+            log.debug("local cluster %s: started worker %d for %s ahead of its calls", self.cluster, w.pid, fn.name)
 
     def _free_cancelled(self, act: _Activation, now: float) -> None:
         """The worker of a cancelled call: idle again when the handler is not computing (its reply is held, or it
@@ -665,6 +712,8 @@ class WorkerPool:
             self._inbox.clear()
         self._ready.clear()
         self._delayed.clear()
+        for event in self._prestart_events + [event for _, event in self._prestart_req]:
+            event.set()  # nobody waits on a closed pool
         why = "the local platform was closed before the activation finished"
         for act in leftovers:
             self._finish(act, State.LOST, error=why)

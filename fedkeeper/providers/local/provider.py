@@ -97,11 +97,13 @@ class LocalProvider(Provider):
         fdir = self._dir(spec.name)
         old = self._read_meta(spec.name)
         code = fdir / CODE_DIR
+        _sweep_orphans(fdir, (".code-", ".old-"))
+        _sweep_orphans(self.root, (".removed-",))
         if old is not None and old.get("digest") == spec.digest and (code / ENTRY_FILE).is_file():
             return DeployResult(spec.name, "unchanged", spec.digest, time.perf_counter() - t0)
         fdir.mkdir(parents=True, exist_ok=True)
-        staging = fdir / f".code-{uuid.uuid4().hex[:8]}"
-        trash = fdir / f".old-{uuid.uuid4().hex[:8]}"
+        staging = fdir / f".code-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        trash = fdir / f".old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         meta = {
             "name": spec.name, "function": spec.function, "digest": spec.digest, "labels": dict(spec.labels),
             "memory_mb": int(spec.memory_mb), "timeout_s": float(spec.timeout_s),
@@ -173,7 +175,8 @@ class LocalProvider(Provider):
         self._runtimes.pop(name, None)
         if self._pool is not None:
             self._pool.retire(name)
-        trash = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
+        _sweep_orphans(self.root, (".removed-",))
+        trash = self.root / f".removed-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
         with deferred():  # Ctrl-C/SIGTERM wait until the folder is gone: no half-removed trash is left behind
             try:
                 fdir.rename(trash)  # disappears at once for every reader, then the files go
@@ -242,6 +245,23 @@ class LocalProvider(Provider):
             for callback in self._settle_listeners:
                 self._pool.add_listener(callback)
         return self._pool
+
+    def prestart(self, names: list[str]) -> int:
+        """Start the worker processes of these deployed functions before their first call (with a cold-start
+        model only: `WorkerPool.prestart` says why); returns how many workers are live."""
+        pool = self._ensure_pool()
+        if not pool.share_workers:
+            return 0
+        runtimes: dict[str, FunctionRuntime] = {}  # one per code digest: per-client copies share their workers
+        for name in names:
+            if len(runtimes) >= pool.concurrency:
+                break
+            try:
+                runtime = self._runtime(name)
+            except FunctionMissing:
+                continue  # not deployed (yet): its first call reports that, as always
+            runtimes.setdefault(runtime.digest, runtime)
+        return pool.prestart(list(runtimes.values()))
 
     def on_settle(self, callback: Callable[[], None]) -> None:
         """Call `callback()` whenever one of this cluster's activations settles (from the pool's dispatcher thread):
@@ -320,3 +340,31 @@ class LocalProvider(Provider):
             pass
         if self._pool is not None:
             self._pool.close()
+
+
+def _maker_alive(folder: Path) -> bool:
+    """Staging and trash folders carry their maker's pid (`.code-<pid>-<hex>`); one of an older layout has none."""
+    try:
+        pid = int(folder.name.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _sweep_orphans(folder: Path, prefixes: tuple[str, ...]) -> None:
+    """Remove staging and trash folders left by a deploy or remove that was killed (SIGKILL cannot be deferred)
+    while they existed; a live process's are its own."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        if entry.name.startswith(prefixes) and entry.is_dir(follow_symlinks=False) \
+                and not _maker_alive(Path(entry.path)):
+            shutil.rmtree(entry.path, ignore_errors=True)

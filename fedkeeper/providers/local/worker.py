@@ -30,7 +30,8 @@ ADDRESS_SPACE_ALLOWANCE_MB = 128
 INIT_TIMEOUT_S = 60.0
 #: inherited from the orchestrator's environment; everything else a worker sees is set explicitly
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV",
-                  "SSL_CERT_FILE", "SSL_CERT_DIR")
+                  "SSL_CERT_FILE", "SSL_CERT_DIR",
+                  "FK_PROFILE_DIR")  # bench/bench_scale.py --profile: where the entry writes the worker's cProfile
 
 
 @dataclass(frozen=True)

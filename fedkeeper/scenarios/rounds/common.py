@@ -120,6 +120,7 @@ def commit(exp: "Experiment", progress: "Progress", run_task: Any, r: int, row: 
     exp.store.update_run(exp.run_id, last_completed_round=r, updated=time.time(),
                          last_accuracy=result.get("accuracy"), last_loss=result.get("loss"))
     exp.run["last_completed_round"] = r
+    exp.collect_garbage()  # round r's blobs, pruned in the background while the next round trains
     exp.last_model = {"accuracy": result.get("accuracy"), "loss": result.get("loss"),
                       "sha256": result.get("model_sha256")}
     exp.clock.done, exp.clock.round_start = r, None

@@ -1,7 +1,8 @@
 """`mode: {name: deadline, deadline_s: D, late: discard | carry}`: a round aggregates what arrived by its deadline.
 
 Round r invokes its cohort (clients still busy with an earlier round are skipped) and waits until every client
-of the round has answered or the wall clock reaches D + `grace_s`. An update is *on time* when its activation
+of the round has answered or is known to be late (seen still running more than D after its handler started, where
+the platform reports when a handler starts: the local platform does), or the wall clock reaches D + `grace_s`. An update is *on time* when its activation
 succeeded and the platform's handler time is at most D. That clock is the platform's, not the orchestrator's: on
 a local cluster with a timing profile it is the seeded simulated time, so the same config and seed aggregate the
 same updates and give the same model, as long as `grace_s` covers queueing and cold starts (a call on time by
@@ -35,6 +36,8 @@ from fedkeeper.scenarios.rounds.prewarm import Prewarmer
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
 
+    from fedkeeper.tracker import Job
+
     from fedkeeper.scenarios.federated_learning import Experiment
 
 
@@ -53,6 +56,23 @@ def lateness(handler_s: float | None, deadline_s: float) -> int:
     while handler_s > (k + 1) * deadline_s:
         k += 1
     return k
+
+
+#: a call seen running this much longer than D after its handler started is late: the margin covers the moment
+#: between a handler's end and its answer reaching the platform's record (a held reply under a timing profile
+#: has none: its handler time *is* the time until the answer)
+ANSWER_MARGIN_S = 0.1
+
+
+def known_late(job: "Job", deadline_s: float) -> bool:
+    """The platform showed this call still running more than D (+ margin) after its handler started, so its
+    handler time will exceed D: it cannot be on time, and the round need not wait for it to end. Which updates are
+    on time does not change — only when the round learns it — so `discard` aggregates the same updates."""
+    attempt = job.active
+    if job.done or attempt is None:
+        return False
+    ran = attempt.running_for()
+    return ran is not None and ran > deadline_s + ANSWER_MARGIN_S
 
 
 def run(exp: "Experiment", progress: "Progress") -> str:
@@ -91,9 +111,10 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         jobs = flight.dispatch(r, new) if new else []
         round_jobs = jobs + [j for j in flight.running if j.round == r and j not in jobs]
         cut = started + d + mode.grace_s
-        # every call of the round answered, or the cut; then, short of a quorum of on-time updates, the round
-        # waits on for them (like resilience.round_deadline_s: a deadline never ends a round below its quorum)
-        flight.wait(lambda: all(j.done for j in round_jobs), deadline=cut)
+        # every call of the round answered or known to be late, or the cut; then, short of a quorum of on-time
+        # updates, the round waits on for them (like resilience.round_deadline_s: a deadline never ends a round
+        # below its quorum)
+        flight.wait(lambda: all(j.done or known_late(j, d) for j in round_jobs), deadline=cut)
 
         def punctual() -> int:
             return sum(j.state is JobState.SUCCEEDED and lateness(j.handler_s, d) == 0 for j in round_jobs) + sum(

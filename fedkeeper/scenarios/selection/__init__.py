@@ -1,6 +1,6 @@
 """Client selection policies (config `scenarios.federated_learning.selection`): `random`, `history`,
-`warm_first`, and a registry for more (`registry.register`). `RoundSelector` ranks one round's clients for the
-experiment, from the run's activation records in the store."""
+`warm_first`, `scored`, and a registry for more (`registry.register`). `RoundSelector` ranks one round's clients
+for the experiment, from the run's activation records in the store."""
 
 from __future__ import annotations
 

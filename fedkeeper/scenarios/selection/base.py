@@ -10,6 +10,7 @@ with a cut-off that makes it independent of records that changed after the round
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -21,6 +22,15 @@ from fedkeeper.config.selection import PolicyParams
 MISSED = frozenset({"failed", "timed_out", "lost", "abandoned"})
 
 
+def _flag(value: Any) -> bool | None:
+    """A recorded cold flag: a bool, or the 0/1 the store may hand back for it; None when not recorded."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
 @dataclass
 class ClientStats:
     """What the history says about one client (rounds before the one being selected)."""
@@ -30,6 +40,8 @@ class ClientStats:
     successes: int = 0
     misses: int = 0
     durations: list[float] = field(default_factory=list)  # handler seconds of successes, in round order
+    #: seconds a missed attempt ran before it ended (a straggler cut at a deadline, a timeout): a lower bound
+    missed_durations: list[float] = field(default_factory=list)
     last_end: float | None = None
     name: str | None = None  # its function's name, as last recorded
     cluster: str | None = None
@@ -58,6 +70,16 @@ class History:
     functions: dict[str, FunctionStats]
     reference: float | None  # "now" as the store knows it: the end of the last aggregation before the round
     cutoff: float
+    #: start − submitted of the ended client calls, by their cold flag: what a cold start adds to a call
+    start_waits: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
+
+    def cold_start_s(self) -> float | None:
+        """The typical extra start-up time of a cold call (median cold wait − median warm wait); None without a
+        cold call on record."""
+        cold, warm = self.start_waits[True], self.start_waits[False]
+        if not cold:
+            return None
+        return max(0.0, statistics.median(cold) - (statistics.median(warm) if warm else 0.0))
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], round_number: int) -> "History":
@@ -73,6 +95,7 @@ class History:
         cutoff = max(aggregations) if aggregations else math.inf
         clients: dict[int, ClientStats] = {}
         functions: dict[str, FunctionStats] = {}
+        waits: dict[bool, list[float]] = {True: [], False: []}
         ordered = sorted(earlier, key=lambda r: (float(r.get("submitted") or 0.0), str(r.get("_id", ""))))
         for rec in ordered:
             submitted = rec.get("submitted")
@@ -81,9 +104,9 @@ class History:
             end = rec.get("end") if isinstance(rec.get("end"), (int, float)) else None
             ended = end is not None and end <= cutoff and rec.get("state") not in (None, "invoked")
             name = rec.get("name")
+            cold = _flag(rec.get("cold"))
             if name:
                 fs = functions.setdefault(str(name), FunctionStats())
-                cold = rec.get("cold")
                 if ended and isinstance(cold, bool) and fs.last_end is not None \
                         and isinstance(submitted, (int, float)):
                     (fs.cold_gaps if cold else fs.warm_gaps).append(max(0.0, float(submitted) - fs.last_end))
@@ -100,13 +123,18 @@ class History:
             cs.last_end = max(cs.last_end or 0.0, float(end))
             if rec.get("state") == "succeeded":
                 cs.successes += 1
+                if cold is not None and isinstance(rec.get("start"), (int, float)) \
+                        and isinstance(submitted, (int, float)):
+                    waits[cold].append(max(0.0, float(rec["start"]) - float(submitted)))
                 if isinstance(rec.get("duration_s"), (int, float)):
                     cs.durations.append(float(rec["duration_s"]))
             elif rec.get("state") in MISSED:
                 cs.misses += 1
+                if isinstance(rec.get("duration_s"), (int, float)):
+                    cs.missed_durations.append(float(rec["duration_s"]))
         ends = [f.last_end for f in functions.values() if f.last_end is not None]
         reference = cutoff if cutoff != math.inf else (max(ends) if ends else None)
-        return cls(clients, functions, reference, cutoff)
+        return cls(clients, functions, reference, cutoff, waits)
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,57 @@ class Policy:
 
     def rank(self, ctx: SelectionContext) -> list[int]:
         raise NotImplementedError
+
+
+def wait_bound(ctx: SelectionContext, max_wait_rounds: int | None) -> int:
+    """The waiting bound in rounds: `max_wait_rounds`, by default 3 × ceil(total / per round). A ranking of the
+    whole population (`buffered` asks for one and takes clients from it as places free up) says nothing of how
+    many a round takes: there, per round is the mean number of clients selected in a past round."""
+    if max_wait_rounds:
+        return max_wait_rounds
+    per_round = min(ctx.count, ctx.total)
+    if per_round >= ctx.total:
+        rounds = {r for s in ctx.history.clients.values() for r in s.rounds}
+        if rounds:
+            per_round = math.ceil(sum(len(s.rounds) for s in ctx.history.clients.values()) / len(rounds))
+    return 3 * math.ceil(ctx.total / max(1, per_round))
+
+
+def function_of(ctx: SelectionContext, client: int) -> tuple[str | None, str | None]:
+    """(cluster, function name) serving `client`: the fabric's word, else what its records last said."""
+    if ctx.function_of is not None:
+        return ctx.function_of(client)
+    stats = ctx.history.clients.get(client)
+    return (stats.cluster, stats.name) if stats is not None else (None, None)
+
+
+def keep_warm_window(ctx: SelectionContext, cluster: str | None, override: float | None = None) -> float | None:
+    """The keep-warm window of `cluster`: `override`, else the one the config knows, else learnt from the
+    recorded cold flags (the longest idle gap after which a call was still warm); None: no evidence."""
+    if override is not None:
+        return override
+    known = ctx.keep_warm_s.get(cluster) if cluster is not None else None
+    if known is not None:
+        return known
+    gaps = [g for fs in ctx.history.functions.values() for g in fs.warm_gaps]
+    return max(gaps) if gaps else None
+
+
+@dataclass(frozen=True)
+class Idle:
+    """How long a client's function has been idle at the round's reference time, and its keep-warm window."""
+
+    last_end: float  # -inf: never used (or no reference time)
+    idle_s: float  # inf: never used
+    window_s: float | None
+
+
+def idleness(ctx: SelectionContext, client: int, override: float | None = None) -> Idle:
+    cluster, name = function_of(ctx, client)
+    fs = ctx.history.functions.get(name) if name else None
+    if fs is None or fs.last_end is None or ctx.history.reference is None:
+        return Idle(-math.inf, math.inf, keep_warm_window(ctx, cluster, override))
+    return Idle(fs.last_end, ctx.history.reference - fs.last_end, keep_warm_window(ctx, cluster, override))
 
 
 def overdue(ctx: SelectionContext, max_wait_rounds: int | None) -> list[int]:

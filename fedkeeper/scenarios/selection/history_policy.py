@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 
 from fedkeeper.config.selection import HistoryParams
-from fedkeeper.scenarios.selection.base import ClientStats, Policy, SelectionContext, assemble, overdue
+from fedkeeper.scenarios.selection.base import (ClientStats, Policy, SelectionContext, assemble, overdue,
+                                                    wait_bound)
 
 
 class HistoryPolicy(Policy):
@@ -38,9 +39,7 @@ class HistoryPolicy(Policy):
     def rank(self, ctx: SelectionContext) -> list[int]:
         p: HistoryParams = self.params  # type: ignore[assignment]
         stats = ctx.history.clients
-        per_round = max(1, min(ctx.count, ctx.total))
-        wait = p.max_wait_rounds or 3 * math.ceil(ctx.total / per_round)
-        forced = overdue(ctx, wait)
+        forced = overdue(ctx, wait_bound(ctx, p.max_wait_rounds))
         order = ctx.rng(0x4157).permutation(ctx.total)  # seeded tie-break
         rookies = sorted((c for c in range(ctx.total) if c not in stats), key=lambda c: order[c])
         if p.rookies_first:

@@ -10,6 +10,7 @@ from fedkeeper.config.selection import policy_params, register_params
 from fedkeeper.scenarios.selection.base import Policy
 from fedkeeper.scenarios.selection.history_policy import HistoryPolicy
 from fedkeeper.scenarios.selection.random_policy import RandomPolicy
+from fedkeeper.scenarios.selection.scored import ScoredPolicy
 from fedkeeper.scenarios.selection.warm_first import WarmFirstPolicy
 
 _POLICIES: dict[str, type[Policy]] = {}
@@ -32,5 +33,5 @@ def make(name: str, params: dict[str, Any] | None = None) -> Policy:
     return cls(policy_params(name, params))
 
 
-for _policy in (RandomPolicy, HistoryPolicy, WarmFirstPolicy):
+for _policy in (RandomPolicy, HistoryPolicy, WarmFirstPolicy, ScoredPolicy):
     register(_policy)
