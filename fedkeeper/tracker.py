@@ -5,7 +5,8 @@ tracker makes attempts until one succeeds or the policy gives up, and moves ever
 record only along the tables in `fedkeeper.activations` (docs/reliability.md draws them). Throttling is waited
 out and never counted as an attempt; a missing function is redeployed once and retried; credentials that are
 refused stop everything. Polling is adaptive (fast at first, slower for long calls) and due polls of platforms
-that poll over the network are issued concurrently.
+that poll over the network are issued concurrently; where a platform can answer for many calls in one request
+(`Provider.batched_poll`: OpenWhisk lists activations), a cluster's due calls are asked about in one batch.
 
 The tracker also owns resume: before it starts a round's jobs it reads that round's records, continues the
 attempt numbering after the highest one used, and adopts an activation an interrupted orchestrator left
@@ -521,14 +522,53 @@ class Tracker:
         cheap = [a for a in due if self._poll_cap(a.job.cluster) is not None]
         remote = [a for a in due if self._poll_cap(a.job.cluster) is None]
         outcomes: list[tuple[Attempt, Status | ProviderError]] = [(a, self._poll_one(a)) for a in cheap]
-        if len(remote) == 1:
-            outcomes.append((remote[0], self._poll_one(remote[0])))
-        elif remote:
+        units = self._poll_units(remote, now)
+        if len(units) == 1:
+            outcomes += self._poll_unit(units[0])
+        elif units:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="fk-poll")
-            outcomes += list(zip(remote, self._pool.map(self._poll_one, remote)))
+            for polled in self._pool.map(self._poll_unit, units):
+                outcomes += polled
         for attempt, outcome in outcomes:
             self._handle(attempt, outcome, counts)
+
+    def _poll_units(self, remote: list[Attempt], now: float) -> list[list[Attempt]]:
+        """What to ask in one go: a cluster's due attempts as one batch where its provider answers for many calls
+        in one request (`batched_poll`), else one attempt each. An overdue attempt is always asked about on its
+        own, so that the call that would time it out is the platform's own answer for that call."""
+        by_cluster: dict[str, list[Attempt]] = {}
+        for attempt in remote:
+            by_cluster.setdefault(attempt.job.cluster, []).append(attempt)
+        units: list[list[Attempt]] = []
+        for cluster, attempts in by_cluster.items():
+            batch = [a for a in attempts if now < a.deadline] \
+                if len(attempts) > 1 and getattr(self.fabric.provider(cluster), "batched_poll", False) else []
+            if len(batch) > 1:
+                units.append(batch)
+                units += [[a] for a in attempts if not now < a.deadline]
+            else:
+                units += [[a] for a in attempts]
+        return units
+
+    def _poll_unit(self, attempts: list[Attempt]) -> list[tuple[Attempt, Status | ProviderError]]:
+        if len(attempts) == 1:
+            return [(attempts[0], self._poll_one(attempts[0]))]
+        cluster = attempts[0].job.cluster
+        polled_at = time.time()  # before asking, as in `_poll_one`
+        for attempt in attempts:
+            attempt.polled_at = polled_at
+        try:
+            provider: Any = self.fabric.provider(cluster)  # batched_poll: it has poll_many (Provider)
+            statuses = provider.poll_many([a.invocation for a in attempts])
+        except ProviderError as exc:
+            return [(a, exc) for a in attempts]
+        out: list[tuple[Attempt, Status | ProviderError]] = []
+        for attempt in attempts:
+            status = statuses.get(attempt.invocation.activation_id)
+            out.append((attempt, status if status is not None else PlatformError(
+                cluster, f"no answer about activation {attempt.invocation.activation_id} in a batched poll")))
+        return out
 
     def _poll_one(self, attempt: Attempt) -> Status | ProviderError:
         attempt.polled_at = time.time()  # before asking: a "still running" answer is at least this late

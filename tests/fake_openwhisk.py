@@ -26,6 +26,12 @@ checked in its repository; ../shared/reference/providers.md, "What a stock insta
 - listings (`Actions.scala`, `list`; `Collection.scala`, `whisk.query-limit`): newest first, `limit` 0–200
   (default 30; 400 beyond), `skip` >= 0, and the actions inside packages are included (their `namespace` is
   `ns/package`). Packages: `PUT packages/{pkg}`; an action `actions/{pkg}/{name}` needs its package.
+- activation listings (`Activations.scala`, `list`; `WhiskActivation.listActivationsMatchingName`): `name`
+  (`action` or `package/action`) filters by action, `since`/`upto` (ms epoch, inclusive) bound the record's
+  `start`, newest first, `limit`/`skip` as for actions, `docs=true` whole records (else summaries),
+  `count=true` `{"activations": n}` (400 with `docs`). A record is listed only once written (when the
+  activation ends); `list_lag_s` hides records younger than that, as the controller's `stale=update_after`
+  view read can.
 - the invoker's `/run` message (`ContainerProxy.scala`): `value` (bound parameters ∪ payload), `namespace`,
   `action_name`, `action_version`, `activation_id`, `transaction_id`, `deadline`, and `api_key` only without
   `provide-api-key: false`.
@@ -36,6 +42,7 @@ Routes (under /api/v1/namespaces/{ns}, `_` = the key's own namespace):
   DELETE actions/[{pkg}/]{name}             200 with the action, 404 if absent
   GET    actions?limit=&skip=               summaries incl. annotations and limits, newest first
   POST   actions/[{pkg}/]{name}?blocking=   202 {"activationId"} (non-blocking); blocking waits like the real one
+  GET    activations?name=&since=&upto=&limit=&skip=&docs=&count=   records, newest first (see above)
   GET    activations/{id}                   404 until the record is written, then the record
   PUT    packages/{pkg}                     create a package (for packaged actions)
 Errors are `{"error": ..., "code": <transaction id>}`: 401 wrong/missing key, 403 other namespace,
@@ -297,6 +304,8 @@ class FakeOpenWhisk:
     port: int = 0
     #: tests/chaos.py `Chaos`: random 5xx, 429, resets, lost answers and slow answers on any request
     chaos: Any = None
+    #: records written less than this many seconds ago are missing from activation listings (a stale view)
+    list_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.url = ""
@@ -304,6 +313,8 @@ class FakeOpenWhisk:
         self.actions: dict[str, _Action] = {}  # by name, "package/name" inside a package
         self.packages: set[str] = set()
         self.activations: dict[str, dict[str, Any]] = {}
+        #: activation id -> (action key, when its record was written): what the activation listing filters on
+        self._written: dict[str, tuple[str, float]] = {}
         self._lock = threading.RLock()
         self._unpack_lock = threading.Lock()
         self._done = threading.Condition(self._lock)
@@ -435,6 +446,8 @@ class FakeOpenWhisk:
                 return 200, self._delete(name), {}
             if method == "POST":
                 return self._invoke(name, body, q.get("blocking") == "true", q.get("result") == "true")
+        if collection == "activations" and not rest and method == "GET":
+            return 200, self._list_activations(q), {}
         if collection == "activations" and len(rest) == 1 and method == "GET":
             with self._lock:
                 record = self.activations.get(rest[0])
@@ -460,18 +473,55 @@ class FakeOpenWhisk:
             raise _HttpError(404, "The requested resource does not exist.")
         return action
 
+    @staticmethod
+    def _page(limit_text: str | None, skip_text: str | None, collection: str) -> tuple[int, int]:
+        """(limit, skip) of a listing (`RestApiCommons.stringToListLimit/Skip`); `limit` 0 means the maximum."""
+        try:
+            limit = LIST_DEFAULT if limit_text in (None, "") else int(limit_text)  # type: ignore[arg-type]
+            skip = 0 if skip_text in (None, "") else int(skip_text)  # type: ignore[arg-type]
+        except ValueError:
+            raise _HttpError(400, f"The value '{limit_text or skip_text}' is not an integer for {collection}.") \
+                from None
+        if not 0 <= limit <= LIST_MAX:
+            raise _HttpError(400, f"The value '{limit}' is not in the range of 0 to {LIST_MAX} for {collection}.")
+        if skip < 0:
+            raise _HttpError(400, f"The value '{skip}' is not greater than or equal to 0 for {collection}.")
+        return limit or LIST_MAX, skip
+
+    def _list_activations(self, q: dict[str, str]) -> Any:
+        """Written records, newest first by `start`, filtered by action name and `since`/`upto` (inclusive)."""
+        limit, skip = self._page(q.get("limit"), q.get("skip"), "activations")
+        name = (q.get("name") or "").strip().strip("/")
+        if name.count("/") > 1:
+            raise _HttpError(400, f"The name '{name}' is not a valid action or package/action name.")
+        bounds = []
+        for key in ("since", "upto"):
+            try:
+                bounds.append(int(q[key]) if q.get(key) not in (None, "") else None)
+            except ValueError:
+                raise _HttpError(400, f"Parameter is not a valid value for epoch seconds: {q[key]}") from None
+        since, upto = bounds
+        docs, count = q.get("docs") == "true", q.get("count") == "true"
+        if docs and count:
+            raise _HttpError(400, "The parameter 'docs' is not permitted with 'count'.")
+        now = time.time()
+        with self._lock:
+            rows = [self.activations[aid] for aid, (key, written) in self._written.items()
+                    if now - written >= self.list_lag_s and (not name or key == name)]
+        rows = [r for r in rows if (since is None or r["start"] >= since) and (upto is None or r["start"] <= upto)]
+        if count:
+            return {"activations": max(0, len(rows) - skip)}
+        rows.sort(key=lambda r: -r["start"])
+        rows = rows[skip:skip + limit]
+        if docs:
+            return rows
+        return [{k: r[k] for k in ("activationId", "namespace", "name", "version", "publish", "annotations",
+                                   "start", "end", "duration")} | {"statusCode": r["response"]["statusCode"]}
+                for r in rows]
+
     def _list(self, limit_text: str | None, skip_text: str | None) -> list[dict[str, Any]]:
         """Newest first (`updated`), packaged actions included; `limit` 0 means the maximum."""
-        try:
-            limit = LIST_DEFAULT if limit_text in (None, "") else int(limit_text)
-            skip = 0 if skip_text in (None, "") else int(skip_text)
-        except ValueError:
-            raise _HttpError(400, f"The value '{limit_text or skip_text}' is not an integer for actions.") from None
-        if not 0 <= limit <= LIST_MAX:
-            raise _HttpError(400, f"The value '{limit}' is not in the range of 0 to {LIST_MAX} for actions.")
-        if skip < 0:
-            raise _HttpError(400, f"The value '{skip}' is not greater than or equal to 0 for actions.")
-        limit = limit or LIST_MAX
+        limit, skip = self._page(limit_text, skip_text, "actions")
         with self._lock:
             ordered = sorted(self.actions.values(), key=lambda a: (-a.updated, -a.serial))
         return [a.summary() for a in ordered[skip:skip + limit]]
@@ -765,6 +815,7 @@ class FakeOpenWhisk:
             }
             with self._done:
                 self.activations[activation_id] = record
+                self._written[activation_id] = (action.key, time.time())
                 self._inflight -= 1
                 self._done.notify_all()
 

@@ -217,6 +217,20 @@ class Provider(ABC):
         May raise the refusals of `invoke` (see there), and PlatformError when it could not ask (ask again).
         """
 
+    #: True where `poll_many` asks the platform about many calls in one request (OpenWhisk's activation list):
+    #: the tracker then asks once per cluster instead of once per call. Where it is False the default
+    #: `poll_many` would only loop over `poll`, and the tracker keeps polling single calls concurrently.
+    batched_poll: ClassVar[bool] = False
+
+    def poll_many(self, invocations: list[Invocation]) -> dict[str, Status]:
+        """`poll` for many calls at once, by activation id; each Status is the one `poll` would give.
+
+        A platform that can list many calls in one request overrides it (see `batched_poll`). An id may be
+        missing from the answer when the platform could not be asked about it this time (ask again later).
+        Raises what `poll` raises; this default raises the first such error.
+        """
+        return {inv.activation_id: self.poll(inv) for inv in invocations}
+
     def cancel(self, inv: Invocation) -> Status | None:
         """Stop a running call whose result is no longer wanted (an abandoned straggler), so that it stops being
         billed. Returns the call's final status (its `duration_s` is what was billed up to the cancel), or None

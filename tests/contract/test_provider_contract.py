@@ -252,6 +252,29 @@ def test_poll_by_activation_id(harness: Harness, provider: Provider, probe: str)
             assert status.state is State.LOST and status.error
 
 
+def test_poll_many_agrees_with_poll(harness: Harness, provider: Provider, probe: str) -> None:
+    """`poll_many` (the default loop, or a platform's batched listing) answers for each call what `poll` says."""
+    assert provider.poll_many([]) == {}
+    done: list[Invocation] = []
+    singles: dict[str, Status] = {}
+    for payload in ({"n": 1}, {"n": 2}, {"mode": "raise", "message": "batched 3"}):  # one at a time: some
+        done.append(provider.invoke(probe, payload))  # platforms' stock limits run one call per function at once
+        singles[done[-1].activation_id] = wait(provider, done[-1])
+    running = provider.invoke(probe, {"mode": "sleep", "seconds": 1.5})
+    batch = provider.poll_many([*done, running])
+    assert set(batch) == {*singles, running.activation_id}
+    for activation_id, single in singles.items():
+        got = batch[activation_id]
+        assert (got.state, got.result, got.error, got.activation_id) == \
+            (single.state, single.result, single.error, single.activation_id), harness.kind
+        if provider.batched_poll:  # the listed record is the one a GET returns: every field is the same
+            assert got == single
+    assert batch[running.activation_id].state is State.PENDING
+    finished = wait(provider, running)
+    assert finished.state is State.SUCCEEDED
+    assert provider.poll_many([running])[running.activation_id].result == finished.result
+
+
 # ---------------------------------------------------------------------------------------------- list / remove
 
 

@@ -16,7 +16,8 @@
   annotation FedKeeper no longer wants is named in `delAnnotations`.
 - invoke: `POST .../actions/{name}?blocking=false` → 202 + activation id; poll: `GET .../activations/{id}`
   (404 until the record is written). One GET per poll over a pooled connection, because the tracker polls many
-  activations at once.
+  activations at once. `poll_many` asks about many at once with one listing per action (`GET .../activations?
+  name=&since=&docs=true`, paged), and asks single ids only for what the listing did not show (see there).
 - remove/list: by annotation, so that actions left by a crashed deploy are found and removed too. An existing
   action under our name that carries another experiment's annotation (or none) is never overwritten. A listing
   is newest first, at most 200 a page, paged by `skip`, and includes the actions inside packages (their
@@ -59,6 +60,7 @@ from fedkeeper.providers.base import (
     InvocationFailed,
     PlatformError,
     Provider,
+    ProviderError,
     State,
     Status,
 )
@@ -79,6 +81,27 @@ _LIST_PASSES = 4
 #: annotations the controller writes itself (`WhiskActionsApi.amendAnnotations`): never deleted by an update
 _SYSTEM_ANNOTATIONS = frozenset({"exec"})
 _OUR_LABELS = (LABEL_EXPERIMENT, LABEL_FUNCTION, LABEL_DIGEST, LABEL_CODE)
+#: Listing activations (apache/openwhisk, core/controller/.../controller/Activations.scala, `list`):
+#: `GET .../activations?name=<action>&since=<ms>&upto=<ms>&limit=<n>&skip=<n>&docs=true`. `name` filters by
+#: action (`package/action` inside a package, at most two segments); `since`/`upto` are ms-epoch bounds on the
+#: record's `start`, inclusive (the start and end keys of the CouchDB view in
+#: `WhiskActivation.listActivationsMatchingName`); newest first; `limit` at most 200 (`whisk.query-limit`, the
+#: same page as actions); `docs=true` gives whole records, the JSON of `GET activations/{id}`
+#: (`toExtendedJson`). A record is written when its activation ends, so a running one is never listed, and the
+#: view is read with `stale=update_after` (`ArtifactActivationStore`), so a record written a moment ago may be
+#: missing from a listing and present in the next one.
+_ACTIVATION_PAGE = 200
+#: subtracted from the earliest submission for `since`: `start` is stamped by the invoker's clock, not ours
+_CLOCK_SKEW_S = 60.0
+#: an id that the listings keep missing is asked about on its own (GET activations/{id}) once this long has
+#: passed since it was first missed or last asked about: a record the listing never shows (a clock skew beyond
+#: the margin) is still found, while a running call costs no single GET per pass ...
+_RECHECK_S = 5.0
+#: ... and at most this many such single GETs per `poll_many`, so a large cohort of long calls costs a bounded
+#: number of requests per pass (the tracker also asks about an overdue call on its own before timing it out)
+_RECHECK_PER_CALL = 8
+#: a missed id not seen for this long is forgotten (a call the tracker abandoned)
+_FORGET_S = 3600.0
 
 
 def _annotations_dict(items: Any) -> dict[str, Any]:
@@ -95,6 +118,7 @@ class OpenWhiskProvider(Provider):
     """One OpenWhisk controller and namespace."""
 
     kind = "openwhisk"
+    batched_poll = True  # `poll_many` lists activations
 
     def __init__(self, cluster: str, config: OpenWhiskCluster, *, workdir: Path,
                  retry: RetryPolicy | None = None) -> None:
@@ -110,6 +134,8 @@ class OpenWhiskProvider(Provider):
             verify_tls=config.verify_tls, request_timeout_s=config.request_timeout_s,
             pool_maxsize=config.max_inflight + 4, retry=retry, user_agent=f"fedkeeper/{__version__}")
         self._closed = False
+        #: activation id → monotonic time it was first missed by a listing, or last asked about on its own
+        self._unlisted: dict[str, float] = {}
 
     # ------------------------------------------------------------------ deploy
 
@@ -287,6 +313,84 @@ class OpenWhiskProvider(Provider):
         if response.status_code in (404, 429):
             return Status(State.PENDING, activation_id=inv.activation_id)
         return activation_status(self._json(response, "GET", path), inv.activation_id)
+
+    def poll_many(self, invocations: list[Invocation]) -> dict[str, Status]:
+        """One listing per action name (since the earliest submission, less `_CLOCK_SKEW_S`) instead of one GET
+        per id; a listed record becomes a Status through `activation_status`, as in `poll`.
+
+        An id the listing does not show is still running or not listed yet: PENDING, and asked about on its own
+        (`poll`) once `_RECHECK_S` has passed since it was first missed (at most `_RECHECK_PER_CALL` per call).
+        A listing that fails (any error but rejected credentials) falls back to `poll` for each of its ids; an id
+        whose own `poll` fails (PlatformError) is left out of the answer, which the tracker reads as "ask again".
+        """
+        now = time.monotonic()
+        out: dict[str, Status] = {}
+        single: list[Invocation] = []
+        missed: list[Invocation] = []
+        groups: dict[str, list[Invocation]] = {}
+        for inv in invocations:
+            groups.setdefault(inv.name, []).append(inv)
+        for name, group in groups.items():
+            try:
+                records = self._list_activations(name, min(inv.submitted for inv in group) - _CLOCK_SKEW_S,
+                                                 {inv.activation_id for inv in group})
+            except ProviderError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                log.info("%s: listing activations of %s failed, asking one by one (%s)", self.cluster, name,
+                         exc.message)
+                single += group
+                continue
+            for inv in group:
+                record = records.get(inv.activation_id)
+                if record is not None:
+                    out[inv.activation_id] = activation_status(record, inv.activation_id)
+                else:
+                    missed.append(inv)
+        for inv in missed:
+            self._unlisted.setdefault(inv.activation_id, now)
+        due = sorted((inv for inv in missed if now - self._unlisted[inv.activation_id] >= _RECHECK_S),
+                     key=lambda inv: self._unlisted[inv.activation_id])[:_RECHECK_PER_CALL]
+        for inv in missed:
+            out[inv.activation_id] = Status(State.PENDING, activation_id=inv.activation_id)
+        for inv in single + due:
+            try:
+                out[inv.activation_id] = self.poll(inv)
+            except AuthError:
+                raise
+            except PlatformError:
+                out.pop(inv.activation_id, None)
+            self._unlisted[inv.activation_id] = now
+        for activation_id, status in out.items():
+            if status.state.done:
+                self._unlisted.pop(activation_id, None)
+        for activation_id in [k for k, t in self._unlisted.items() if now - t > _FORGET_S]:
+            del self._unlisted[activation_id]
+        return out
+
+    def _list_activations(self, name: str, since_s: float, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """Records of `wanted` ids among the activations of action `name` that started since `since_s`, read
+        page by page (newest first) until all are found or a page is short. A record created meanwhile
+        enters at the front and only pushes older ones to later pages: repeated, never skipped."""
+        path = f"{self.client.base_path}/activations"
+        params: dict[str, Any] = {"name": name, "since": max(0, int(since_s * 1000)), "limit": _ACTIVATION_PAGE,
+                                  "docs": "true"}
+        found: dict[str, dict[str, Any]] = {}
+        skip = 0
+        while True:
+            try:
+                response = self.client.send("GET", path, params={**params, "skip": skip}, retry=False)
+            except requests.exceptions.RequestException as exc:
+                raise self.client.transport_error("GET", path, exc) from None
+            page = self._json(response, "GET", path)
+            if not isinstance(page, list):
+                raise PlatformError(self.cluster, f"GET {path}: expected a JSON list of activations")
+            for record in page:
+                if isinstance(record, dict) and record.get("activationId") in wanted:
+                    found[str(record["activationId"])] = record
+            if len(page) < _ACTIVATION_PAGE or len(found) == len(wanted):
+                return found
+            skip += len(page)
 
     # ------------------------------------------------------------------ helpers
 
