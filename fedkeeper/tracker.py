@@ -519,6 +519,12 @@ class Tracker:
         due = [a for a in attempts if a is not None and (a.next_poll <= now or a.job.cluster in notifying)]
         if not due:
             return
+        # a cluster that answers for many calls in one request is asked about all its running calls whenever one
+        # is due: the listing costs the same, and otherwise staggered polls would each go out alone as a GET
+        batching = {a.job.cluster for a in due if self._batches(a.job.cluster)}
+        if batching:
+            asked = {id(a) for a in due}
+            due += [a for a in attempts if a is not None and a.job.cluster in batching and id(a) not in asked]
         cheap = [a for a in due if self._poll_cap(a.job.cluster) is not None]
         remote = [a for a in due if self._poll_cap(a.job.cluster) is None]
         outcomes: list[tuple[Attempt, Status | ProviderError]] = [(a, self._poll_one(a)) for a in cheap]
@@ -535,24 +541,27 @@ class Tracker:
 
     def _poll_units(self, remote: list[Attempt], now: float) -> list[list[Attempt]]:
         """What to ask in one go: a cluster's due attempts as one batch where its provider answers for many calls
-        in one request (`batched_poll`), else one attempt each. An overdue attempt is always asked about on its
+        in one request (`batched_poll`; `_poll_due` adds all its running calls), else one attempt each. An overdue attempt is always asked about on its
         own, so that the call that would time it out is the platform's own answer for that call."""
         by_cluster: dict[str, list[Attempt]] = {}
         for attempt in remote:
             by_cluster.setdefault(attempt.job.cluster, []).append(attempt)
         units: list[list[Attempt]] = []
         for cluster, attempts in by_cluster.items():
-            batch = [a for a in attempts if now < a.deadline] \
-                if len(attempts) > 1 and getattr(self.fabric.provider(cluster), "batched_poll", False) else []
-            if len(batch) > 1:
+            batch = [a for a in attempts if now < a.deadline] if self._batches(cluster) else []
+            if batch:
                 units.append(batch)
                 units += [[a] for a in attempts if not now < a.deadline]
             else:
                 units += [[a] for a in attempts]
         return units
 
+    def _batches(self, cluster: str) -> bool:
+        """The cluster's platform answers for many calls in one request (`Provider.batched_poll`)."""
+        return self._poll_cap(cluster) is None and bool(getattr(self.fabric.provider(cluster), "batched_poll", False))
+
     def _poll_unit(self, attempts: list[Attempt]) -> list[tuple[Attempt, Status | ProviderError]]:
-        if len(attempts) == 1:
+        if len(attempts) == 1 and not self._batches(attempts[0].job.cluster):
             return [(attempts[0], self._poll_one(attempts[0]))]
         cluster = attempts[0].job.cluster
         polled_at = time.time()  # before asking, as in `_poll_one`

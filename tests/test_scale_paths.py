@@ -20,7 +20,7 @@ from fedkeeper.results.runlog import RunLog
 from fedkeeper.secrets import Redactor
 from fedkeeper.store.embedded import NxServer
 from fedkeeper.tracker import Job, Tracker
-from local_support import deploy, make_provider
+from local_support import deploy, make_provider, wait_until
 
 
 class CappedProvider:
@@ -158,6 +158,13 @@ def test_the_local_worker_writes_its_profile_when_asked(tmp_path: Path, monkeypa
     assert "handle" in names  # the handler's call is in it
 
 
+def _profiled(path: Path, function: str) -> bool:
+    try:
+        return any(fn == function for (_file, _line, fn) in pstats.Stats(str(path)).stats)
+    except (OSError, EOFError, ValueError, TypeError):
+        return False
+
+
 def test_the_store_server_writes_a_profile_per_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "profiles"
     monkeypatch.setenv("FK_PROFILE_DIR", str(out))
@@ -169,6 +176,8 @@ def test_the_store_server_writes_a_profile_per_connection(tmp_path: Path, monkey
         open_client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
         open_client["t"]["c"].find_one({"_id": 1})  # still connected when the server stops
         client.close()
+        # the closed connection's thread writes its profile as it ends: let it, before the server is stopped
+        assert wait_until(lambda: any(_profiled(f, "handle_insert") for f in out.glob("store-*.prof")), 20.0)
     finally:
         server.stop()
         open_client.close()
