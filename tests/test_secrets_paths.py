@@ -13,6 +13,7 @@ written (Logs/ included) are searched for any piece of a password (see tests/tes
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -77,13 +78,27 @@ CLUSTERS = """
       secret_access_key: ${{FKT_AWS_SECRET}}"""
 
 
+#: folders whose names are not ours to choose (a checkout in `mktemp -d`, the interpreter): a MARK in them is not a
+#: password's (a traceback under -v names files there), so they are blanked before the search
+_PLACES = sorted({str(Path(__file__).resolve().parents[1]), str(Path(__file__).absolute().parents[1]), sys.prefix,
+                  sys.base_prefix}, key=len, reverse=True)
+
+
+def _without_places(text: str, root: Path) -> str:
+    for place in [str(root), *_PLACES]:
+        text = text.replace(place, "<path>")
+    return text
+
+
 def assert_clean(root: Path, *texts: str) -> int:
     for text in texts:
+        text = _without_places(text, root)
         assert MARK not in text, f"a piece of a password was printed:\n{text[-3000:]}"
     searched = 0
     for path in root.rglob("*"):
         if path.is_file() and path.name != "paths.yaml" and ".fedkeeper" not in path.parts:
-            assert MARK.encode() not in path.read_bytes(), f"a piece of a password is in {path}"
+            content = _without_places(path.read_bytes().decode("utf-8", "surrogateescape"), root)
+            assert MARK not in content, f"a piece of a password is in {path}"
             searched += 1
     return searched
 
