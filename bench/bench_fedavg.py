@@ -11,26 +11,30 @@ Run: ``python bench/bench_fedavg.py``. Prints figures and same-run ratios (no pa
   so the figure is the strategy's own footprint, and of the real aggregator handler. Goals: flat in the clients,
   and within 2x of one model plus one update (the float64 running sums alone are one model's size twice).
 
-Times are CPU seconds of this process (``time.process_time``; everything here runs on one thread), which other
-jobs on the machine disturb less than wall time; each figure is the best of the repeats, and ``paired`` is the
-median of the per-repeat ratios.
+Each configuration runs with one thread (the aggregator's default) and with as many threads as this process has
+CPUs (what ``FK_AGG_THREADS`` can turn on, ``runtime.threads``): the chunks of each update split between them, the
+NaN/Inf scan of a blob beside its digest; the bits are the same. Both clocks are read in the same repeats: wall time
+(``time.perf_counter``: what the goal is about) and CPU time of this process (``time.process_time``, all its
+threads: the work, which other jobs on the machine disturb less). The plain sum is single-threaded. Each figure is
+the best of the repeats, and ``paired`` is the median of the per-repeat ratios to the plain sum.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib.util
+import os
 import statistics
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pymongo
 
-from fedkeeper.runtime import blobstore, data
+from fedkeeper.runtime import blobstore, data, threads
 from fedkeeper.runtime import weights as W
 from fedkeeper.runtime.strategies import ClientUpdate, FedAvg, make_strategy
 from fedkeeper.store import NxServer
@@ -62,55 +66,57 @@ def plain_sum(updates: list) -> dict[str, np.ndarray]:
     return acc
 
 
-def fedavg(updates) -> dict[str, np.ndarray]:
-    agg = FedAvg()
+def fedavg(updates, n_threads: int | None = 1) -> dict[str, np.ndarray]:
+    agg = FedAvg(threads=n_threads)
     agg.begin(SPEC)
     for cid, (w, n) in enumerate(updates):
         agg.add(w, n, client_id=cid)
     return agg.result()
 
 
-def fedavg_blobs(blobs: list[tuple[bytes, int]]) -> dict[str, np.ndarray]:
+def fedavg_blobs(blobs: list[tuple[bytes, int]], n_threads: int | None = 1) -> dict[str, np.ndarray]:
     """FedAvg over encoded updates: each decoded (zero-copy views), verified (digest, NaN/Inf) and added."""
-    agg = FedAvg()
+    agg = FedAvg(threads=n_threads)
     agg.begin(SPEC)
     for cid, (blob, n) in enumerate(blobs):
-        agg.add(W.decode(blob, SPEC), n, client_id=cid)
+        agg.add(W.decode(blob, SPEC, threads=n_threads), n, client_id=cid)
     return agg.result()
 
 
-def paired_timings(updates: list, blob_sets: dict[str, list[tuple[bytes, int]]]) -> dict[str, list[float]]:
-    """The plain sum, FedAvg, and FedAvg from blobs per digest algorithm, timed back to back in each repeat, so
-    the machine's noise hits all of them alike."""
-    times: dict[str, list[float]] = {"plain": [], "fedavg": [], **{alg: [] for alg in blob_sets}}
+def paired_timings(updates: list, blob_sets: dict[str, list[tuple[bytes, int]]], thread_counts: list[int]
+                   ) -> dict[str, dict[str, list[float]]]:
+    """The plain sum, FedAvg, and FedAvg from blobs per digest algorithm, with each thread count, timed back to
+    back in each repeat (wall and CPU), so the machine's noise hits all of them alike."""
+    runs: dict[str, Any] = {"plain": lambda: plain_sum(updates)}
+    for t in thread_counts:
+        runs[f"fedavg/{t}"] = lambda t=t: fedavg(updates, t)
+        for alg, blobs in blob_sets.items():
+            runs[f"{alg}/{t}"] = lambda blobs=blobs, t=t: fedavg_blobs(blobs, t)
+    times: dict[str, dict[str, list[float]]] = {"wall": {k: [] for k in runs}, "cpu": {k: [] for k in runs}}
     for _ in range(REPEATS):
         gc.collect()
-        t0 = time.process_time()
-        plain_sum(updates)
-        times["plain"].append(time.process_time() - t0)
-        t0 = time.process_time()
-        fedavg(updates)
-        times["fedavg"].append(time.process_time() - t0)
-        for alg, blobs in blob_sets.items():
-            t0 = time.process_time()
-            fedavg_blobs(blobs)
-            times[alg].append(time.process_time() - t0)
+        for key, run in runs.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            run()
+            w1, c1 = time.perf_counter(), time.process_time()
+            times["wall"][key].append(w1 - w0)
+            times["cpu"][key].append(c1 - c0)
     return times
 
 
-def split_from_blobs(blobs: list[tuple[bytes, int]]) -> tuple[float, float]:
-    """CPU seconds spent in decode (+ verify) and in add over the blobs, best of the repeats for each."""
+def split_from_blobs(blobs: list[tuple[bytes, int]], n_threads: int) -> tuple[float, float]:
+    """Wall seconds spent in decode (+ verify) and in add over the blobs, best of the repeats for each."""
     best_decode = best_add = float("inf")
     for _ in range(3):
         decode_s = add_s = 0.0
-        agg = FedAvg()
+        agg = FedAvg(threads=n_threads)
         agg.begin(SPEC)
         for cid, (blob, n) in enumerate(blobs):
-            t0 = time.process_time()
-            view = W.decode(blob, SPEC)
-            t1 = time.process_time()
+            t0 = time.perf_counter()
+            view = W.decode(blob, SPEC, threads=n_threads)
+            t1 = time.perf_counter()
             agg.add(view, n, client_id=cid)
-            add_s += time.process_time() - t1
+            add_s += time.perf_counter() - t1
             decode_s += t1 - t0
         agg.result()
         best_decode, best_add = min(best_decode, decode_s), min(best_add, add_s)
@@ -210,34 +216,45 @@ def main() -> None:
     )
     algs = [a for a in W.HASH_IDS if W.hash_available(a)]
     blob_sets = {alg: [(W.encode(w, alg), n) for w, n in updates] for alg in algs}
-    for alg, blobs in blob_sets.items():  # the same model whatever the digest
-        assert all(np.array_equal(fedavg_blobs(blobs)[k], got[k]) for k in SHAPES), alg
-    times = paired_timings(updates, blob_sets)
-    splits = {alg: split_from_blobs(blobs) for alg, blobs in blob_sets.items()}
+    many = max(threads.default_threads(), threads.available_cpus())  # threads are opt-in; the bench shows both
+    thread_counts = [1] if many == 1 else [1, many]
+    for alg, blobs in blob_sets.items():  # the same model whatever the digest and the threads
+        for t in thread_counts:
+            assert all(np.array_equal(fedavg_blobs(blobs, t)[k], got[k]) for k in SHAPES), (alg, t)
+            assert all(fedavg(updates, t)[k].tobytes() == got[k].tobytes() for k in SHAPES), t
+    times = paired_timings(updates, blob_sets, thread_counts)
+    splits = {(alg, t): split_from_blobs(blobs, t) for alg, blobs in blob_sets.items() for t in thread_counts}
     del updates, blob_sets
     gc.collect()
     peak10, peak100 = peak_memory(10), peak_memory(100)
     strategy10, strategy100 = strategy_peak_memory(10), strategy_peak_memory(100)
 
-    best = {k: min(v) for k, v in times.items()}
-    paired = {k: statistics.median(a / p for a, p in zip(v, times["plain"])) for k, v in times.items()}
+    print(f"threads: {thread_counts} (CPUs this process may use: {threads.available_cpus()}, "
+          f"{threads.ENV}={os.environ.get(threads.ENV, 'unset')})")
+    for clock, label in (("wall", "wall time"), ("cpu", "CPU time (all threads)")):
+        t = times[clock]
+        best = {k: min(v) for k, v in t.items()}
+        paired = {k: statistics.median(a / p for a, p in zip(v, t["plain"])) for k, v in t.items()}
+        print()
+        print(f"{label + ', same repeats, best of ' + str(REPEATS):<62}{'best':>10}{'median':>10}"
+              f"{'per update':>12}{'x plain':>9}{'paired':>8}")
+        rows = [("plain", "plain float32 sum (acc += w), arrays in memory, 1 thread")]
+        for n in thread_counts:
+            rows.append((f"fedavg/{n}", f"FedAvg (float64 sums, weighted), arrays in memory, {n} thr"))
+            rows += [(f"{alg}/{n}", f"FedAvg from blobs: decode + verify ({alg}) + add, {n} thr") for alg in algs]
+        for key, text in rows:
+            print(f"{text:<62}{best[key] * 1e3:>8.1f}ms{statistics.median(t[key]) * 1e3:>8.1f}ms"
+                  f"{best[key] / n_updates * 1e3:>10.3f}ms{best[key] / best['plain']:>8.2f}x{paired[key]:>7.2f}x")
+        for n in thread_counts:
+            for alg in algs:
+                ratio = best[f"{alg}/{n}"] / best["plain"]
+                print(f"  {label}: FedAvg with decode and verify ({alg}, {n} thr) / plain float32 sum: {ratio:.2f}x "
+                      f"best, {paired[f'{alg}/{n}']:.2f}x paired median   goal <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
     print()
-    print(f"{'CPU time (same repeats, best of ' + str(REPEATS) + ')':<56}{'best':>10}{'median':>10}"
-          f"{'per update':>12}{'x plain':>9}{'paired':>8}")
-    rows = [("plain", "plain float32 sum (acc += w), arrays in memory"),
-            ("fedavg", "FedAvg (float64 sums, weighted), arrays in memory")]
-    rows += [(alg, f"FedAvg from blobs: decode + verify ({alg}) + add") for alg in algs]
-    for key, label in rows:
-        print(f"{label:<56}{best[key] * 1e3:>8.1f}ms{statistics.median(times[key]) * 1e3:>8.1f}ms"
-              f"{best[key] / n_updates * 1e3:>10.3f}ms{best[key] / best['plain']:>8.2f}x{paired[key]:>7.2f}x")
-    for alg, (decode_s, add_s) in splits.items():
-        print(f"{'  ' + alg + ' blobs, split: decode + verify | add':<56}{decode_s * 1e3:>8.1f}ms{add_s * 1e3:>8.1f}ms"
-              f"{decode_s / n_updates * 1e3:>8.3f} |{add_s / n_updates * 1e3:>6.3f}ms")
+    for (alg, n), (decode_s, add_s) in splits.items():
+        print(f"{'  ' + alg + f' blobs, {n} thr, wall split: decode + verify | add':<62}{decode_s * 1e3:>8.1f}ms"
+              f"{add_s * 1e3:>8.1f}ms{decode_s / n_updates * 1e3:>8.3f} |{add_s / n_updates * 1e3:>6.3f}ms")
     print()
-    for alg in algs:
-        ratio = best[alg] / best["plain"]
-        print(f"FedAvg with decode and verify ({alg}) / plain float32 sum: {ratio:.2f}x best, {paired[alg]:.2f}x "
-              f"median of paired repeats   goal <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
     print(f"max |FedAvg - textbook float64 formula|: {err:.2e}; the same model from blobs of every digest")
     print()
     model_plus_update = 2 * NUM_PARAMS * 4
@@ -255,7 +272,10 @@ def main() -> None:
     verdict("fedavg strategy, as the aggregator calls it", strategy10, strategy100)
     hp = handler_peak_memory((10, 100))
     verdict("aggregator handler (nx-27017)", hp[10], hp[100])
-    print("(the handler also holds the previous model, a read batch of blobs and the encoded new model)")
+    print("(the handler's peak: the float64 sums while the driver's reply buffer and the decoded document of one\n"
+          " update both exist, i.e. 2 x model + 2 x update; and, at the end, the new model, its encoding and the\n"
+          " driver's two copies of it. FedAvg keeps only the previous model's spec, updates of 1 MB and more are read\n"
+          " one per round trip, the kernel's scratch exists only while an update is added)")
     print(f"(for scale: one float32 update {mb:.2f} MB, the float64 running sums {2 * mb:.2f} MB, "
           f"100 updates held at once {100 * mb:.0f} MB)")
 

@@ -61,6 +61,9 @@ class Fabric:
         self.clusters = config.clusters()
         self._providers: dict[str, Provider] = {}
         self._placement: dict[int, str] | None = None
+        #: per-cluster facts the tracker asks for on every call and poll, read from the config once
+        self._limits: dict[tuple[str, str], tuple[int, float, int]] = {}
+        self._poll_max: dict[str, float | None] = {}
 
     # ------------------------------------------------------------------ providers
 
@@ -73,7 +76,9 @@ class Fabric:
 
     def poll_max_s(self, cluster: str) -> float | None:
         """The platform's cap on the pause between two polls, where polling costs no network call."""
-        return registry.get(self.kind(cluster)).poll_max_s
+        if cluster not in self._poll_max:
+            self._poll_max[cluster] = registry.get(self.kind(cluster)).poll_max_s
+        return self._poll_max[cluster]
 
     def provider(self, cluster: str) -> Provider:
         if cluster not in self._providers:
@@ -134,8 +139,12 @@ class Fabric:
     # ------------------------------------------------------------------ plans
 
     def limits(self, function: str, cluster: str) -> tuple[int, float, int]:
-        """(memory MB, timeout s, concurrency): function settings for the kind, else the cluster's, else defaults."""
-        return cfg.function_limits(self.config, function, self.kind(cluster), cluster=cluster)
+        """(memory MB, timeout s, concurrency): function settings for the kind, else the cluster's, else defaults.
+        Read from the config once per (function, cluster): every client job of every round asks."""
+        key = (function, cluster)
+        if key not in self._limits:
+            self._limits[key] = cfg.function_limits(self.config, function, self.kind(cluster), cluster=cluster)
+        return self._limits[key]
 
     def plan(self, scenario: str = "federated_learning", clusters: Iterable[str] | None = None,
              functions: Iterable[str] | None = None) -> list[Deployment]:

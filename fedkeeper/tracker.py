@@ -22,14 +22,20 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from fedkeeper.activations import ActivationState, JobState, check_activation, check_job
+from fedkeeper.activations import (
+    ACTIVATION_TRANSITIONS,
+    JOB_TRANSITIONS,
+    ActivationState,
+    JobState,
+    check_activation,
+    check_job,
+)
 from fedkeeper.config.models import Resilience
 from fedkeeper.errors import RunFailed
 from fedkeeper.providers.base import (
@@ -136,8 +142,9 @@ class Job:
 
     def move(self, new: JobState) -> None:
         """Change state along `JOB_TRANSITIONS`; anything else is a tracker bug (`IllegalTransition`)."""
-        who = "aggregator" if self.client_id is None else f"client {self.client_id}"
-        check_job(self.state, new, what=f"job {self.function} round {self.round} {who}")
+        if new not in JOB_TRANSITIONS[self.state]:  # the message is built only for the error
+            who = "aggregator" if self.client_id is None else f"client {self.client_id}"
+            check_job(self.state, new, what=f"job {self.function} round {self.round} {who}")
         self.state = new
 
 
@@ -168,7 +175,8 @@ class Attempt:
 
     def move(self, new: ActivationState) -> None:
         """Change the record's state along `ACTIVATION_TRANSITIONS` (`IllegalTransition` otherwise)."""
-        check_activation(self.state, new, what=f"activation {self.id} (attempt {self.number})")
+        if new not in ACTIVATION_TRANSITIONS[self.state]:
+            check_activation(self.state, new, what=f"activation {self.id} (attempt {self.number})")
         self.state = new
 
 
@@ -236,6 +244,35 @@ def in_flight(records: Iterable[dict[str, Any]]) -> dict[JobKey, dict[str, Any]]
     return {k: r for k, r in latest.items() if r.get("state") == ActivationState.INVOKED.value}
 
 
+def missing_rows(records: Iterable[dict[str, Any]], logged: dict[str, str]) -> list[dict[str, Any]]:
+    """activations.csv rows for the records in a final state that the log does not show in that state
+    (`logged`: activation id → the state of its last row), in the order they were submitted. A session killed
+    after writing a batch of records to the store and before writing their rows (`Tracker.flush`) leaves those;
+    a resumed run writes them before it goes on, so the log and the store hold the same final states."""
+    out = []
+    for record in records:
+        state = record.get("state")
+        if state in (None, ActivationState.INVOKED.value) or logged.get(str(record["_id"])) == state:
+            continue
+        end = record.get("end")
+        start = record.get("start") or record.get("submitted")
+        duration = record.get("duration_s")
+        if duration is None and isinstance(end, (int, float)) and isinstance(start, (int, float)):
+            duration = max(0.0, end - start)
+        tree = {"level": record.get("level"), "part": record.get("part")} if record.get("part") is not None else {}
+        out.append({
+            "round": record.get("round"), "client_id": "server" if record.get("client_id") is None
+            else record["client_id"],
+            "cluster": record.get("cluster"), "platform": record.get("platform"), "function": record.get("function"),
+            "activation_id": record["_id"], "platform_activation_id": record.get("platform_activation_id"),
+            "attempt": record.get("attempt"), "state": state, "cold": record.get("cold"), "start": start,
+            "end": end, "duration_s": duration, "injected": record.get("injected"), "error": record.get("error"),
+            **tree,
+        })
+    out.sort(key=lambda row: (float(row["start"] or 0.0), str(row["activation_id"])))
+    return out
+
+
 class Tracker:
     """Runs jobs to completion under the resilience policy, recording every attempt."""
 
@@ -258,7 +295,12 @@ class Tracker:
         self._caps: dict[str, int] = {}
         self._inserts: list[dict[str, Any]] = []
         self._updates: list[tuple[str, dict[str, Any]]] = []
+        #: activations.csv / events.jsonl rows of the buffered records: written by `flush`, after their records
+        self._rows: list[dict[str, Any]] = []
         self._flushed = 0.0
+        #: the batch being written in the background (`_hand_off`), and the one thread that writes them in order
+        self._writing: Future[None] | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._ids = bytearray()
         #: set by providers that report settled calls (`on_settle`, the local platform): the tracker's pause
         #: between passes ends at once, and those clusters' running calls are polled in that pass
@@ -269,19 +311,77 @@ class Tracker:
     def flush(self) -> None:
         """Write the buffered activation records in two round trips instead of one per change; a record inserted
         and changed within the same batch is inserted as it ends up (the store holds the same document, written
-        once: at a thousand short calls a round most records start and settle between two flushes)."""
+        once: at a thousand short calls a round most records start and settle between two flushes).
+
+        Then the batch's `Logs/` rows, in one write per file: a row is written only once the store holds its
+        record in that state, so a killed orchestrator leaves no row of an activation the store does not know
+        (tests/chaos_audit.py). A batch the store refused loses its rows too: its calls are adopted or invoked
+        again by the next session, which writes their rows. A session killed between the two writes leaves
+        records without their rows: `missing_rows` finds them when the run resumes.
+
+        Waits for the batch `_hand_off` is writing first (and raises its error): when `flush` returns, everything
+        recorded so far is in the store."""
         self._flushed = time.monotonic()
-        if self._inserts or self._updates:
-            inserts, updates = _merged(self._inserts, self._updates)
-            self._inserts, self._updates = [], []
-            self.store.record_activations(inserts, updates)
+        self._settle_writing()
+        batch = self._take()
+        if batch is not None:
+            self._write_batch(*batch)
+
+    def _hand_off(self) -> None:
+        """Write the buffered records in the background while the jobs go on: a polling pass that waited for the
+        store (tens of ms when it is busy, e.g. pruning the last round) left the workers without calls
+        (bench/bench_scale.py). One batch at a time, in order; while one is written, the next gathers, so a busy
+        store gets fewer, larger batches. A failed write raises here, at the next hand-off, or in `flush`."""
+        if self._writing is not None and not self._writing.done():
+            return
+        self._flushed = time.monotonic()
+        self._settle_writing()
+        batch = self._take()
+        if batch is not None:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fk-records")
+            self._writing = self._writer.submit(self._write_batch, *batch)
+
+    def _settle_writing(self) -> None:
+        """Wait for the batch in the background and raise its error. A wait cut short (Ctrl-C) keeps it pending:
+        the run's end (`flush` in `Experiment.finish`) waits for it again before it counts the records."""
+        writing = self._writing
+        if writing is None:
+            return
+        try:
+            writing.result()
+        finally:
+            if writing.done():
+                self._writing = None
+
+    def _take(self) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]], list[dict[str, Any]]] | None:
+        """The buffered batch (inserts with their same-batch updates folded in, other updates, rows), emptied."""
+        if not self._inserts and not self._updates:
+            return None
+        inserts, updates = _merged(self._inserts, self._updates)
+        rows = self._rows
+        self._inserts, self._updates, self._rows = [], [], []
+        return inserts, updates, rows
+
+    def _write_batch(self, inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]],
+                     rows: list[dict[str, Any]]) -> None:
+        """The store's records, then their rows (never the other way round: see `flush`)."""
+        self.store.record_activations(inserts, updates)
+        if not rows:
+            return
+        batch = getattr(self.runlog, "activations", None)
+        if callable(batch):
+            batch(rows)
+        else:  # a runlog with the one-row call only
+            for row in rows:
+                self.runlog.activation(row)
 
     def _flush_due(self) -> None:
         """Flush at most every `FLUSH_EVERY_S` (or every `FLUSH_MAX` records) while jobs run: at a thousand
         clients a round makes hundreds of short passes, and a flush per pass cost more store round trips than
         the clients' own writes (bench/bench_scale.py). A run's end, an abandon and `run`'s return flush at once."""
         if len(self._inserts) + len(self._updates) >= FLUSH_MAX or time.monotonic() - self._flushed >= FLUSH_EVERY_S:
-            self.flush()
+            self._hand_off()
 
     def _watch(self, clusters: Iterable[str]) -> None:
         """Ask each cluster's provider, once, to report settled calls (`on_settle`), where it can."""
@@ -296,31 +396,38 @@ class Tracker:
                 self._notifying[cluster] = provider
 
     def close(self) -> None:
-        self.flush()
-        for provider in self._notifying.values():
-            provider.off_settle(self._wakeup.set)
-        self._notifying.clear()
-        self._watched.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        try:
+            self.flush()
+        finally:
+            for provider in self._notifying.values():
+                provider.off_settle(self._wakeup.set)
+            self._notifying.clear()
+            self._watched.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     # ------------------------------------------------------------------ public
 
     def run(self, jobs: list[Job], *, deadline: float | None = None,
             enough: Callable[[list[Job]], bool] | None = None,
             satisfied: Callable[[list[Job]], bool] | None = None,
-            until: Callable[[list[Job]], bool] | None = None) -> WaitOutcome:
+            until: Callable[[list[Job]], bool] | None = None,
+            records: list[dict[str, Any]] | None = None) -> WaitOutcome:
         """Drive `jobs` until all are done, or `deadline` passes and `enough(jobs)` holds, or `satisfied(jobs)`.
 
         `until(jobs)`, checked after each pass's submissions and polls, returns with the pending jobs left as they
         are (running, or waiting): a later `run` with them goes on (the stale round modes keep clients in flight
         across rounds, `scenarios.rounds`). Jobs pick up where an interrupted orchestrator left them (`resume`);
-        a job this tracker already started is not resumed again.
+        a job this tracker already started is not resumed again. `records`: the store's activation records of the
+        jobs' round, when the caller has just read them (resume reads them otherwise).
         """
         counts = Counts()
         self.resume([j for j in jobs if j.state not in (JobState.RUNNING, JobState.BACKOFF)
-                     and not (j.state is JobState.WAITING and j.attempts)])
+                     and not (j.state is JobState.WAITING and j.attempts)], records=records)
         deadline_hit = False
         clusters = {j.cluster for j in jobs}
         self._watch(clusters)
@@ -384,19 +491,23 @@ class Tracker:
         self._add_totals(counts)
         return WaitOutcome(jobs, counts, deadline_hit)
 
-    def resume(self, jobs: list[Job]) -> None:
+    def resume(self, jobs: list[Job], records: list[dict[str, Any]] | None = None) -> None:
         """Continue what an interrupted orchestrator started for these jobs, from the store's records of their
         rounds: attempt numbers go on after the highest recorded one, and an activation left `invoked` is
-        adopted (polled by its platform id) rather than invoked again. Nothing recorded: nothing changes."""
+        adopted (polled by its platform id) rather than invoked again. Nothing recorded: nothing changes.
+        `records`: the round's records as the caller just read them (one round only), instead of a store read."""
         rounds: dict[tuple[str, int], list[Job]] = {}
         for job in jobs:
             rounds.setdefault((job.run_id, job.round), []).append(job)
         server = getattr(self.store, "find_server_activations", None)  # optional: a store may not offer it
+        if records is not None and len(rounds) > 1:
+            raise ValueError("resume: records of one round, for jobs of several")
         for (run_id, round_number), group in rounds.items():
             # an aggregation needs only the round's aggregator records, not its thousand client records
-            records = (server(run_id, round_number) if server is not None and all(j.client_id is None for j in group)
-                       else self.store.find_activations(run_id, round=round_number))
-            bases, flying = attempt_bases(records), in_flight(records)
+            found = (records if records is not None else
+                     server(run_id, round_number) if server is not None and all(j.client_id is None for j in group)
+                     else self.store.find_activations(run_id, round=round_number))
+            bases, flying = attempt_bases(found), in_flight(found)
             for job in group:
                 job.attempt_base = bases.get(job.who, 0)
                 record = flying.get(job.key)
@@ -421,7 +532,7 @@ class Tracker:
             start = float(record.get("submitted") or end)
             self._updates.append((record["_id"], {"state": ActivationState.SUCCEEDED.value, "end": end,
                                                   "duration_s": max(0.0, end - start)}))
-            self.runlog.activation({
+            self._rows.append({
                 "round": round_number, "client_id": "server" if record.get("client_id") is None else
                 record["client_id"], "cluster": record.get("cluster"), "platform": record.get("platform"),
                 "function": record.get("function"), "activation_id": record["_id"],
@@ -440,9 +551,11 @@ class Tracker:
         call per 256 ids instead of one per id (each lets the provider's threads take the interpreter lock)."""
         if len(self._ids) < 16:
             self._ids = bytearray(os.urandom(4096))
-        raw = bytes(self._ids[-16:])
+        raw = self._ids[-16:]
         del self._ids[-16:]
-        return uuid.UUID(bytes=raw, version=4).hex
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4, as `uuid.UUID(bytes=raw, version=4)` sets it
+        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+        return raw.hex()
 
     def _room(self, clusters: Iterable[str], inflight: Counter[str]) -> int:
         """Calls that may still be submitted this pass, over all clusters."""
@@ -651,7 +764,7 @@ class Tracker:
         if status.activation_id:
             fields["platform_activation_id"] = status.activation_id
         self._updates.append((attempt.id, {k: v for k, v in fields.items() if v is not None}))
-        self.runlog.activation({
+        self._rows.append({
             "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "activation_id": attempt.id,
@@ -717,7 +830,7 @@ class Tracker:
             "name": job.name, "attempt": number, "state": ActivationState.FAILED.value, "submitted": now, "end": now,
             "error": f"{type(exc).__name__}: {exc.message}", **_tree_fields(job),
         })
-        self.runlog.activation({
+        self._rows.append({
             "round": job.round, "client_id": "server" if job.client_id is None else job.client_id,
             "cluster": job.cluster, "platform": self.fabric.kind(job.cluster), "function": job.function,
             "activation_id": attempt_id, "attempt": number, "state": ActivationState.FAILED.value, "start": now,

@@ -215,12 +215,13 @@ def test_a_known_event_filters(small_run: Path, run_cli: Any) -> None:
 
 
 def _written_event_names() -> set[str]:
-    """Every event name the orchestrator passes to `RunLog.event(...)` (literals, and both arms of `a if c else
-    b`), and the names of the end-of-run events."""
+    """Every event name the orchestrator passes to `RunLog.event(...)` or to the line builder batched rows use,
+    `RunLog._event_line(...)` (literals, and both arms of `a if c else b`), and the names of the end-of-run
+    events."""
     names: set[str] = set()
     for path in (ROOT / "fedkeeper").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "event" \
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("event", "_event_line") \
                     and node.args:
                 first = node.args[0]
                 options = [first.body, first.orelse] if isinstance(first, ast.IfExp) else [first]

@@ -1,8 +1,9 @@
 """`Logs/<run_id>/` writers; every line goes through `fedkeeper.secrets.Redactor`.
 
 Files are appended to and flushed as events happen, so a killed run leaves a readable record and a resumed
-run continues the same files. Column sets are fixed here (docs/contracts.md) because `report.py` reads them
-back without the store.
+run continues the same files. Activation rows come in the tracker's batches (`activations`), written once the
+batch's store records are: a row never names an activation the store does not record in that state. Column
+sets are fixed here (docs/contracts.md) because `report.py` reads them back without the store.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "
                       "memory_mb", "injected", "error",
                       "level", "part"]  # tree aggregation nodes (docs/aggregation.md); empty for other rows
 
+#: values written as they are, checked by exact type first: most cells of most rows are one of these
+_PLAIN = frozenset({str, int, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
+    if type(value) in _PLAIN:  # a str or int subclass (an enum) goes on to the checks below, as before
+        return value
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     if hasattr(value, "value") and not isinstance(value, (str, int, float, bool)):  # enums
@@ -78,23 +85,37 @@ class RunLog:
             handle.flush()
         return handle, writer
 
-    def event(self, event: str, *, ts: float | None = None, **fields: Any) -> None:
-        """One line of events.jsonl; `ts` when the time must equal one recorded elsewhere (the summary's end)."""
+    def _event_line(self, event: str, ts: float | None, fields: Mapping[str, Any]) -> str:
         record = {"ts": round(time.time() if ts is None else ts, 6), "run_id": self.run_id, "event": event}
         record.update({k: _jsonable(v) for k, v in fields.items()})
-        line = self.redact(json.dumps(record, default=str))
+        return self.redact(json.dumps(record, default=str)) + "\n"
+
+    def event(self, event: str, *, ts: float | None = None, **fields: Any) -> None:
+        """One line of events.jsonl; `ts` when the time must equal one recorded elsewhere (the summary's end)."""
+        line = self._event_line(event, ts, fields)
         with self._lock:
-            self._events.write(line + "\n")
+            self._events.write(line)
             self._events.flush()
 
     def activation(self, row: Mapping[str, Any]) -> None:
         """One activation reached a final state (or was re-invoked): activations.csv and events.jsonl."""
-        clean = {k: self._cell(row.get(k)) for k in ACTIVATION_COLUMNS}
+        self.activations([row])
+
+    def activations(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Several activations' rows at once (the tracker's batch, written after its store records): one write
+        and one flush per file instead of two flushes per row, each row still its own line in both files."""
+        rows = list(rows)
+        if not rows:
+            return
+        columns = ACTIVATION_COLUMNS
+        cells = [{k: self._cell(row.get(k)) for k in columns} for row in rows]
+        lines = "".join([self._event_line("activation", None, {k: row.get(k) for k in columns}) for row in rows])
         with self._lock:
             handle, writer = self._activations
-            writer.writerow(clean)
+            writer.writerows(cells)
             handle.flush()
-        self.event("activation", **{k: row.get(k) for k in ACTIVATION_COLUMNS})
+            self._events.write(lines)
+            self._events.flush()
 
     def round(self, row: Mapping[str, Any]) -> None:
         clean = {k: self._cell(row.get(k)) for k in self._rounds[1].fieldnames}
@@ -144,6 +165,8 @@ class RunLog:
         value = _jsonable(value)
         if value is None:
             return ""
+        if type(value) is int:
+            return value
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, float):

@@ -56,6 +56,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 READ_BATCH_MAX = 256
 READ_BATCH_BYTES = 4 << 20
 READ_AHEAD_SPLIT = 4
+#: updates whose blob may exceed this share of ``READ_BATCH_BYTES`` are read one per round trip: a large model's
+#: aggregator holds its float64 sums (twice the model) and one update, and a second update read with it (plus
+#: the driver's copy of the reply) would be the largest thing in its memory (issue 18: within 2x of model + update)
+READ_ONE_FRACTION = 4
 
 
 class UpdateSource(Protocol):
@@ -244,6 +248,8 @@ class Admitted:
             return
         ahead = READ_BATCH_BYTES // 2 // max(1, limit) >= 2
         size = max(1, min(READ_BATCH_MAX, (READ_BATCH_BYTES // 2 if ahead else READ_BATCH_BYTES) // max(1, limit)))
+        if limit > READ_BATCH_BYTES // READ_ONE_FRACTION:
+            size = 1
         if ahead:  # at least READ_AHEAD_SPLIT chunks (of 16 or more): a small round overlaps its reads too
             size = min(size, max(16, -(-len(self._issued) // READ_AHEAD_SPLIT)))
         chunks = [self._issued[start:start + size] for start in range(0, len(self._issued), size)]

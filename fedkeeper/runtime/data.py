@@ -23,6 +23,7 @@ Pickles run code when loaded, and a function may be handed any URL: they are ref
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -36,9 +37,10 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +88,25 @@ class DataSpec:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], path: str = "data") -> "DataSpec":
+        """The checked spec of a payload's ``data``. A warm function parses the same ``data`` several times per
+        call and on every call of a run: the specs of the last few distinct ``data`` are kept (a spec is
+        immutable; only accepted ones are kept, so a bad ``data`` raises every time, naming ``path``)."""
+        try:
+            key = (cls, _exact(params))
+        except TypeError:  # not a plain JSON-like value (no hashable image): parse it every time
+            return cls._parse(params, path)
+        spec = _SPECS.get(key)
+        if spec is None:
+            spec = _SPECS[key] = cls._parse(params, path)
+            while len(_SPECS) > _SPECS.size:
+                try:
+                    _SPECS.popitem(last=False)
+                except KeyError:  # emptied meanwhile by another thread
+                    break
+        return spec
+
+    @classmethod
+    def _parse(cls, params: Mapping[str, Any], path: str) -> "DataSpec":
         if not isinstance(params, Mapping):
             raise DataError(f"{path} must be a mapping, got {type(params).__name__}")
         values: dict[str, Any] = {}
@@ -143,10 +164,28 @@ class DataSpec:
         values["client_files"] = template
         return cls(**values)
 
-    @property
+    @functools.cached_property
     def source_key(self) -> str:
-        """What identifies the loaded arrays (not the partitioning): the cache key."""
+        """What identifies the loaded arrays (not the partitioning): the cache key (computed once per spec)."""
         return json.dumps([self.dataset, self.files, self.sha256, self.allow_pickle, self.max_bytes])
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _exact(value: Any) -> Any:
+    """A hashable image of a JSON-like value that keeps types apart (``True``, ``1`` and ``1.0`` are equal in
+    Python but not as parameters: ``allow_pickle: 1`` must be refused where ``true`` is accepted); TypeError if
+    the value has none (a key or leaf that cannot be hashed or ordered)."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return (kind, value)
+    if isinstance(value, Mapping):
+        return (dict, tuple(sorted((k, _exact(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(_exact(v) for v in value))
+    hash(value)
+    return (type(value), value)
 
 
 def _pos_int(params: Mapping[str, Any], key: str, default: int, path: str) -> int:
@@ -189,11 +228,13 @@ class _LRU(OrderedDict):
 
 
 _SPLITS = _LRU(4)
+_SPECS = _LRU(16)  # DataSpec.from_params, by the exact value of the params
 _PARTITIONS = _LRU(8)
 _CLIENT_SPLITS = _LRU(64)  # partition `files`: a warm client keeps its own; the aggregator counts them all
 
 
 def clear_caches() -> None:
+    _SPECS.clear()
     _SPLITS.clear()
     _PARTITIONS.clear()
     _CLIENT_SPLITS.clear()

@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from . import threads as _threads
+
 MAGIC = b"\x89FKW\r\n\x1a\n"
 VERSION = 1
 PREFIX = struct.Struct("<8sHHI32sQ")  # magic, version, flags, header_len, digest, payload_len
@@ -319,15 +321,38 @@ def _check_expected_now(infos: tuple[ArrayInfo, ...], expected: Expected) -> Non
 _SMALL_CHECK = 1 << 16
 
 
-def _check_finite(name: str, arr: np.ndarray) -> None:
-    if arr.dtype.kind != "f" or not arr.size:
-        return
+def all_finite(arr: np.ndarray) -> bool:
+    """Whether no element is NaN or ±Inf, exactly.
+
+    Fast path for float32/float64: the BLAS dot product x·x, one pass without a temporary (measured 0.034 ms for
+    400k float32 against 0.042 ms for ``isfinite(x).all()`` and two passes for min+max). It is a sum of squares,
+    so a NaN or an Inf anywhere makes it NaN or +Inf (no cancellation: every term is >= 0): a finite dot proves
+    every element finite. A dot that is not finite may also be an overflow of finite values (|x| above ~1e19 in
+    float32), so then the exact scan decides."""
+    kind = arr.dtype.kind
+    if kind == "c":
+        return bool(np.isfinite(arr).all())
+    if kind != "f" or not arr.size:
+        return True
+    if arr.dtype.itemsize >= 4:
+        flat = arr.reshape(-1)
+        with np.errstate(all="ignore"):
+            if math.isfinite(np.dot(flat, flat)):
+                return True
     if arr.size <= _SMALL_CHECK:
-        finite = bool(np.isfinite(arr).all())
-    else:  # min/max propagate NaN and expose +-Inf without a boolean array of the tensor's size
-        finite = bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
-    if not finite:
-        raise WeightsError("non_finite", f"array {name!r} contains NaN or Inf", array=name)
+        return bool(np.isfinite(arr).all())
+    # min/max propagate NaN and expose +-Inf without a boolean array of the tensor's size
+    return bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
+
+
+def _finite_failure(arrays: list[tuple[str, np.ndarray]]) -> str | None:
+    """The name of the first array that holds NaN or Inf, else None."""
+    return next((name for name, arr in arrays if not all_finite(arr)), None)
+
+
+#: payloads from this many bytes have their NaN/Inf scan run on another thread while this one hashes (both read
+#: the same memory, one pass each; below this the hand-off costs more than the overlap saves)
+_PARALLEL_VERIFY_BYTES = 256 << 10
 
 
 def decode(
@@ -336,24 +361,19 @@ def decode(
     *,
     verify: bool = True,
     header: Header | None = None,
+    threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode to read-only arrays that view ``buf`` (zero-copy).
 
     ``expected`` (name -> (shape, dtype)) must match exactly. ``verify=False`` skips the digest and the NaN/Inf
     scan: only for blobs this process wrote itself, never for client updates. ``header``: ``read_header(buf)``
-    when the caller parsed it already (the digest is still verified against the bytes).
+    when the caller parsed it already (the digest is still verified against the bytes). ``threads``: with more
+    than one (None: ``threads.default_threads()``), a large payload's NaN/Inf scan runs on a pool thread while
+    this one computes the digest; the checks and the order of the errors (checksum, then names/shapes/dtypes,
+    then NaN/Inf) are the same either way.
     """
     header = header if header is not None else read_header(buf)
     mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
-    if verify:
-        # The JSON header ends before its padding: hash exactly header_len bytes, then the payload.
-        h = _hasher(header.hash_alg)
-        h.update(mv[PREFIX_SIZE : PREFIX_SIZE + header.header_len])
-        h.update(mv[header.payload_start : header.total_size])
-        if _digest32(h).hex() != header.digest:
-            raise WeightsError("checksum", "blob digest does not match its content (corrupted in transit or storage)")
-    if expected is not None:
-        _check_expected(header.arrays, expected)
     out: dict[str, np.ndarray] = {}
     for info in header.arrays:
         dtype = _DTYPES[info.dtype]
@@ -361,9 +381,31 @@ def decode(
                             offset=header.payload_start + info.offset)
         arr = arr.reshape(info.shape)
         arr.flags.writeable = False
-        if verify:
-            _check_finite(info.name, arr)
         out[info.name] = arr
+    if not verify:
+        if expected is not None:
+            _check_expected(header.arrays, expected)
+        return out
+    floats = [(name, arr) for name, arr in out.items() if arr.dtype.kind == "f" and arr.size]
+    pending = None
+    if header.payload_len >= _PARALLEL_VERIFY_BYTES and floats and _threads.resolve(threads) > 1:
+        pending = _threads.submit(_finite_failure, floats)
+    try:
+        # The JSON header ends before its padding: hash exactly header_len bytes, then the payload.
+        h = _hasher(header.hash_alg)
+        h.update(mv[PREFIX_SIZE : PREFIX_SIZE + header.header_len])
+        h.update(mv[header.payload_start : header.total_size])
+        digest_ok = _digest32(h).hex() == header.digest
+    finally:
+        bad = pending.result() if pending is not None else None  # never leave a scan of this buffer running
+    if not digest_ok:
+        raise WeightsError("checksum", "blob digest does not match its content (corrupted in transit or storage)")
+    if expected is not None:
+        _check_expected(header.arrays, expected)
+    if pending is None:
+        bad = _finite_failure(floats)
+    if bad is not None:
+        raise WeightsError("non_finite", f"array {bad!r} contains NaN or Inf", array=bad)
     return out
 
 

@@ -21,7 +21,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
@@ -46,13 +46,13 @@ from fedkeeper.runtime import urls
 from fedkeeper.runtime.privacy import DPMode
 from fedkeeper.scenarios.cohort import Cohort
 from fedkeeper.scenarios.deployment import deploy_plan, store_env_for
-from fedkeeper.scenarios.issued_updates import RoundUpdates, round_updates
+from fedkeeper.scenarios.issued_updates import RoundUpdates, issues_any, round_updates
 from fedkeeper.scenarios.stop import STOPPED, StopRequested
 from fedkeeper.scenarios.selection import RoundSelector
 from fedkeeper.providers.local.profile import profiles as local_profiles
 from fedkeeper.scenarios import stop as stop_requests
 from fedkeeper.store.locks import RunLock, RunLocked
-from fedkeeper.tracker import Attempt, Job, Tracker
+from fedkeeper.tracker import Attempt, Job, Tracker, missing_rows
 
 MODEL_KEYS = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
 
@@ -104,21 +104,34 @@ def unchecked_downloads(fl: FederatedLearning) -> dict[str, str]:
 def client_payload(run_id: str, round_number: int, client_id: int, fl: FederatedLearning) -> dict[str, Any]:
     """Small by design: clients read the global model from the store, never from the payload. `train` holds the
     strategy's client parameters (FedProx: `mu`); `privacy` is there only under local DP (the client noises)."""
-    from fedkeeper.runtime.strategies import make_strategy
+    return ClientPayloads(run_id, round_number, fl)(client_id)
 
-    spec = fl.strategy_params()
-    strategy = make_strategy(spec.pop("name"), spec)
-    payload = {"run_id": run_id, "round": round_number, "client_id": client_id,
-               "num_clients": fl.clients_info.total_num_clients, "seed": fl.seed, "model": model_spec(fl),
-               "train": {**fl.model_params.model_dump(), **strategy.client_params()}, "data": data_spec(fl)}
-    if fl.task is not None:
-        payload["task"] = task_spec(fl)
-    if fl.hash_alg != "sha256":  # the digest of the blobs it writes (absent: sha256, as before the choice)
-        payload["hash_alg"] = fl.hash_alg
-    dp = fl.privacy_params()
-    if dp is not None and dp["mode"] == DPMode.LOCAL:
-        payload["privacy"] = dp
-    return payload
+
+class ClientPayloads:
+    """The payloads of one round's clients: all but `client_id` is the same for every client, so it is built once
+    per round (a thousand clients each rebuilt the model, data and strategy parts: bench/bench_scale.py). The
+    parts are shared between the payloads, which nothing changes (the tracker and providers copy what they add)."""
+
+    def __init__(self, run_id: str, round_number: int, fl: FederatedLearning) -> None:
+        from fedkeeper.runtime.strategies import make_strategy
+
+        spec = fl.strategy_params()
+        strategy = make_strategy(spec.pop("name"), spec)
+        self.head = {"run_id": run_id, "round": round_number}
+        tail: dict[str, Any] = {
+            "num_clients": fl.clients_info.total_num_clients, "seed": fl.seed, "model": model_spec(fl),
+            "train": {**fl.model_params.model_dump(), **strategy.client_params()}, "data": data_spec(fl)}
+        if fl.task is not None:
+            tail["task"] = task_spec(fl)
+        if fl.hash_alg != "sha256":  # the digest of the blobs it writes (absent: sha256, as before the choice)
+            tail["hash_alg"] = fl.hash_alg
+        dp = fl.privacy_params()
+        if dp is not None and dp["mode"] == DPMode.LOCAL:
+            tail["privacy"] = dp
+        self.tail = tail
+
+    def __call__(self, client_id: int) -> dict[str, Any]:
+        return {**self.head, "client_id": client_id, **self.tail}
 
 
 def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedLearning, keep_models: int,
@@ -248,11 +261,21 @@ class Experiment:
         memory, timeout, _ = self.fabric.limits(function, cluster)
         return Job(self.run_id, round_number, client_id, cluster, function, name, payload, timeout, memory)
 
+    def client_jobs(self, round_number: int, clients: Iterable[int]) -> list[Job]:
+        """The jobs of these clients in round r, their payloads built once for the round (`ClientPayloads`)."""
+        payloads = ClientPayloads(self.run_id, round_number, self.fl)
+        return [self._job(round_number, c, payloads(c)) for c in clients]
+
     def _stored_updates(self, round_number: int, acks: Mapping[int, Any] | None = None, *,
-                        report: bool = False) -> RoundUpdates:
+                        report: bool = False, records: list[dict[str, Any]] | None = None) -> RoundUpdates:
         """Per client, the stored update an activation of this run wrote (`scenarios.issued_updates`); with
-        `report`, the round's other documents are logged as `update_ignored`."""
-        found = round_updates(self.store.find_activations(self.run_id, round=round_number),
+        `report`, the round's other documents are logged as `update_ignored`. `records`: the round's activation
+        records when the caller has just read them."""
+        if records is None:
+            records = self.store.find_activations(self.run_id, round=round_number)
+        if not report and not issues_any(records, round_number):  # a new round: no update can be any client's
+            return RoundUpdates()
+        found = round_updates(records,
                               self.store.blobs.list_updates(self.run_id, round_number), run_id=self.run_id,
                               round_number=round_number, acks=acks)
         for item in found.ignored if report else ():
@@ -609,6 +632,7 @@ def start_command(app: Any, config: Config, *, rounds: int | None = None, resume
             if dropped:
                 runlog.event("round_rows_dropped", rounds=dropped,
                              reason="the store does not record these rounds as completed; they run again")
+            restore_rows(runlog, store, run["_id"])
         runlog.write_config(cfg.redacted(config))
         for key, url in unchecked_downloads(fl).items():  # said plainly, where the run's record is kept
             runlog.logger.warning("data %s (%s) is downloaded without a checksum: the functions use what the URL "
@@ -627,6 +651,18 @@ def start_command(app: Any, config: Config, *, rounds: int | None = None, resume
         if print_result and not getattr(app, "json", False):  # printed with -q too; --json prints it as JSON
             print_summary(app, summary, runlog)
         return summary
+
+
+def restore_rows(runlog: RunLog, store: Any, run_id: str) -> int:
+    """A resumed run first writes the activations.csv rows of the records an earlier session stored but was
+    killed before logging (`tracker.missing_rows`); returns how many."""
+    logged = {str(row.get("activation_id")): str(row.get("state")) for row in read_activations(runlog.dir)}
+    rows = missing_rows(store.find_activations(run_id), logged)
+    if rows:
+        runlog.activations(rows)
+        runlog.logger.info("%d activation rows restored from the store's records (a session killed before it "
+                           "logged them)", len(rows))
+    return len(rows)
 
 
 def _close_quietly(tracker: Tracker, runlog: RunLog) -> None:

@@ -75,6 +75,12 @@ def _records(records: Iterable[Mapping[str, Any]], round_number: int) -> dict[st
     return out
 
 
+def issues_any(records: Iterable[Mapping[str, Any]], round_number: int) -> bool:
+    """Whether the records issue any update of the round (an `fl_client` activation of it): without one, every
+    document of the round is ignored, so a new round need not list them."""
+    return bool(_records(records, round_number))
+
+
 def _short(value: Any) -> Any:
     """A document's field for an event line: ints as they are, anything else as a short string."""
     if _is_int(value):

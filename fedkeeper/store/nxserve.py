@@ -10,6 +10,9 @@ It runs nx-27017's own ``main`` with these additions:
 - its loggers at WARNING (``FK_NX_LOG_LEVEL`` overrides): at INFO it logs every command;
 - its insert handler gets the message's sections in a list with a short text form (`quiet_insert_sections`):
   it formats them into a debug message on every insert, logged or not;
+- faster, behaviour-identical replacements for nx-27017's and neosqlite's per-document hot paths (`nxfast`: the
+  deep copies, the ObjectId converters, pruning's update_many), each applied only at the library version it was
+  checked against; ``FK_NX_FAST=0`` leaves the libraries as they are;
 - with ``FK_PROFILE_DIR`` set, a cProfile of each connection thread there (bench/bench_scale.py --profile);
 - a watchdog thread (when ``FK_NX_LEASE_DIR`` is set): each fedkeeper process that uses the server holds a
   lease file there (pid + process start time); when no live process has held one for ``FK_NX_LEASE_GRACE_S``
@@ -173,6 +176,10 @@ def main() -> None:
         grace = float(os.environ.get("FK_NX_LEASE_GRACE_S", "5"))
         threading.Thread(target=watch_leases, args=(Path(lease_dir), grace), daemon=True, name="fk-leases").start()
     quiet_insert_sections()
+    if os.environ.get("FK_NX_FAST", "1") != "0":
+        from fedkeeper.store import nxfast
+
+        nxfast.apply_all()
     if os.environ.get("FK_PROFILE_DIR"):
         profile_connections(Path(os.environ["FK_PROFILE_DIR"]))
     from nx_27017.nx_27017 import main as nx_main

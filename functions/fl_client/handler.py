@@ -38,7 +38,8 @@ import math
 import os
 import time
 from functools import partial
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # One BLAS thread: a function gets about one vCPU and trains on small batches, where extra BLAS threads only fight
 # over it (a 10x slowdown measured on a busy 2-core host) and make float results depend on the host's core count.
@@ -62,18 +63,20 @@ class UpdateConflict(blobstore.BlobStoreError):
 
 # The global model of a round never changes once written, and a warm worker trains many clients of the same round:
 # keep the last one read (weights are read-only views) instead of fetching it from the store for every client.
-# The key holds the expected architecture, so a hit was validated against the same shapes and dtypes.
-_MODEL_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+# A hit needs the same store, run and round, and the same expected architecture (compared as a dict: shapes and
+# dtypes), so the cached weights were validated against exactly what this call expects. One entry: the next
+# round's model (or another run's) replaces it.
+_MODEL_CACHE: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []  # [(key, expected, weights)]
 
 
-def _global_model(store: blobstore.BlobStore, run_id: str, rnd: int, expected: Any) -> dict[str, Any]:
-    spec = tuple((name, tuple(shape), str(dtype)) for name, (shape, dtype) in expected.items())
-    key = (id(store.db.client), store.db.name, run_id, rnd, spec)
-    weights = _MODEL_CACHE.get(key)
-    if weights is None:
-        weights, _ = store.read_model(run_id, rnd, expected)
-        _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = weights
+def _global_model(store: blobstore.BlobStore, run_id: str, rnd: int, expected: dict[str, Any]) -> dict[str, Any]:
+    key = (store, run_id, rnd)
+    if _MODEL_CACHE:
+        cached_key, cached_expected, weights = _MODEL_CACHE[0]
+        if cached_key == key and cached_expected == expected:
+            return weights
+    weights, _ = store.read_model(run_id, rnd, expected)
+    _MODEL_CACHE[:] = [(key, dict(expected), weights)]
     return weights
 
 

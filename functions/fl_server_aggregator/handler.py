@@ -147,6 +147,9 @@ def _aggregate(
     admitted = admission.Admitted(issued, store, run_id=run_id, round=rnd, expected=model.expected_spec(previous),
                                   shard_sizes=shards)
     stale = _staleness(params)
+    if stale is None and dp is None and isinstance(strategy, strategies.MeanThenStep) \
+            and not strategy.uses_previous_values:
+        previous = shape_only(previous)  # FedAvg: the previous model's bytes go before the sums are made
     if stale is not None:  # deadline (late: carry) and buffered rounds: updates of earlier rounds, re-based
         expected = task.weights_spec()
         admitted = staleness.Rebased(admitted, stale, previous, rnd,
@@ -338,6 +341,13 @@ def _combine(params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: task
         store.gc_models(run_id, keep_last=keep_models)
         store.gc_updates(run_id, through_round=rnd)
     return _result(doc, started, already_done=bool(doc.get("duplicate")))
+
+
+def shape_only(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Read-only stand-ins with the arrays' names, shapes and dtypes and no memory of their own (one zero seen
+    through zero strides): what a strategy that does not read the previous model's values gets, so that the
+    model's bytes (as large as an update) are not held while the round's updates are summed."""
+    return {name: np.broadcast_to(np.zeros((), arr.dtype), arr.shape) for name, arr in weights.items()}
 
 
 def _staleness(params: Mapping[str, Any]) -> staleness.StalenessSpec | None:

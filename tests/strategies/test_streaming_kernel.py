@@ -52,12 +52,30 @@ def make_updates(seed: int, spec: dict, count: int, poison: bool) -> list[tuple[
     return updates
 
 
+def streamed(updates, spec, *, chunk: int, threads: int, min_per_thread: int = 1):
+    """StreamingMean's result (None when it refuses a non-finite mean), with the chunk length and the threads
+    given; ``min_per_thread=1`` lets even a tiny model be split between the threads."""
+    with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
+        mp.setattr(streaming, "_CHUNK", chunk)
+        mp.setattr(streaming, "_MIN_PER_THREAD", min_per_thread)
+        mean = StreamingMean(threads=threads)
+        mean.begin(spec)
+        for cid, (w, n) in enumerate(updates):
+            mean.add(w, n, client_id=cid)
+        try:
+            return mean.result()
+        except StrategyError as exc:
+            assert "not finite" in str(exc)
+            return None
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
        layout=st.lists(st.tuples(st.sampled_from(SIZES), st.sampled_from(["float16", "float32", "float64"]),
                                  st.booleans()), min_size=1, max_size=4),
-       count=st.integers(1, 6), chunk=st.sampled_from([1, 7, 64, streaming._CHUNK]), poison=st.booleans())
-def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, poison):
+       count=st.integers(1, 6), chunk=st.sampled_from([1, 7, 64, streaming._CHUNK]), poison=st.booleans(),
+       threads=st.sampled_from([1, 2, 3]))
+def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, poison, threads):
     # a size-1 entry may be a 0-d array (the codec carries those); other sizes as a matrix when they factor
     spec = {f"a{i}": ((() if zero_d and size == 1 else (size,) if size % 5 else (5, size // 5)), dtype)
             for i, (size, dtype, zero_d) in enumerate(layout)}
@@ -67,28 +85,49 @@ def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, po
             want = reference(updates, spec)
         except StrategyError:
             want = None
-    with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
-        mp.setattr(streaming, "_CHUNK", chunk)
-        mean = StreamingMean()
-        mean.begin(spec)
-        for cid, (w, n) in enumerate(updates):
-            mean.add(w, n, client_id=cid)
-        if want is None:
-            with pytest.raises(StrategyError, match="not finite"):
-                mean.result()
-            return
-        got = mean.result()
-    assert list(got) == list(want)
+    got = streamed(updates, spec, chunk=chunk, threads=threads)
+    if want is None:
+        assert got is None
+        return
+    assert got is not None and list(got) == list(want)
     for name in want:
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
         assert got[name].tobytes() == want[name].tobytes(), name
 
 
-def test_chunks_cover_the_model_exactly():
-    """Every element in exactly one chunk, for lengths around the chunk size."""
-    for size in (0, 1, streaming._CHUNK - 1, streaming._CHUNK, streaming._CHUNK + 1, 3 * streaming._CHUNK + 7):
-        acc = np.zeros(size)
-        plan = streaming._chunk_plan(acc, np.empty(streaming._CHUNK))
-        covered = [i for start, stop, _, _ in plan for i in range(start, stop)]
-        assert covered == list(range(size))
-        assert all(stop - start <= streaming._CHUNK and len(buf) == stop - start for start, stop, _, buf in plan)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.sampled_from(SIZES + [4099]), min_size=1, max_size=5),
+       chunk=st.sampled_from([7, 64, 1000]), threads=st.sampled_from([2, 3]))
+def test_threads_give_the_single_threaded_bits(seed, sizes, chunk, threads):
+    """Split between 2 or 3 threads (at any cut, a model of many small arrays too): the bits of one thread."""
+    spec = {f"a{i}": ((size,), "float32") for i, size in enumerate(sizes)}
+    updates = make_updates(seed, spec, 4, poison=False)
+    one = streamed(updates, spec, chunk=chunk, threads=1)
+    many = streamed(updates, spec, chunk=chunk, threads=threads)
+    assert (one is None) == (many is None)
+    if one is not None:
+        assert {k: v.tobytes() for k, v in one.items()} == {k: v.tobytes() for k, v in many.items()}
+
+
+def test_plan_splits_the_model_between_threads():
+    """Every element in exactly one chunk of one thread's group, the groups about equal, each with the scratch its
+    chunks need, the scratches together at most ``_CHUNK`` long; a model below ``_MIN_PER_THREAD`` elements per
+    thread stays on one thread."""
+    acc = {"w": np.zeros((600, 500)), "b": np.zeros(500), "v": np.zeros(()), "e": np.zeros(0)}
+    total = sum(a.size for a in acc.values())
+    for threads in (1, 2, 3):
+        groups = streaming._plan(acc, threads)
+        assert len(groups) == threads
+        seen = {name: np.zeros(a.size, int) for name, a in acc.items()}
+        for chunks, scratch in groups:
+            assert scratch == max(stop - start for _, start, stop, _ in chunks)  # the scratch its chunks need
+            for name, start, stop, view in chunks:
+                assert 0 < stop - start <= streaming._CHUNK // threads and len(view) == stop - start
+                assert np.shares_memory(view, acc[name])
+                seen[name][start:stop] += 1
+        assert all((s == 1).all() for s in seen.values())
+        sizes = [sum(stop - start for _, start, stop, _ in chunks) for chunks, _ in groups]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == total
+        assert sum(scratch for _, scratch in groups) <= streaming._CHUNK
+    small = {"w": np.zeros(streaming._MIN_PER_THREAD * 2 - 1)}
+    assert len(streaming._plan(small, 3)) == 1

@@ -147,6 +147,9 @@ class MeanThenStep(Strategy):
 
     streaming = True
     supports_dp = True
+    #: whether ``server_step`` reads the previous model's values (False: its names, shapes and dtypes are all it
+    #: needs, so the aggregator may drop the previous model's bytes before summing: FedAvg, FedProx)
+    uses_previous_values: ClassVar[bool] = True
 
     def aggregate(self, updates: Iterable[ClientUpdate], previous: Weights,
                   state: ServerState) -> tuple[Weights, ServerState]:

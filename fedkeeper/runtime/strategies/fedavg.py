@@ -15,6 +15,7 @@ from .base import MeanThenStep, ServerState, Weights
 
 class FedAvg(MeanThenStep):
     name = "fedavg"
+    uses_previous_values = False  # the step returns the mean: the previous model is only its spec
 
     def server_step(self, previous: Weights, averaged: Weights, state: ServerState) -> tuple[Weights, ServerState]:
         self.check_state(state, previous)

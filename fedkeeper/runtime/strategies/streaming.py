@@ -15,10 +15,13 @@ Validation of blobs (checksum, NaN/Inf, stale round) happens before ``add``, whe
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
 
+from .. import threads as _threads
+from ..weights import all_finite
 from .errors import MAX_EXAMPLES, StrategyError
 
 Spec = Mapping[str, tuple[tuple[int, ...], Any]]
@@ -34,17 +37,25 @@ _F64_SCALE = 2.0**-64
 # change a bit of the result.
 _CHUNK = 65536
 
+#: elements each thread gets at least (a smaller model is summed by fewer threads, down to one): handing a thread
+#: less work costs more (~20 us a hand-off) than it saves
+_MIN_PER_THREAD = 65536
+
 
 class StreamingMean:
     """The example-weighted mean w = Σ nₖ·wₖ / Σ nₖ (FedAvg, McMahan et al., 2017) with float64 running sums,
-    memory O(model): one update in, folded into the sums, dropped."""
+    memory O(model): one update in, folded into the sums, dropped.
 
-    def __init__(self) -> None:
+    ``threads``: how many threads share each update's chunks (None: ``runtime.threads.default_threads()``: 1
+    unless ``FK_AGG_THREADS`` asks for more; 1: no thread is started). The operations on each
+    element do not depend on the split, so any number of threads gives the same bits."""
+
+    def __init__(self, threads: int | None = None) -> None:
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
         self._acc: dict[str, np.ndarray] = {}
-        self._plan: dict[str, list[tuple[int, int, np.ndarray, np.ndarray]]] = {}
-        self._scratch = np.empty(_CHUNK, np.float64)
+        self._groups: list[_Group] = []
         self._scale: dict[str, float] = {}
+        self.threads = _threads.resolve(threads)
         self.total_examples = 0
         self.count = 0
         self._last_client: int | None = None
@@ -55,8 +66,10 @@ class StreamingMean:
             raise StrategyError("the model spec is empty")
         self._acc = {name: np.zeros(shape, np.float64) for name, (shape, _) in self._spec.items()}
         self._scale = {name: _F64_SCALE if dtype == np.float64 else 1.0 for name, (_, dtype) in self._spec.items()}
-        # The chunk views are made once here, not per update: per-call overhead matters next to a 0.2 ms sum.
-        self._plan = {name: _chunk_plan(acc.reshape(-1), self._scratch) for name, acc in self._acc.items()}
+        # The chunk views are made once here, not per update: per-call overhead matters next to a 0.2 ms sum. The
+        # scratch is not: each step allocates its own (a few microseconds), so it is not held while the next update
+        # is read, when the aggregator's memory peaks (the sums, the driver's reply and the decoded update).
+        self._groups = _plan(self._acc, self.threads)
         self.total_examples = 0
         self.count = 0
         self._last_client = None
@@ -80,15 +93,9 @@ class StreamingMean:
         # A float64 scalar (not a Python float, which NumPy 2 treats as "weak" and would multiply in float32):
         # the product of a float32 weight and an integer count below 2**29 is exact in float64.
         n = np.float64(int(num_examples))
-        for name, plan in self._plan.items():
-            flat = weights[name].reshape(-1)  # a view for contiguous arrays (decoded blobs always are)
-            factor = n * self._scale[name]
-            for start, stop, acc, buf in plan:
-                # widen into the cache-resident scratch, scale there, add: measured faster than one mixed-type
-                # multiply, which widens through NumPy's own internal buffer first
-                np.copyto(buf, flat[start:stop])
-                np.multiply(buf, factor, out=buf)
-                np.add(acc, buf, out=acc)
+        flats = {name: weights[name].reshape(-1) for name in spec}  # views for contiguous arrays (decoded blobs are)
+        factors = {name: n * self._scale[name] for name in spec}
+        _threads.run_all([partial(_add_chunks, group, flats, factors) for group in self._groups])
         self.total_examples += int(num_examples)
         self.count += 1
         if client_id is not None:
@@ -98,23 +105,17 @@ class StreamingMean:
         spec = self._require_spec()
         if self.count == 0:
             raise StrategyError("no updates were added")
-        out: dict[str, np.ndarray] = {}
-        total = np.float64(self.total_examples)
-        for name, (shape, dtype) in spec.items():
-            # acc / total, rescaled, cast to the model's dtype, chunk by chunk through the scratch: the same
-            # elementwise operations as on whole arrays (the same bits), without two model-sized float64 temporaries
-            avg = np.empty(shape, dtype)
-            flat = avg.reshape(-1)
-            unscale = 1.0 / self._scale[name]
-            for start, stop, acc, buf in self._plan[name]:
-                np.divide(acc, total, out=buf)
-                if unscale != 1.0:
-                    np.multiply(buf, unscale, out=buf)
-                np.copyto(flat[start:stop], buf, casting="unsafe")  # what astype does
-            if not _all_finite(avg):
+        dest = {name: np.empty(shape, dtype) for name, (shape, dtype) in spec.items()}
+        flats = {name: dest[name].reshape(-1) for name in spec}
+        unscale = {name: 1.0 / self._scale[name] for name in spec}
+        # acc / total, rescaled, cast to the model's dtype, chunk by chunk through the scratch: the same elementwise
+        # operations as on whole arrays (the same bits), without two model-sized float64 temporaries
+        _threads.run_all([partial(_mean_chunks, group, flats, np.float64(self.total_examples), unscale)
+                          for group in self._groups])
+        for name in spec:
+            if not all_finite(dest[name]):
                 raise StrategyError(f"the average of {name!r} is not finite")
-            out[name] = avg
-        return out
+        return dest
 
     def _require_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         if self._spec is None:
@@ -122,22 +123,73 @@ class StreamingMean:
         return self._spec
 
 
-def _all_finite(arr: np.ndarray) -> bool:
-    """Whether no element is NaN or ±Inf. For real floats min/max answer it (they propagate NaN and expose ±Inf)
-    without a boolean array of the tensor's size; integers and booleans are always finite."""
-    if arr.dtype.kind == "c":
-        return bool(np.all(np.isfinite(arr)))
-    if arr.dtype.kind != "f" or arr.size == 0:
-        return True
-    return bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
+#: (array name, start, stop, accumulator view): one step of the kernel
+_Chunk = tuple[str, int, int, np.ndarray]
+#: one thread's chunks and the length of the float64 scratch they need
+_Group = tuple[list[_Chunk], int]
 
 
-def _chunk_plan(acc: np.ndarray, scratch: np.ndarray) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
-    """(start, stop, accumulator view, scratch view) per chunk of about equal size, at most ``_CHUNK`` long."""
+def _add_chunks(group: _Group, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any]) -> None:
+    chunks, length = group
+    scratch = np.empty(length, np.float64)
+    for name, start, stop, acc in chunks:
+        buf = scratch[: stop - start]
+        # widen into the cache-resident scratch, scale there, add: measured faster than one mixed-type multiply,
+        # which widens through NumPy's own internal buffer first
+        np.copyto(buf, flats[name][start:stop])
+        np.multiply(buf, factors[name], out=buf)
+        np.add(acc, buf, out=acc)
+
+
+def _mean_chunks(group: _Group, flats: Mapping[str, np.ndarray], total: np.float64,
+                 unscale: Mapping[str, float]) -> None:
+    chunks, length = group
+    scratch = np.empty(length, np.float64)
+    for name, start, stop, acc in chunks:
+        buf = scratch[: stop - start]
+        np.divide(acc, total, out=buf)
+        if unscale[name] != 1.0:
+            np.multiply(buf, unscale[name], out=buf)
+        np.copyto(flats[name][start:stop], buf, casting="unsafe")  # what astype does
+
+
+def _plan(acc: Mapping[str, np.ndarray], threads: int) -> list[_Group]:
+    """The model's elements (its arrays one after the other) cut into ``threads`` ranges of about equal length,
+    each cut into chunks (``_chunk_plan``) with a scratch of its own: one group per thread. The threads share the
+    scratch budget (``_CHUNK`` float64 in all, so the aggregator's memory does not grow with its CPUs). A thread
+    gets at least ``_MIN_PER_THREAD`` elements: below that, handing work to another thread costs more than it
+    saves. The cuts do not change a bit (the kernel is elementwise)."""
+    sizes = {name: a.size for name, a in acc.items()}
+    total = sum(sizes.values())
+    groups = max(1, min(threads, total // max(1, _MIN_PER_THREAD)))
+    chunk = max(1, _CHUNK // groups)
+    out: list[_Group] = []
+    for g in range(groups):
+        lo, hi = total * g // groups, total * (g + 1) // groups
+        spans: list[tuple[str, int, int, np.ndarray]] = []
+        offset = 0
+        for name, a in acc.items():
+            first, last = max(lo, offset) - offset, min(hi, offset + sizes[name]) - offset
+            if first < last:
+                flat = a.reshape(-1)
+                spans += [(name, first + start, first + stop, view)
+                          for start, stop, view, _ in _chunk_plan(flat[first:last], _NO_SCRATCH, chunk)]
+            offset += sizes[name]
+        out.append((spans, max((stop - start for _, start, stop, _ in spans), default=0)))
+    return out
+
+
+_NO_SCRATCH = np.empty(0, np.float64)
+
+
+def _chunk_plan(acc: np.ndarray, scratch: np.ndarray, chunk: int | None = None
+                ) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(start, stop, accumulator view, scratch view) per chunk of about equal size, at most ``chunk`` (default
+    ``_CHUNK``) long."""
     size = acc.shape[0]
     if size == 0:
         return []
-    pieces = max(1, -(-size // _CHUNK))
+    pieces = max(1, -(-size // (chunk or _CHUNK)))
     step = -(-size // pieces)
     return [
         (start, min(start + step, size), acc[start : start + step], scratch[: min(start + step, size) - start])

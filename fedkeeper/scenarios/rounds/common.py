@@ -105,12 +105,24 @@ def _memory(exp: "Experiment", function: str, cluster: str) -> int:
     return int(memory)
 
 
+def round_records(exp: "Experiment", r: int, clients: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Round r's activation records, read once for its row's counts and cost. `clients`: the round's records read
+    once its clients were done (sync rounds: none of them changes after), completed here with the records no
+    client made (the aggregator's), without reading the thousand client records again."""
+    server = getattr(exp.store, "find_server_activations", None)
+    if clients is None or server is None:
+        return list(exp.store.find_activations(exp.run_id, round=r))
+    return [x for x in clients if x.get("client_id") is not None] + list(server(exp.run_id, r))
+
+
 def commit(exp: "Experiment", progress: "Progress", run_task: Any, r: int, row: dict[str, Any],
-           result: Mapping[str, Any], *, selected: int, rejected: int, extra_cost: float = 0.0) -> str | None:
+           result: Mapping[str, Any], *, selected: int, rejected: int, extra_cost: float = 0.0,
+           records: list[dict[str, Any]] | None = None) -> str | None:
     """Record round r (rounds.csv, the store's commit point, the progress line); returns why the run is
-    complete when the round reached the target accuracy. `extra_cost`: warm-ups collected in the round."""
+    complete when the round reached the target accuracy. `extra_cost`: warm-ups collected in the round;
+    `records`: the round's activation records (`round_records`), else read here."""
     try:
-        cost = round_cost(exp.store.find_activations(exp.run_id, round=r), exp)
+        cost = round_cost(round_records(exp, r) if records is None else records, exp)
         row["cost"] = None if cost is None else cost + extra_cost
     except Exception as exc:  # noqa: BLE001 - a cost is an estimate: never a reason to lose the round
         exp.runlog.logger.warning("round %s: no cost estimate: %s", r, exc)
@@ -141,10 +153,11 @@ def commit(exp: "Experiment", progress: "Progress", run_task: Any, r: int, row: 
 
 def base_row(exp: "Experiment", r: int, *, selected: int, aggregated: int, rejected: int,
              result: Mapping[str, Any], invoke_s: float, slowest_s: float, aggregate_s: float,
-             round_s: float) -> dict[str, Any]:
-    """A rounds.csv row: the counts from the store's records of round r, the model's metrics, the timings."""
-    row = {"round": r, **counts.round_counts(exp.store.find_activations(exp.run_id, round=r), selected=selected,
-                                            aggregated=aggregated, rejected=rejected),
+             round_s: float, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A rounds.csv row: the counts from the store's records of round r (`records`, else read here), the model's
+    metrics, the timings."""
+    records = round_records(exp, r) if records is None else records
+    row = {"round": r, **counts.round_counts(records, selected=selected, aggregated=aggregated, rejected=rejected),
            "accuracy": result.get("accuracy"), "loss": result.get("loss"), "invoke_s": invoke_s,
            "slowest_client_s": slowest_s, "aggregate_s": aggregate_s, "round_s": round_s}
     if exp.privacy is not None:
@@ -197,12 +210,13 @@ def aggregate_issued(exp: "Experiment", progress: "Progress", run_task: Any, r: 
     docs = [d for rnd in sorted({i.round for i in issued}) for d in exp.store.blobs.list_updates(exp.run_id, rnd)]
     rejected = log_aggregated(exp, r, result, chosen, docs, take)
     aggregated = result.get("num_updates")
+    records = round_records(exp, r)
     row = base_row(exp, r, selected=selected,
                    aggregated=int(aggregated) if aggregated is not None else len(take) - len(rejected),
                    rejected=len(rejected), result=result, invoke_s=invoke_s, slowest_s=slowest_s,
-                   aggregate_s=aggregate_s, round_s=time.perf_counter() - t0)
+                   aggregate_s=aggregate_s, round_s=time.perf_counter() - t0, records=records)
     reached = commit(exp, progress, run_task, r, row, result, selected=selected, rejected=len(rejected),
-                     extra_cost=warm_cost)
+                     extra_cost=warm_cost, records=records)
     if reached:
         flight.abandon(list(flight.running), "the run is complete")
     return reached

@@ -46,10 +46,7 @@ class Flight:
 
     def dispatch(self, round_number: int, clients: list[int]) -> list[Job]:
         """Invoke `clients` for `round_number` (they train on model round − 1); returns their jobs."""
-        from fedkeeper.scenarios.federated_learning import client_payload
-
-        jobs = [self.exp._job(round_number, c, client_payload(self.exp.run_id, round_number, c, self.exp.fl))
-                for c in clients]
+        jobs = self.exp.client_jobs(round_number, clients)
         self.running += jobs
         self.exp.tracker.run(jobs, until=lambda js: all(j.state is not JobState.WAITING for j in js))
         self.sweep()
@@ -128,9 +125,7 @@ class Flight:
             flying = [c for c, x in latest.items() if x.get("state") == ActivationState.INVOKED.value
                       and c not in self.busy()]
             if flying:  # adopted by the tracker (same round, client and function as the record)
-                from fedkeeper.scenarios.federated_learning import client_payload
-
-                jobs = [exp._job(r, c, client_payload(exp.run_id, r, c, exp.fl)) for c in sorted(flying)]
+                jobs = exp.client_jobs(r, sorted(flying))
                 self.running += jobs
                 exp.tracker.run(jobs, until=lambda js: True)
         self.sweep()

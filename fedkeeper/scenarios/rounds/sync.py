@@ -31,7 +31,7 @@ def run(exp: "Experiment", progress: "Progress") -> str:
 
 
 def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
-    from fedkeeper.scenarios.federated_learning import QuorumLost, client_payload
+    from fedkeeper.scenarios.federated_learning import QuorumLost
 
     reached = common.resumed_reason(exp)
     if reached:
@@ -49,12 +49,14 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         selected = sorted(cohort.ranked)
         exp.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
         warm_cost = warm.collect()  # the warm-ups fired during the last aggregation: billed to this round
-        stored_updates = exp._stored_updates(r)
+        # the round's records as an earlier session left them (none in a new round): read once, for the updates
+        # stored already and for the tracker's resume (settling stored answers changes none of the jobs' records)
+        start_records = exp.store.find_activations(exp.run_id, round=r)
+        stored_updates = exp._stored_updates(r, records=start_records)
         stored = set(stored_updates.chosen)
         if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
             exp.tracker.settle_stored(exp.run_id, r, stored_updates.docs)
-        jobs = [exp._job(r, client_id, client_payload(exp.run_id, r, client_id, fl))
-                for client_id in selected if client_id not in stored]
+        jobs = exp.client_jobs(r, [client_id for client_id in selected if client_id not in stored])
         task = progress.add_task(f"round {r}/{exp.rounds}", total=len(selected), completed=len(stored),
                                  failed=0, retrying=0)
         listener = exp._progress_listener(progress, task)
@@ -71,12 +73,16 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         satisfied = settled if len(selected) > cohort.needed else None
         try:
             outcome = exp.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
-                                      satisfied=satisfied)
+                                      satisfied=satisfied, records=start_records)
         finally:
             exp.tracker.listeners.remove(listener)
         invoke_s = time.perf_counter() - t0
+        # the round's client records are final now (the tracker wrote them before it returned): read once, for the
+        # issued updates here and the counts and cost of the round's row (with the aggregator's records)
+        client_records = exp.store.find_activations(exp.run_id, round=r)
         stored_updates = exp._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
-                                                 if j.state is JobState.SUCCEEDED}, report=True)
+                                                 if j.state is JobState.SUCCEEDED}, report=True,
+                                             records=client_records)
         # only what the round decided on when it stopped waiting: stored before it, or seen to succeed (an
         # abandoned client's update that landed since is not used), then by rank, never by arrival order
         arrived = stored | {j.client_id for j in outcome.jobs if j.state is JobState.SUCCEEDED}
@@ -98,13 +104,14 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
                      for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
         aggregated = result.get("num_updates")
+        records = common.round_records(exp, r, client_records)
         row = common.base_row(exp, r, selected=len(selected),
                               aggregated=int(aggregated) if aggregated is not None else len(accepted) - len(rejected),
                               rejected=len(rejected), result=result, invoke_s=invoke_s,
                               slowest_s=max(durations) if durations else 0.0, aggregate_s=aggregate_s,
-                              round_s=time.perf_counter() - t0)
+                              round_s=time.perf_counter() - t0, records=records)
         reached = common.commit(exp, progress, run_task, r, row, result, selected=len(selected),
-                                rejected=len(rejected), extra_cost=warm_cost)
+                                rejected=len(rejected), extra_cost=warm_cost, records=records)
         if reached:
             return reached
     exp.current_round = None

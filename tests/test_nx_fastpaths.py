@@ -1,0 +1,422 @@
+"""fedkeeper/store/nxfast.py: each fast path returns exactly what the nx-27017 / neosqlite code it replaces returns
+(compared against the original functions, which stay importable), and a library version other than the one checked
+leaves the original in place."""
+
+from __future__ import annotations
+
+import copy
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import bson
+import neosqlite
+import pytest
+from bson import Decimal128
+from bson.int64 import Int64
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from neosqlite.binary import Binary as NeoBinary
+from neosqlite.objectid import ObjectId as NeoObjectId
+
+import nx_27017.utils as nx_utils
+import nx_27017.wire_protocol as nx_wire
+from fedkeeper.store import nxfast
+
+CHECKED = {"nx-27017": nxfast.NX_VERSION, "neosqlite": nxfast.NEOSQLITE_VERSION}
+INSTALLED = nxfast.installed_versions()
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Compared against the installed originals: meaningful only at the versions the replacements were checked against
+# (at another version the server leaves the originals alone, which test_only_checked_versions_are_patched shows).
+at_checked_nx = pytest.mark.skipif(INSTALLED["nx-27017"] != nxfast.NX_VERSION, reason="nx-27017 not the checked one")
+at_checked_neosqlite = pytest.mark.skipif(INSTALLED["neosqlite"] != nxfast.NEOSQLITE_VERSION,
+                                          reason="neosqlite not the checked version")
+
+
+def test_only_checked_versions_are_patched() -> None:
+    """What the server applies at start: every patch whose library is at the version checked, no other."""
+    applied = nxfast.apply_all()
+    try:
+        assert {p.name for p in applied} == {p.name for p in nxfast.patches()
+                                             if INSTALLED[p.distribution] == p.version}
+    finally:
+        for patch in applied:
+            patch.undo()
+
+
+# --------------------------------------------------------------------------------------------- documents
+
+
+def _leaves(exotic: bool) -> st.SearchStrategy[Any]:
+    base = [
+        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.integers(-3, 3),
+        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12), st.binary(max_size=12),
+        st.datetimes().map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+        st.integers(-(2**63), 2**63 - 1).map(Int64),
+        st.binary(min_size=12, max_size=12).map(NeoObjectId),
+        st.binary(max_size=8).map(NeoBinary),
+    ]
+    if exotic:  # values the wire can bring that send the fast paths to the original code
+        base += [
+            st.binary(min_size=12, max_size=12).map(bson.ObjectId),
+            st.tuples(st.binary(max_size=6), st.integers(1, 255)).map(lambda t: bson.Binary(*t)),
+            st.decimals(min_value=-(10**6), max_value=10**6, places=3).map(Decimal),
+            st.decimals(min_value=-(10**6), max_value=10**6, places=3).map(Decimal128),
+            st.just(float("nan")), st.just(float("inf")),
+            st.tuples(st.integers(), st.text(max_size=3)),
+            st.dates(),
+        ]
+    return st.one_of(*base)
+
+
+def documents(exotic: bool = True) -> st.SearchStrategy[dict[str, Any]]:
+    keys = st.one_of(st.sampled_from(["_id", "id", "blob", "a", "b.c", "$x"]), st.text(max_size=6))
+    values = st.recursive(
+        _leaves(exotic),
+        lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+        max_leaves=25,
+    )
+    return st.dictionaries(keys, values, max_size=8)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of exactly the same types, all the way down (bytes subtypes and dict key order included)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, bytes) and hasattr(a, "subtype"):
+        return bytes(a) == bytes(b) and a.subtype == b.subtype
+    return a == b
+
+
+def containers(x: Any) -> Iterator[Any]:
+    if isinstance(x, (dict, list)):
+        yield x
+        for item in x.values() if isinstance(x, dict) else x:
+            yield from containers(item)
+
+
+# -------------------------------------------------------------------------------------------------- deepcopy
+
+
+@SETTINGS
+@given(documents())
+def test_fast_deepcopy_is_deepcopy(doc: dict[str, Any]) -> None:
+    mine, theirs = nxfast.fast_deepcopy(doc), copy.deepcopy(doc)
+    assert same(mine, theirs)
+    assert not {id(c) for c in containers(doc)} & {id(c) for c in containers(mine)}  # nothing mutable shared
+
+
+def test_fast_deepcopy_keeps_shared_and_cyclic_structure() -> None:
+    shared = [1, {"x": b"y"}]
+    doc: dict[str, Any] = {"a": shared, "b": shared, "t": (shared,)}
+    doc["self"] = doc
+    mine = nxfast.fast_deepcopy(doc)
+    assert mine["a"] is mine["b"] is mine["t"][0] and mine["self"] is mine
+    assert mine["a"] is not shared and same(mine["a"], shared)
+    memo: dict[int, Any] = {}
+    nxfast.fast_deepcopy(doc, memo)
+    assert doc in memo[id(memo)]  # the same keep-alive list copy.deepcopy keeps
+
+
+# ------------------------------------------------------------------------------------------ ObjectId converters
+
+
+@at_checked_nx
+@SETTINGS
+@given(st.one_of(documents(), st.lists(documents(), max_size=3), _leaves(exotic=True)))
+def test_bson_to_neo_matches_nx(doc: Any) -> None:
+    original = nx_utils.convert_bson_to_neo_objectids
+    assert same(nxfast.make_bson_to_neo()(doc), original(doc))
+
+
+@at_checked_nx
+@SETTINGS
+@given(st.one_of(documents(), st.lists(documents(), max_size=3), _leaves(exotic=True),
+                 st.fixed_dictionaries({"id": st.sampled_from([0, 0.0, False, 1, Int64(0), "0"])})))
+def test_neo_to_bson_matches_nx(doc: Any) -> None:
+    original = nx_utils.convert_neo_to_bson_objectids
+    assert nx_wire._convert_objectids is original or getattr(nx_wire._convert_objectids, "_fk_fast", False)
+    assert same(nxfast.make_neo_to_bson()({"cursor": {"firstBatch": [doc], "id": 0}, "ok": 1}),
+                original({"cursor": {"firstBatch": [doc], "id": 0}, "ok": 1}))
+    assert same(nxfast.make_neo_to_bson()(doc), original(doc))
+
+
+# ---------------------------------------------------------------------------- neosqlite insert and projection
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[Any]:
+    db = neosqlite.Connection(":memory:")
+    yield db
+    db.close()
+
+
+def _patch(name: str) -> nxfast.Patch:
+    return next(p for p in nxfast.patches() if p.name == name)
+
+
+def _outcome(coll: Any, doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What an insert leaves: the result or error, the stored row (its generated ObjectId masked), the document."""
+    generated = "_id" not in doc or doc["_id"] is None
+    try:
+        result: Any = coll.insert_one(doc).inserted_id
+    except Exception as exc:  # noqa: BLE001 - the error itself is compared
+        return ("error", type(exc), str(exc), doc)
+    rows = coll.db.execute(f'SELECT data, _id FROM "{coll.name}"').fetchall()
+    assert len(rows) == 1
+    data, stored_id = rows[0]
+    if generated:
+        assert type(result) is NeoObjectId
+        data, stored_id = data.replace(str(result), "<oid>"), stored_id.replace(str(result), "<oid>")
+        result = type(result)
+    return ("ok", result, data, stored_id, doc)
+
+
+@at_checked_neosqlite
+@SETTINGS
+@given(documents())
+def test_fast_insert_stores_what_neosqlite_stores(conn: Any, doc: dict[str, Any]) -> None:
+    patch = _patch("insert-copy")
+    before = copy.deepcopy(doc)
+    theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+    assert patch.apply(CHECKED)
+    try:
+        mine = _outcome(conn[f"t{uuid.uuid4().hex}"], doc)
+    finally:
+        patch.undo()
+    if mine[0] == "ok" and "_id" not in before:
+        assert type(doc["_id"]) is NeoObjectId  # written back into the caller's document, as the original does
+        doc.pop("_id"), theirs[-1].pop("_id")
+    assert same(mine, theirs)
+
+
+@at_checked_neosqlite
+def test_fast_insert_takes_the_fast_path_for_wire_documents(conn: Any) -> None:
+    """A document as the handler hands it over (BSON-decoded, ObjectIds converted) never reaches the original;
+    one with a type the walk does not know (a bson Binary with a subtype) does, unchanged."""
+    from neosqlite.collection.query_helper.crud_operations import CRUDOperationsMixin
+
+    reached: list[Any] = []
+
+    def spy(self: Any, document: Any) -> Any:
+        reached.append(document)
+        return CRUDOperationsMixin._internal_insert(self, document)
+
+    fast = nxfast.make_internal_insert(spy)
+    coll = conn[f"t{uuid.uuid4().hex}"]
+    helpers = coll.query_engine.helpers
+    wire = nx_utils.convert_bson_to_neo_objectids(bson.decode(bson.encode({
+        "_id": "run:1:2", "blob": {"inline": bson.Binary(b"\x00" * 64)}, "metrics": {"loss": 0.5, "steps": 2},
+        "when": datetime(2026, 1, 2, tzinfo=timezone.utc), "big": Int64(2**40), "oid": bson.ObjectId(),
+        "tags": ["a", 1, None, [True]]})))
+    assert fast(helpers, wire) == "run:1:2" and reached == []
+    stored = coll.find_one({"_id": "run:1:2"})
+    assert bytes(stored["blob"]["inline"]) == b"\x00" * 64 and stored["big"] == 2**40 and stored["tags"][3] == [True]
+    other = {"_id": "x", "blob": bson.Binary(b"ab", 5)}
+    assert fast(helpers, other) == "x" and reached == [other]
+
+
+@at_checked_neosqlite
+@settings(SETTINGS, max_examples=60)
+@given(st.lists(documents(exotic=False), min_size=1, max_size=4),
+       st.sampled_from([{"blob": 0}, {"_id": 0}, {"a": 1}, {"a": 1, "_id": 0}, {"id": 1, "blob": 1}, {}]))
+def test_projection_with_fast_copy_finds_the_same(conn: Any, docs: list[dict[str, Any]],
+                                                 projection: dict[str, int]) -> None:
+    coll = conn["projection"]
+    coll.delete_many({})
+    for i, doc in enumerate(docs):
+        doc["_id"] = i
+        coll.insert_one(doc)
+    theirs = list(coll.find({}, projection))
+    patch = _patch("projection-copy")
+    assert patch.apply(CHECKED)
+    try:
+        mine = list(coll.find({}, projection))
+    finally:
+        patch.undo()
+    assert same(mine, theirs)
+
+
+# ------------------------------------------------------------------------------------------------- versions
+
+
+@at_checked_neosqlite
+def test_a_different_version_leaves_the_original_in_place(caplog: pytest.LogCaptureFixture) -> None:
+    from neosqlite.collection.query_engine import crud_operations as engine_crud
+    from neosqlite.collection.query_helper import aggregation, crud_operations
+
+    originals = (nx_utils.convert_bson_to_neo_objectids, nx_wire._convert_objectids,
+                 crud_operations.CRUDOperationsMixin._internal_insert, aggregation.deepcopy,
+                 engine_crud.CRUDOperationsMixin.update_many)
+    applied = nxfast.apply_all({"nx-27017": "0.9.0", "neosqlite": nxfast.NEOSQLITE_VERSION})
+    try:
+        assert {p.name for p in applied} == {"insert-copy", "projection-copy", "prune-update"}
+        assert nx_utils.convert_bson_to_neo_objectids is originals[0] and nx_wire._convert_objectids is originals[1]
+        assert crud_operations.CRUDOperationsMixin._internal_insert is not originals[2]
+        assert aggregation.deepcopy is nxfast.fast_deepcopy
+        assert "bson-to-neo skipped: nx-27017 0.9.0 installed, checked against 0.8.1" in caplog.text
+    finally:
+        for patch in applied:
+            patch.undo()
+    assert (nx_utils.convert_bson_to_neo_objectids, nx_wire._convert_objectids,
+            crud_operations.CRUDOperationsMixin._internal_insert, aggregation.deepcopy,
+            engine_crud.CRUDOperationsMixin.update_many) == originals
+    assert nxfast.apply_all({"nx-27017": None, "neosqlite": None}) == []
+
+
+# ------------------------------------------------------------------------------------------ update_many (pruning)
+
+
+def _state(coll: Any) -> list[Any]:
+    return coll.db.execute(f'SELECT id, _id, data FROM "{coll.name}" ORDER BY id').fetchall()
+
+
+def _result(res: Any) -> tuple[Any, ...]:
+    return (res.matched_count, res.modified_count, res.upserted_id)
+
+
+_SET_VALUES = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**63), 2**63 - 1),
+                        st.sampled_from([0, 1, 1.0, -0.0, 1e300, True, False, "", "1", "succeeded"]),
+                        st.text(max_size=6).filter(lambda t: "\x00" not in t))
+_SET_FIELDS = st.sampled_from(["blob", "pruned", "a", "id", "round"])
+
+
+_PRUNABLE = st.fixed_dictionaries({}, optional={  # the fields the updates set, present or not, in every state
+    name: st.one_of(_SET_VALUES, _leaves(exotic=False), st.dictionaries(st.text(max_size=3), _SET_VALUES, max_size=2))
+    for name in ["blob", "pruned", "a", "id", "round"]})
+
+
+@at_checked_neosqlite
+@settings(SETTINGS, max_examples=100)
+@given(st.lists(st.tuples(_PRUNABLE, documents(exotic=False)).map(lambda t: {**t[1], **t[0]}), min_size=1, max_size=5),
+       st.dictionaries(_SET_FIELDS, _SET_VALUES, min_size=1, max_size=3),
+       st.sampled_from(["all", "some", "blob-not-null", "none"]))
+def test_fast_update_many_writes_and_counts_as_neosqlite(conn: Any, docs: list[dict[str, Any]],
+                                                        fields: dict[str, Any], which: str) -> None:
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
+
+    colls = [conn["upd_theirs"], conn["upd_mine"]]
+    for coll in colls:
+        coll.delete_many({})
+        for i, doc in enumerate(docs):
+            coll.insert_one({**copy.deepcopy(doc), "_id": f"k{i}"})
+    query = {"all": {}, "some": {"_id": {"$in": ["k0", "k2", "missing"]}},
+             "blob-not-null": {"_id": {"$in": [f"k{i}" for i in range(len(docs))]}, "blob": {"$ne": None}},
+             "none": {"_id": "missing"}}[which]
+    theirs = _result(colls[0].update_many(query, {"$set": dict(fields)}))
+    fallbacks: list[Any] = []
+
+    def original(*args: Any, **kw: Any) -> Any:
+        fallbacks.append(args)
+        return CRUDOperationsMixin.update_many(*args, **kw)
+
+    mine = _result(nxfast.make_update_many(original)(colls[1].query_engine, query, {"$set": dict(fields)}))
+    if not any("\x00" in key for doc in docs for key in doc):  # json_each cuts keys at NUL: those look duplicated
+        assert fallbacks == []  # the fast path itself, not the original
+    assert mine == theirs
+    assert _state(colls[1]) == _state(colls[0])
+
+
+@at_checked_neosqlite
+def test_fast_update_many_counts_a_prune_twice_once(conn: Any) -> None:
+    """What bench_scale's pruning does: blobs to null and a time stamp; a second prune of the same ids matches none."""
+    patch = _patch("prune-update")
+    coll = conn["prune"]
+    coll.delete_many({})
+    for i in range(5):
+        coll.insert_one({"_id": f"u{i}", "blob": {"inline": bytes([i]) * 300}, "round": 1, "storage": "inline"})
+    coll.update_one({"_id": "u4"}, {"$set": {"blob": None}})
+    assert patch.apply(CHECKED)
+    try:
+        prune = {"_id": {"$in": [f"u{i}" for i in range(5)]}, "blob": {"$ne": None}}
+        first = coll.update_many(prune, {"$set": {"blob": None, "pruned": 1796317060.670407}})
+        second = coll.update_many(prune, {"$set": {"blob": None, "pruned": 1796317061.5}})
+    finally:
+        patch.undo()
+    assert _result(first) == (4, 4, None) and _result(second) == (0, 0, None)
+    assert [d["blob"] for d in coll.find({}, sort=[("_id", 1)])] == [None] * 5
+
+
+@at_checked_neosqlite
+@pytest.mark.parametrize("update, kwargs", [
+    ({"$inc": {"a": 1}}, {}),
+    ({"$set": {"a.b": 1}}, {}),
+    ({"$set": {"a": "nul\x00"}}, {}),
+    ({"$set": {"a": "\ud800"}}, {}),
+    ({"$set": {"a": b"bytes"}}, {}),
+    ({"$set": {"a": [1]}}, {}),
+    ({"$set": {"a": float("nan")}}, {}),
+    ({"$set": {"_id": 1}}, {}),
+    ({"$set": {"a": 1}, "$unset": {"b": ""}}, {}),
+    ({"$set": {"a": 1}}, {"upsert": True}),
+    ({"$set": {"a": 1}}, {"array_filters": [{"x": 1}]}),
+])
+def test_other_updates_go_to_neosqlite(conn: Any, update: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    calls: list[Any] = []
+
+    def spy(self: Any, *args: Any, **kw: Any) -> str:
+        calls.append((args, kw))
+        return "original"
+
+    coll = conn["others"]
+    assert nxfast.make_update_many(spy)(coll.query_engine, {"x": 1}, update, **kwargs) == "original"
+    assert len(calls) == 1
+
+
+@at_checked_neosqlite
+@pytest.mark.parametrize("doc, fields", [
+    ({"a": 1.0, "b": [1, {"c": "é"}]}, {"a": 1}),  # same loaded value, other JSON text: not modified
+    ({"a": 1, "pruned": 2.5}, {"a": 1.0, "pruned": 2.5}),
+    ({"blob": None, "x": 1}, {"blob": None}),  # null to null: not modified
+    ({"blob": {"inline": b"\x01" * 40}}, {"blob": None, "pruned": 1796317060.670407}),
+    ({"pruned": 1796317060.670407}, {"pruned": 1796317060.670407}),  # SQLite keeps 15 digits: modified
+    ({"round": {"x": 0}}, {"round": 0}),
+    ({"id": True}, {"id": 1}),  # JSON true loads as True == 1
+    ({"state": "invoked", "cold": False}, {"state": "succeeded", "cold": True, "end": 2.5}),
+    ({"state": "succeeded", "cold": 1}, {"state": "succeeded", "cold": True}),  # stored 1 == 1: not modified
+])
+def test_fast_update_many_modified_count_cases(conn: Any, doc: dict[str, Any], fields: dict[str, Any]) -> None:
+    from neosqlite.collection.query_engine.crud_operations import CRUDOperationsMixin
+
+    colls = [conn["case_theirs"], conn["case_mine"]]
+    for coll in colls:
+        coll.delete_many({})
+        coll.insert_one({"_id": "k", **copy.deepcopy(doc)})
+    theirs = _result(colls[0].update_many({}, {"$set": dict(fields)}))
+    mine = _result(nxfast.make_update_many(CRUDOperationsMixin.update_many)(
+        colls[1].query_engine, {}, {"$set": dict(fields)}))
+    assert mine == theirs and _state(colls[1]) == _state(colls[0])
+
+
+# ------------------------------------------------------------------------------------------ through the server
+
+
+def test_a_round_of_store_traffic_through_the_patched_server(nx_db: Any) -> None:
+    """The embedded server (nxserve applies the patches) over the wire: inserts with blobs, a projected find, the
+    aggregator's read, a prune and a second prune, with the answers a MongoDB gives."""
+    ids = [f"run:1:{c}" for c in range(30)]
+    for c, _id in enumerate(ids):
+        nx_db.updates.insert_one({"_id": _id, "client_id": c, "round": 1,
+                                  "blob": {"inline": bson.Binary(bytes([c]) * 100)},
+                                  "metrics": {"loss": c / 10, "steps": 2}, "oid": bson.ObjectId(b"x" * 12)})
+    meta = list(nx_db.updates.find({"round": 1}, {"blob": 0}).sort("client_id", 1))
+    assert [m["client_id"] for m in meta] == list(range(30)) and all("blob" not in m for m in meta)
+    assert meta[3]["metrics"] == {"loss": 0.3, "steps": 2} and meta[3]["oid"] == bson.ObjectId(b"x" * 12)
+    full = {d["_id"]: d for d in nx_db.updates.find({"_id": {"$in": ids[:10]}})}
+    assert bytes(full["run:1:7"]["blob"]["inline"]) == bytes([7]) * 100
+    prune = {"_id": {"$in": ids[:20]}, "blob": {"$ne": None}}
+    first = nx_db.updates.update_many(prune, {"$set": {"blob": None, "pruned": 1796317060.5}})
+    again = nx_db.updates.update_many(prune, {"$set": {"blob": None, "pruned": 1796317061.5}})
+    assert (first.matched_count, first.modified_count, again.matched_count, again.modified_count) == (20, 20, 0, 0)
+    left = {d["_id"]: d for d in nx_db.updates.find({})}
+    assert [left[i]["blob"] is None for i in ids] == [True] * 20 + [False] * 10
+    assert left[ids[0]]["pruned"] == 1796317060.5 and "pruned" not in left[ids[25]]
