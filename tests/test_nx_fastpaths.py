@@ -228,22 +228,44 @@ def test_fast_insert_takes_the_fast_path_for_wire_documents(conn: Any) -> None:
 @at_checked_neosqlite
 @settings(SETTINGS, max_examples=60)
 @given(st.lists(documents(exotic=False), min_size=1, max_size=4),
-       st.sampled_from([{"blob": 0}, {"_id": 0}, {"a": 1}, {"a": 1, "_id": 0}, {"id": 1, "blob": 1}, {}]))
+       st.sampled_from([{"blob": 0}, {"_id": 0}, {"a": 1}, {"a": 1, "_id": 0}, {"id": 1, "blob": 1}, {},
+                        {"blob": 0, "_id": 0}, {"blob": False, "a": 0.0}, {"_id": 1, "blob": 0}, {"a.b": 0},
+                        {"blob": 0, "a": "$x"}, {"nope": 0}]),
+       st.sampled_from([("projection-copy",), ("exclusion-projection",), ("projection-copy", "exclusion-projection")]))
 def test_projection_with_fast_copy_finds_the_same(conn: Any, docs: list[dict[str, Any]],
-                                                 projection: dict[str, int]) -> None:
+                                                 projection: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Every projection shape, through either projection patch and both: the same documents, keys in the same
+    order (``{"_id": 1, "blob": 0}`` is neosqlite's inclusion of ``_id`` alone, and stays so)."""
     coll = conn["projection"]
     coll.delete_many({})
     for i, doc in enumerate(docs):
         doc["_id"] = i
         coll.insert_one(doc)
     theirs = list(coll.find({}, projection))
-    patch = _patch("projection-copy")
-    assert patch.apply(CHECKED)
+    patches = [_patch(name) for name in names]
+    for patch in patches:
+        assert patch.apply(CHECKED)
     try:
         mine = list(coll.find({}, projection))
     finally:
-        patch.undo()
+        for patch in reversed(patches):
+            patch.undo()
     assert same(mine, theirs)
+    assert [list(d) for d in mine] == [list(d) for d in theirs]
+
+
+@at_checked_neosqlite
+def test_exclusion_projection_copies_only_what_stays() -> None:
+    """The excluded values are not copied (the 10 KB blob of every listed update was), the kept ones are copied
+    (the caller may mutate the result without touching the stored document), sharing between kept values kept."""
+    copied: list[Any] = []
+    shared = {"k": [1, 2]}
+    document = {"_id": "u", "blob": bytearray(b"x" * 64), "a": shared, "b": shared, "n": 3}
+    apply = nxfast.make_apply_projection(lambda *a: copied.append(a) or {})
+    out = apply(None, {"blob": 0}, document)
+    assert copied == [] and list(out) == ["_id", "a", "b", "n"]
+    assert out["a"] == shared and out["a"] is not shared and out["a"] is out["b"]
+    assert apply(None, {"blob": 0, "a": 1}, document) == {} and len(copied) == 1  # not exclusion-only: original
 
 
 # ------------------------------------------------------------------------------------------------- versions
@@ -259,7 +281,7 @@ def test_a_different_version_leaves_the_original_in_place(caplog: pytest.LogCapt
                  engine_crud.CRUDOperationsMixin.update_many)
     applied = nxfast.apply_all({"nx-27017": "0.9.0", "neosqlite": nxfast.NEOSQLITE_VERSION})
     try:
-        assert {p.name for p in applied} == {"insert-copy", "projection-copy", "prune-update"}
+        assert {p.name for p in applied} == {"insert-copy", "projection-copy", "exclusion-projection", "prune-update"}
         assert nx_utils.convert_bson_to_neo_objectids is originals[0] and nx_wire._convert_objectids is originals[1]
         assert crud_operations.CRUDOperationsMixin._internal_insert is not originals[2]
         assert aggregation.deepcopy is nxfast.fast_deepcopy

@@ -440,6 +440,39 @@ def make_update_many(original: Callable[..., Any]) -> Callable[..., Any]:
     return update_many
 
 
+
+# ------------------------------------------------------------------------------------------- exclusion projection
+
+
+def _exclusion_keys(projection: Any) -> frozenset[str] | None:
+    """The keys of a projection made only of literal exclusions (``{"blob": 0}``), else None. Any value that is not
+    0/False/0.0 (an inclusion, an expression, a ``$`` reference) takes the original's other branches: neosqlite
+    reads ``{"_id": 1, "blob": 0}`` as an inclusion of ``_id`` alone, and that stays its business."""
+    if type(projection) is not dict or not projection:
+        return None
+    for key, value in projection.items():
+        if type(key) is not str or type(value) not in (int, bool, float) or value != 0:
+            return None
+    return frozenset(projection)
+
+
+def make_apply_projection(original: Callable[..., Any]) -> Callable[..., Any]:
+    """neosqlite 1.17.2 ``AggregationMixin._apply_projection`` (query_helper/aggregation.py), exclusion-only
+    projections: the original deep-copies the whole document, then pops each excluded top-level key (and ``_id``
+    when it is excluded). Copying only the values that stay, in the document's order, with one memo shared by all of
+    them, gives the same dict (same keys, same order, equal values, the same sharing between kept values) without
+    copying what is dropped: the update listing (``{"blob": 0}``) copied every 10 KB blob to throw it away, which
+    made a projected find slower than fetching the blobs (0.14 vs 0.12 ms a document at 1000 updates)."""
+
+    def _apply_projection(self: Any, projection: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+        excluded = _exclusion_keys(projection)
+        if excluded is None or type(document) is not dict:
+            return original(self, projection, document)
+        memo: dict[int, Any] = {}
+        return {key: fast_deepcopy(value, memo) for key, value in document.items() if key not in excluded}
+
+    return _apply_projection
+
 # ------------------------------------------------------------------------------------------------- the patches
 
 
@@ -491,6 +524,8 @@ def patches() -> list[Patch]:
         # the module's `deepcopy`: the same function, faster
         Patch("projection-copy", "neosqlite", NEOSQLITE_VERSION, "neosqlite.collection.query_helper.aggregation",
               None, "deepcopy", lambda _orig: fast_deepcopy),
+        Patch("exclusion-projection", "neosqlite", NEOSQLITE_VERSION, "neosqlite.collection.query_helper.aggregation",
+              "AggregationMixin", "_apply_projection", make_apply_projection),
         Patch("prune-update", "neosqlite", NEOSQLITE_VERSION, "neosqlite.collection.query_engine.crud_operations",
               "CRUDOperationsMixin", "update_many", make_update_many),
         Patch("bson-to-neo", "nx-27017", NX_VERSION, "nx_27017.utils", None, "convert_bson_to_neo_objectids",
