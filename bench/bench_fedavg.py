@@ -17,6 +17,10 @@ NaN/Inf scan of a blob beside its digest; the bits are the same. Both clocks are
 (``time.perf_counter``: what the goal is about) and CPU time of this process (``time.process_time``, all its
 threads: the work, which other jobs on the machine disturb less). The plain sum is single-threaded. Each figure is
 the best of the repeats, and ``paired`` is the median of the per-repeat ratios to the plain sum.
+
+The kernel that adds each update (``runtime.kernels``: numba's compiled one-pass loop when numba is installed,
+``FK_AGG_KERNEL=numba``, else NumPy's three calls per chunk) is printed; with numba, the one-thread rows are also run with ``FK_AGG_KERNEL=numpy``
+for comparison, and the first call's cost (compile, or load from numba's on-disk cache) is timed in fresh processes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import gc
 import importlib.util
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -34,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 import pymongo
 
-from fedkeeper.runtime import blobstore, data, threads
+from fedkeeper.runtime import blobstore, data, kernels, threads
 from fedkeeper.runtime import weights as W
 from fedkeeper.runtime.strategies import ClientUpdate, FedAvg, make_strategy
 from fedkeeper.store import NxServer
@@ -66,7 +72,13 @@ def plain_sum(updates: list) -> dict[str, np.ndarray]:
     return acc
 
 
-def fedavg(updates, n_threads: int | None = 1) -> dict[str, np.ndarray]:
+def _kernel_env(kernel: str) -> None:
+    """Pick the add kernel for the next ``begin`` (``numba`` when installed, or ``numpy``)."""
+    os.environ[kernels.ENV] = kernel
+
+
+def fedavg(updates, n_threads: int | None = 1, kernel: str = "numba") -> dict[str, np.ndarray]:
+    _kernel_env(kernel)
     agg = FedAvg(threads=n_threads)
     agg.begin(SPEC)
     for cid, (w, n) in enumerate(updates):
@@ -74,8 +86,10 @@ def fedavg(updates, n_threads: int | None = 1) -> dict[str, np.ndarray]:
     return agg.result()
 
 
-def fedavg_blobs(blobs: list[tuple[bytes, int]], n_threads: int | None = 1) -> dict[str, np.ndarray]:
+def fedavg_blobs(blobs: list[tuple[bytes, int]], n_threads: int | None = 1, kernel: str = "numba"
+                 ) -> dict[str, np.ndarray]:
     """FedAvg over encoded updates: each decoded (zero-copy views), verified (digest, NaN/Inf) and added."""
+    _kernel_env(kernel)
     agg = FedAvg(threads=n_threads)
     agg.begin(SPEC)
     for cid, (blob, n) in enumerate(blobs):
@@ -83,15 +97,45 @@ def fedavg_blobs(blobs: list[tuple[bytes, int]], n_threads: int | None = 1) -> d
     return agg.result()
 
 
-def paired_timings(updates: list, blob_sets: dict[str, list[tuple[bytes, int]]], thread_counts: list[int]
-                   ) -> dict[str, dict[str, list[float]]]:
-    """The plain sum, FedAvg, and FedAvg from blobs per digest algorithm, with each thread count, timed back to
-    back in each repeat (wall and CPU), so the machine's noise hits all of them alike."""
+_FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from fedkeeper.runtime import kernels
+add = kernels.compiled_add()
+x = np.ones(8, np.float32)
+x.flags.writeable = False  # decoded updates are read-only views: the signature the aggregator compiles
+add(np.zeros(8), x, np.float64(1))
+print(time.perf_counter() - t0)
+"""
+
+
+def first_call_seconds() -> tuple[float, float] | None:
+    """Seconds from importing numba to the first update added, in a fresh process: with an empty on-disk cache
+    (compile) and again with the cache it left (load). None without numba."""
+    if kernels.active() != "numba":
+        return None
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, kernels.ENV: "numba"}
+        cold, warm = (float(subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
+                                           capture_output=True, text=True).stdout) for _ in range(2))
+    return cold, warm
+
+
+def paired_timings(updates: list, blob_sets: dict[str, list[tuple[bytes, int]]], thread_counts: list[int],
+                   compare_numpy: bool) -> dict[str, dict[str, list[float]]]:
+    """The plain sum, FedAvg, and FedAvg from blobs per digest algorithm, with each thread count (and with the
+    NumPy kernel on one thread when ``compare_numpy``), timed back to back in each repeat (wall and CPU), so the
+    machine's noise hits all of them alike."""
     runs: dict[str, Any] = {"plain": lambda: plain_sum(updates)}
     for t in thread_counts:
         runs[f"fedavg/{t}"] = lambda t=t: fedavg(updates, t)
         for alg, blobs in blob_sets.items():
             runs[f"{alg}/{t}"] = lambda blobs=blobs, t=t: fedavg_blobs(blobs, t)
+    if compare_numpy:
+        runs["fedavg/1/numpy"] = lambda: fedavg(updates, 1, "numpy")
+        for alg, blobs in blob_sets.items():
+            runs[f"{alg}/1/numpy"] = lambda blobs=blobs: fedavg_blobs(blobs, 1, "numpy")
     times: dict[str, dict[str, list[float]]] = {"wall": {k: [] for k in runs}, "cpu": {k: [] for k in runs}}
     for _ in range(REPEATS):
         gc.collect()
@@ -101,11 +145,13 @@ def paired_timings(updates: list, blob_sets: dict[str, list[tuple[bytes, int]]],
             w1, c1 = time.perf_counter(), time.process_time()
             times["wall"][key].append(w1 - w0)
             times["cpu"][key].append(c1 - c0)
+    _kernel_env("numba")
     return times
 
 
-def split_from_blobs(blobs: list[tuple[bytes, int]], n_threads: int) -> tuple[float, float]:
+def split_from_blobs(blobs: list[tuple[bytes, int]], n_threads: int, kernel: str = "numba") -> tuple[float, float]:
     """Wall seconds spent in decode (+ verify) and in add over the blobs, best of the repeats for each."""
+    _kernel_env(kernel)
     best_decode = best_add = float("inf")
     for _ in range(3):
         decode_s = add_s = 0.0
@@ -120,6 +166,7 @@ def split_from_blobs(blobs: list[tuple[bytes, int]], n_threads: int) -> tuple[fl
             decode_s += t1 - t0
         agg.result()
         best_decode, best_add = min(best_decode, decode_s), min(best_add, add_s)
+    _kernel_env("numba")
     return best_decode, best_add
 
 
@@ -203,6 +250,7 @@ def handler_peak_memory(counts: tuple[int, ...]) -> dict[int, int]:
 
 
 def main() -> None:
+    _kernel_env("numba")  # numba's kernel where installed: this process adds enough to pay for it
     n_updates = 100
     mb = NUM_PARAMS * 4 / 2**20
     print(f"model: 784-500-10 MLP, {NUM_PARAMS:,} float32 parameters ({mb:.2f} MB per update), {n_updates} updates")
@@ -218,12 +266,19 @@ def main() -> None:
     blob_sets = {alg: [(W.encode(w, alg), n) for w, n in updates] for alg in algs}
     many = max(threads.default_threads(), threads.available_cpus())  # threads are opt-in; the bench shows both
     thread_counts = [1] if many == 1 else [1, many]
-    for alg, blobs in blob_sets.items():  # the same model whatever the digest and the threads
+    kernel = kernels.active()
+    compare_numpy = kernel != "numpy"
+    for alg, blobs in blob_sets.items():  # the same model whatever the digest, the threads and the kernel
         for t in thread_counts:
-            assert all(np.array_equal(fedavg_blobs(blobs, t)[k], got[k]) for k in SHAPES), (alg, t)
+            assert all(fedavg_blobs(blobs, t)[k].tobytes() == got[k].tobytes() for k in SHAPES), (alg, t)
             assert all(fedavg(updates, t)[k].tobytes() == got[k].tobytes() for k in SHAPES), t
-    times = paired_timings(updates, blob_sets, thread_counts)
-    splits = {(alg, t): split_from_blobs(blobs, t) for alg, blobs in blob_sets.items() for t in thread_counts}
+        assert all(fedavg_blobs(blobs, 1, "numpy")[k].tobytes() == got[k].tobytes() for k in SHAPES), alg
+    _kernel_env("numba")
+    first_call = first_call_seconds()
+    times = paired_timings(updates, blob_sets, thread_counts, compare_numpy)
+    splits = {(alg, t, kernel): split_from_blobs(blobs, t) for alg, blobs in blob_sets.items() for t in thread_counts}
+    if compare_numpy:
+        splits.update({(alg, 1, "numpy"): split_from_blobs(blobs, 1, "numpy") for alg, blobs in blob_sets.items()})
     del updates, blob_sets
     gc.collect()
     peak10, peak100 = peak_memory(10), peak_memory(100)
@@ -231,6 +286,10 @@ def main() -> None:
 
     print(f"threads: {thread_counts} (CPUs this process may use: {threads.available_cpus()}, "
           f"{threads.ENV}={os.environ.get(threads.ENV, 'unset')})")
+    print(f"add kernel: {kernels.status()}" + ("; the NumPy kernel's rows are marked [numpy]" if compare_numpy else ""))
+    if first_call is not None:
+        print(f"first update's kernel, fresh process (numba import + compile, or + load from the on-disk cache): "
+              f"{first_call[0]:.2f} s cold, {first_call[1]:.2f} s cached")
     for clock, label in (("wall", "wall time"), ("cpu", "CPU time (all threads)")):
         t = times[clock]
         best = {k: min(v) for k, v in t.items()}
@@ -242,17 +301,20 @@ def main() -> None:
         for n in thread_counts:
             rows.append((f"fedavg/{n}", f"FedAvg (float64 sums, weighted), arrays in memory, {n} thr"))
             rows += [(f"{alg}/{n}", f"FedAvg from blobs: decode + verify ({alg}) + add, {n} thr") for alg in algs]
+        if compare_numpy:
+            rows.append(("fedavg/1/numpy", "[numpy] FedAvg, arrays in memory, 1 thr"))
+            rows += [(f"{alg}/1/numpy", f"[numpy] FedAvg from blobs ({alg}), 1 thr") for alg in algs]
         for key, text in rows:
             print(f"{text:<62}{best[key] * 1e3:>8.1f}ms{statistics.median(t[key]) * 1e3:>8.1f}ms"
                   f"{best[key] / n_updates * 1e3:>10.3f}ms{best[key] / best['plain']:>8.2f}x{paired[key]:>7.2f}x")
         for n in thread_counts:
             for alg in algs:
                 ratio = best[f"{alg}/{n}"] / best["plain"]
-                print(f"  {label}: FedAvg with decode and verify ({alg}, {n} thr) / plain float32 sum: {ratio:.2f}x "
+                print(f"  {label}: FedAvg with decode and verify ({alg}, {n} thr, {kernel}) / plain float32 sum: {ratio:.2f}x "
                       f"best, {paired[f'{alg}/{n}']:.2f}x paired median   goal <= 2x: {'met' if ratio <= 2 else 'MISSED'}")
     print()
-    for (alg, n), (decode_s, add_s) in splits.items():
-        print(f"{'  ' + alg + f' blobs, {n} thr, wall split: decode + verify | add':<62}{decode_s * 1e3:>8.1f}ms"
+    for (alg, n, kern), (decode_s, add_s) in splits.items():
+        print(f"{'  ' + alg + f' blobs, {n} thr, {kern}, wall split: decode + verify | add':<62}{decode_s * 1e3:>8.1f}ms"
               f"{add_s * 1e3:>8.1f}ms{decode_s / n_updates * 1e3:>8.3f} |{add_s / n_updates * 1e3:>6.3f}ms")
     print()
     print(f"max |FedAvg - textbook float64 formula|: {err:.2e}; the same model from blobs of every digest")

@@ -63,6 +63,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._memo: dict[str, str] = {}
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -75,6 +76,21 @@ class Redactor:
                 if len(value) >= MIN_SECRET:
                     values.update(f for f in urls.secret_forms(value) if len(f) >= MIN_SECRET)
         self._secrets = sorted(values, key=len, reverse=True)
+        self._memo = {}  # what was redacted before may hold a secret known from now on
+
+    #: `repeated` remembers at most this many values (then starts over): a run's cluster names, states, functions
+    MEMO_MAX = 1024
+
+    def repeated(self, text: str) -> str:
+        """`self(text)` for a value that recurs (a cluster name, a state: the same few in every row of a log),
+        remembered until a secret is added. The same result, redacted once instead of once per row."""
+        memo = self._memo
+        out = memo.get(text)
+        if out is None:
+            if len(memo) >= self.MEMO_MAX:
+                memo.clear()
+            out = memo[text] = self(text)
+        return out
 
     def __call__(self, text: str) -> str:
         if not text:

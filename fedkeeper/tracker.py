@@ -22,10 +22,10 @@ import os
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from fedkeeper.activations import (
@@ -51,8 +51,11 @@ from fedkeeper.providers.base import (
 
 log = logging.getLogger(__name__)
 
-#: activation records are written at least this often while jobs run, and whenever this many are buffered
-FLUSH_EVERY_S = 0.05
+#: activation records are written at least this often while jobs run, and whenever this many are buffered. A
+#: quarter second: at a thousand short calls a round, most records start and settle between two writes and go to
+#: the store as one insert (no `$set` after it), and each write is one round trip for many calls; resume and the
+#: rows-after-records order do not depend on it (a killed session's unwritten calls are invoked again)
+FLUSH_EVERY_S = 0.25
 FLUSH_MAX = 512
 #: a tuple: `in` compares by identity first, where a frozenset hashes each StrEnum member in Python
 _QUEUED = (JobState.WAITING, JobState.BACKOFF)
@@ -307,6 +310,14 @@ class Tracker:
         self._wakeup = threading.Event()
         self._notifying: dict[str, Any] = {}  # cluster -> its provider, for clusters that report settled calls
         self._watched: set[str] = set()
+        #: per cluster, for one `run`: its poll cap (`_poll_cap`) and whether it answers in batches (`_batches`);
+        #: asked of the fabric once per run instead of several times per poll
+        self._cap_of: dict[str, float | None] = {}
+        self._batching: dict[str, bool] = {}
+        #: per (run, round) it was asked to mirror (`mirror`): the round's activation records as the store holds
+        #: them, kept by applying each batch the store accepted; the writer thread and the caller share it
+        self._mirrors: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+        self._mirror_lock = threading.Lock()
 
     def flush(self) -> None:
         """Write the buffered activation records in two round trips instead of one per change; a record inserted
@@ -366,7 +377,13 @@ class Tracker:
     def _write_batch(self, inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]],
                      rows: list[dict[str, Any]]) -> None:
         """The store's records, then their rows (never the other way round: see `flush`)."""
-        self.store.record_activations(inserts, updates)
+        try:
+            self.store.record_activations(inserts, updates)
+        except BaseException:
+            self._drop_mirrors()  # part of the batch may be written: the store alone knows what it holds now
+            raise
+        if self._mirrors:
+            self._apply_mirrors(inserts, updates)
         if not rows:
             return
         batch = getattr(self.runlog, "activations", None)
@@ -375,6 +392,51 @@ class Tracker:
         else:  # a runlog with the one-row call only
             for row in rows:
                 self.runlog.activation(row)
+
+    # ------------------------------------------------------------------ round mirrors
+
+    def mirror(self, run_id: str, round_number: int, records: Iterable[dict[str, Any]]) -> None:
+        """Keep round r's activation records in memory from now on, starting from `records`: the store's, read
+        just now. Every batch the store accepts afterwards is applied to them as the store applies it (an insert
+        of a known id is a no-op, an update is a `$set`), so `mirrored` hands back what a read would return
+        without reading a thousand records again. Only this tracker writes activation records while it runs
+        (the functions write updates, never records); a new session starts from the store again."""
+        with self._mirror_lock:
+            self._mirrors[(run_id, round_number)] = {str(r["_id"]): dict(r) for r in records}
+
+    def mirrored(self, run_id: str, round_number: int) -> list[dict[str, Any]] | None:
+        """Round r's records as the store holds them once the buffered ones are written (`flush`), in the
+        store's order (`find_activations`); None when the round is not mirrored or a write failed (read the
+        store then). Copies: the caller may change them."""
+        self.flush()
+        with self._mirror_lock:
+            records = self._mirrors.get((run_id, round_number))
+            if records is None:
+                return None
+            return sorted((dict(r) for r in records.values()), key=_store_order)
+
+    def unmirror(self, run_id: str, round_number: int) -> None:
+        """Stop mirroring round r (its records are read from the store again when needed)."""
+        with self._mirror_lock:
+            self._mirrors.pop((run_id, round_number), None)
+
+    def _drop_mirrors(self) -> None:
+        with self._mirror_lock:
+            self._mirrors.clear()
+
+    def _apply_mirrors(self, inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]]) -> None:
+        """A batch the store accepted, applied to the mirrored rounds (`mirror`)."""
+        with self._mirror_lock:
+            for doc in inserts:
+                records = self._mirrors.get((doc.get("run_id"), doc.get("round")))  # type: ignore[arg-type]
+                if records is not None and str(doc["_id"]) not in records:  # a retried insert changes nothing
+                    records[str(doc["_id"])] = _stored(doc)
+            for activation_id, fields in updates:
+                for records in self._mirrors.values():
+                    record = records.get(activation_id)
+                    if record is not None:
+                        record.update(_stored(fields))
+                        break
 
     def _flush_due(self) -> None:
         """Flush at most every `FLUSH_EVERY_S` (or every `FLUSH_MAX` records) while jobs run: at a thousand
@@ -426,6 +488,7 @@ class Tracker:
         jobs' round, when the caller has just read them (resume reads them otherwise).
         """
         counts = Counts()
+        self._cap_of, self._batching = {}, {}
         self.resume([j for j in jobs if j.state not in (JobState.RUNNING, JobState.BACKOFF)
                      and not (j.state is JobState.WAITING and j.attempts)], records=records)
         deadline_hit = False
@@ -455,7 +518,7 @@ class Tracker:
                 for job in sorted(running + queue, key=lambda j: index[id(j)]):
                     self._abandon(job, "round deadline reached")
                 break
-            inflight = Counter(j.cluster for j in running)
+            inflight = _count_clusters(running)
             room = self._room(clusters, inflight)
             if room > 0 and queue:
                 left: list[Job] = []
@@ -463,18 +526,18 @@ class Tracker:
                 for i, job in enumerate(queue):  # noqa: B007 - `i` marks where the scan stopped
                     if room <= 0:  # every cluster is at its cap: the rest of a long queue waits for the next pass
                         break
-                    if now >= job.not_before and inflight[job.cluster] < self._inflight_cap(job.cluster):
+                    if now >= job.not_before and inflight.get(job.cluster, 0) < self._inflight_cap(job.cluster):
                         self._submit(job, counts)
                         if job.state is JobState.RUNNING:
                             running.append(job)
-                            inflight[job.cluster] += 1
+                            inflight[job.cluster] = inflight.get(job.cluster, 0) + 1
                             room = self._room(clusters, inflight)
                             continue
                     if job.state in _QUEUED:
                         left.append(job)
                 else:
                     i = len(queue)
-                queue = left + queue[i:]
+                queue[:i] = left  # in place: a slice copy of a long queue at every pass cost more
             self._poll_due([j.active for j in running if j.active], counts, woken=woken)
             still: list[Job] = []
             for job in running:
@@ -557,9 +620,9 @@ class Tracker:
         raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
         return raw.hex()
 
-    def _room(self, clusters: Iterable[str], inflight: Counter[str]) -> int:
+    def _room(self, clusters: Iterable[str], inflight: dict[str, int]) -> int:
         """Calls that may still be submitted this pass, over all clusters."""
-        return sum(max(0, self._inflight_cap(c) - inflight[c]) for c in clusters)
+        return sum(max(0, self._inflight_cap(c) - inflight.get(c, 0)) for c in clusters)
 
     def _inflight_cap(self, cluster: str) -> int:
         """Calls in flight per cluster: more would only queue inside the provider, where the wait would count
@@ -671,7 +734,11 @@ class Tracker:
 
     def _batches(self, cluster: str) -> bool:
         """The cluster's platform answers for many calls in one request (`Provider.batched_poll`)."""
-        return self._poll_cap(cluster) is None and bool(getattr(self.fabric.provider(cluster), "batched_poll", False))
+        batching = self._batching.get(cluster)
+        if batching is None:
+            batching = self._batching[cluster] = (
+                self._poll_cap(cluster) is None and bool(getattr(self.fabric.provider(cluster), "batched_poll", False)))
+        return batching
 
     def _poll_unit(self, attempts: list[Attempt]) -> list[tuple[Attempt, Status | ProviderError]]:
         if len(attempts) == 1 and not self._batches(attempts[0].job.cluster):
@@ -741,7 +808,11 @@ class Tracker:
 
     def _poll_cap(self, cluster: str) -> float | None:
         """The platform's own cap on the pause between polls (set where a poll costs no network call)."""
-        return self.fabric.poll_max_s(cluster)
+        try:
+            return self._cap_of[cluster]
+        except KeyError:
+            cap = self._cap_of[cluster] = self.fabric.poll_max_s(cluster)
+            return cap
 
     def _reschedule_poll(self, attempt: Attempt, now: float) -> None:
         # where polling is free (the platform says so), keep it tight so a finished call is seen at once
@@ -876,14 +947,14 @@ class Tracker:
         now = self.clock()
         wake = [deadline] if deadline is not None else []
         active = [j.active for j in running if j.state is JobState.RUNNING and j.active is not None]
-        in_flight = Counter(a.job.cluster for a in active)
+        in_flight = _count_clusters(a.job for a in active)
         wake += [a.next_poll for a in active]
         # a waiting job wakes the loop only where its cluster has room: at its cap, the next poll frees a slot
         # (before, a long queue behind a full cluster spun the loop without sleeping, taking a core from the workers).
         # Only clusters with room are scanned for their earliest waiting job: at a thousand jobs a pass, a scan of
         # every job's state was the tracker's largest own cost (bench/bench_scale.py)
         if queue:
-            open_clusters = {c for c in clusters if in_flight[c] < self._inflight_cap(c)}
+            open_clusters = {c for c in clusters if in_flight.get(c, 0) < self._inflight_cap(c)}
             for job in queue if open_clusters else ():
                 if job.cluster in open_clusters:
                     if job.not_before <= now:  # due now (a slot just freed): no pause, and no need to scan on
@@ -895,6 +966,14 @@ class Tracker:
         if delay > 0:
             # providers that report settled calls end the pause early (`on_settle`); the others are polled
             self._wakeup.wait(min(delay, self.policy.poll_max_s))
+
+
+def _count_clusters(jobs: Iterable[Job]) -> dict[str, int]:
+    """Jobs per cluster (a plain dict: `Counter` cost more than the rest of a tracker pass, twice a pass)."""
+    out: dict[str, int] = {}
+    for job in jobs:
+        out[job.cluster] = out.get(job.cluster, 0) + 1
+    return out
 
 
 def _merged(inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]]
@@ -912,6 +991,21 @@ def _merged(inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, An
         else:
             docs[i] = {**docs[i], **fields}
     return docs, rest
+
+
+def _stored(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields as the store keeps them: enums as their values (`Store` does the same), tuples as lists (BSON
+    has no tuple). The tracker's inserts carry every field of the activation key."""
+    return {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v) for k, v in doc.items()}
+
+
+def _store_order(record: Mapping[str, Any]) -> tuple[int, int, int, str, int, str]:
+    """`find_activations`' (round, client_id, attempt) order, with MongoDB's ordering of a missing client
+    (null, the aggregator's) before any number; tree nodes (no client, same attempt) by id."""
+    client = record.get("client_id")
+    return (int(record.get("round") or 0), 0 if client is None else 1, client if isinstance(client, int) else 0,
+            "" if isinstance(client, int) or client is None else str(client), int(record.get("attempt") or 0),
+            str(record.get("_id")))
 
 
 def _tree_fields(job: Job) -> dict[str, Any]:

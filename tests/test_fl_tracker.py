@@ -465,3 +465,54 @@ def test_client_selection_is_deterministic_and_varies_by_round() -> None:
     assert a != select_clients(42, 4, 20, 10)
     assert len(set(a)) == 10 and all(0 <= c < 20 for c in a) and a == sorted(a)
     assert select_clients(1, 1, 5, 10) == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------- round mirrors
+
+
+def same_records(mine: list[dict[str, Any]] | None, read: list[dict[str, Any]]) -> bool:
+    """Equal records, floats to 12 significant digits: the embedded store's `$set` keeps 15 (1796329951.5771954
+    comes back as 1796329951.5772), a real MongoDB all of them."""
+    def plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in r.items()} for r in records]
+
+    return mine is not None and plain(mine) == plain(read)
+
+
+def test_a_mirrored_round_is_what_the_store_holds(setup) -> None:  # type: ignore[no-untyped-def]
+    """The records a round's tracker keeps (`Tracker.mirror`) equal a store read after retries, throttles, an
+    adopted call of an interrupted session and a settled one, and another round's writes stay out of it."""
+    make, store, _ = setup
+    tracker, provider = make({0: ["fail", "lost", "ok"], 1: ["poll_throttle", "ok"], 2: ["throttle", "ok"],
+                              3: ["timeout", "ok"]})
+    provider.outcome[record(store, 1, "invoked", client=4)] = "ok"  # an interrupted session's call: adopted
+    record(store, 1, "invoked", client=5)  # its update is in the store: settled, not invoked again
+    record(store, 1, "failed", client=None, function="fl_server_aggregator")
+    start = store.find_activations("run1", round=1)
+    tracker.mirror("run1", 1, start)
+    tracker.settle_stored("run1", 1, [{"activation_id": "old-p-1-5-1", "created": time.time()}])
+    tracker.run(jobs([0, 1, 2, 3, 4], timeout_s=0.05), records=start)
+    tracker.run([Job("run1", 2, 0, "c1", "fl_client", "fk-x-fl-client", {"client_id": 0}, 5.0, 256)])
+    mirrored = tracker.mirrored("run1", 1)
+    assert same_records(mirrored, store.find_activations("run1", round=1))
+    assert {r["state"] for r in mirrored if r["client_id"] == 5} == {"succeeded"}
+    mirrored[0]["state"] = "changed"  # a copy: the caller's changes stay out of the tracker's records
+    assert same_records(tracker.mirrored("run1", 1), store.find_activations("run1", round=1))
+    tracker.unmirror("run1", 1)
+    assert tracker.mirrored("run1", 1) is None and tracker.mirrored("run1", 2) is None
+
+
+def test_a_failed_write_drops_the_mirrors(setup) -> None:  # type: ignore[no-untyped-def]
+    """A batch the store refused may be partly written: the store alone knows the round then."""
+    make, store, _ = setup
+    tracker, _ = make({})
+    tracker.mirror("run1", 1, [])
+    tracker.run(jobs([0]))
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise RuntimeError("store down")
+
+    store.record_activations = refuse  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        tracker.run(jobs([1]))
+    assert tracker.mirrored("run1", 1) is None

@@ -230,7 +230,8 @@ def test_fast_insert_takes_the_fast_path_for_wire_documents(conn: Any) -> None:
 @given(st.lists(documents(exotic=False), min_size=1, max_size=4),
        st.sampled_from([{"blob": 0}, {"_id": 0}, {"a": 1}, {"a": 1, "_id": 0}, {"id": 1, "blob": 1}, {},
                         {"blob": 0, "_id": 0}, {"blob": False, "a": 0.0}, {"_id": 1, "blob": 0}, {"a.b": 0},
-                        {"blob": 0, "a": "$x"}, {"nope": 0}]),
+                        {"blob": 0, "a": "$x"}, {"nope": 0}, {"_id": 1, "file_id": 1}, {"a": True, "b.c": 1},
+                        {"a": 1.0, "b": 0, "_id": False}, {"id": 1, "a": {"$literal": 1}}, {"_id": 1}]),
        st.sampled_from([("projection-copy",), ("exclusion-projection",), ("projection-copy", "exclusion-projection")]))
 def test_projection_with_fast_copy_finds_the_same(conn: Any, docs: list[dict[str, Any]],
                                                  projection: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -268,6 +269,24 @@ def test_exclusion_projection_copies_only_what_stays() -> None:
     assert apply(None, {"blob": 0, "a": 1}, document) == {} and len(copied) == 1  # not exclusion-only: original
 
 
+@at_checked_neosqlite
+def test_inclusion_projection_copies_only_the_id(conn: Any) -> None:
+    """A literal inclusion takes the included values from the document (as the original does: they are not copied
+    there either), copies _id, and never copies the rest; a document holding something whose copy could run code
+    (a bytearray, an object) goes to the original."""
+    coll = conn["inclusion"]
+    copied: list[Any] = []
+    apply = nxfast.make_apply_projection(lambda *a: copied.append(a) or {"original": True})
+    helpers = coll.query_engine.helpers
+    oid, meta = NeoObjectId(), {"k": [1]}
+    document = {"_id": {"o": oid}, "file_id": None, "blob": NeoBinary(b"x" * 64), "meta": meta}
+    out = apply(helpers, {"_id": 1, "file_id": 1, "meta": 1}, document)
+    assert copied == [] and list(out) == ["_id", "file_id", "meta"]  # _id where the projection names it
+    assert out["meta"] is meta and out["_id"] == {"o": oid} and out["_id"] is not document["_id"]
+    assert apply(helpers, {"meta": 1}, {**document, "odd": bytearray(b"x")}) == {"original": True}
+    assert apply(helpers, {"meta": "$meta"}, document) == {"original": True} and len(copied) == 2
+
+
 # ------------------------------------------------------------------------------------------------- versions
 
 
@@ -278,10 +297,14 @@ def test_a_different_version_leaves_the_original_in_place(caplog: pytest.LogCapt
 
     originals = (nx_utils.convert_bson_to_neo_objectids, nx_wire._convert_objectids,
                  crud_operations.CRUDOperationsMixin._internal_insert, aggregation.deepcopy,
-                 engine_crud.CRUDOperationsMixin.update_many)
+                 engine_crud.CRUDOperationsMixin.update_many, vars(NeoBinary)["decode_from_storage"],
+                 vars(NeoBinary)["encode_for_storage"])
     applied = nxfast.apply_all({"nx-27017": "0.9.0", "neosqlite": nxfast.NEOSQLITE_VERSION})
     try:
-        assert {p.name for p in applied} == {"insert-copy", "projection-copy", "exclusion-projection", "prune-update"}
+        assert {p.name for p in applied} == {"insert-copy", "projection-copy", "exclusion-projection", "prune-update",
+                                             "binary-encode", "binary-decode"}
+        assert type(vars(NeoBinary)["decode_from_storage"]) is classmethod
+        assert vars(NeoBinary)["decode_from_storage"] is not originals[5]
         assert nx_utils.convert_bson_to_neo_objectids is originals[0] and nx_wire._convert_objectids is originals[1]
         assert crud_operations.CRUDOperationsMixin._internal_insert is not originals[2]
         assert aggregation.deepcopy is nxfast.fast_deepcopy
@@ -291,7 +314,8 @@ def test_a_different_version_leaves_the_original_in_place(caplog: pytest.LogCapt
             patch.undo()
     assert (nx_utils.convert_bson_to_neo_objectids, nx_wire._convert_objectids,
             crud_operations.CRUDOperationsMixin._internal_insert, aggregation.deepcopy,
-            engine_crud.CRUDOperationsMixin.update_many) == originals
+            engine_crud.CRUDOperationsMixin.update_many, vars(NeoBinary)["decode_from_storage"],
+            vars(NeoBinary)["encode_for_storage"]) == originals  # the classmethod object itself, not a bound one
     assert nxfast.apply_all({"nx-27017": None, "neosqlite": None}) == []
 
 
@@ -442,3 +466,130 @@ def test_a_round_of_store_traffic_through_the_patched_server(nx_db: Any) -> None
     left = {d["_id"]: d for d in nx_db.updates.find({})}
     assert [left[i]["blob"] is None for i in ids] == [True] * 20 + [False] * 10
     assert left[ids[0]]["pruned"] == 1796317060.5 and "pruned" not in left[ids[25]]
+
+
+# ------------------------------------------------------------------------------ binaries: base64 and the splice
+
+
+def _call(fn: Any, *args: Any) -> tuple[Any, ...]:
+    try:
+        out = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the error itself is compared
+        return ("error", type(exc), str(exc))
+    return ("ok", out)
+
+
+@at_checked_neosqlite
+@SETTINGS
+@given(st.binary(max_size=3000), st.integers(0, 255))
+def test_binary_encode_for_storage_matches_neosqlite(data: bytes, subtype: int) -> None:
+    original = vars(NeoBinary)["encode_for_storage"]
+    value = NeoBinary(data, subtype)
+    assert same(nxfast.make_encode_for_storage(original)(value), original(value))
+
+
+_B64_TEXT = st.one_of(
+    st.binary(max_size=300).map(lambda b: __import__("base64").b64encode(b).decode()),  # what neosqlite writes
+    st.text(alphabet="ABCxyz019+/=-_ \n\t.é\x00", max_size=40),  # padding, other alphabets, junk, non-ASCII
+    st.binary(max_size=30).map(lambda b: __import__("base64").b64encode(b).decode().rstrip("=")),  # no padding
+)
+
+
+@at_checked_neosqlite
+@SETTINGS
+@given(st.one_of(
+    st.fixed_dictionaries({"__neosqlite_binary__": st.just(True), "data": _B64_TEXT},
+                          optional={"subtype": st.integers(0, 255)}),
+    st.fixed_dictionaries({"__neosqlite_binary__": st.just(True)},
+                          optional={"data": st.one_of(st.binary(max_size=8), st.none(), st.integers())}),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+    st.none(), st.text(max_size=3)))
+def test_binary_decode_from_storage_matches_neosqlite(encoded: Any) -> None:
+    """The same bytes and subtype for what neosqlite writes, the same error (type and message) or the same lenient
+    result for anything else a stored document could hold."""
+    raw = vars(NeoBinary)["decode_from_storage"]
+    fast = nxfast.make_decode_from_storage(raw).__get__(None, NeoBinary)
+    mine, theirs = _call(fast, copy.deepcopy(encoded)), _call(raw.__get__(None, NeoBinary), copy.deepcopy(encoded))
+    assert same(mine, theirs)
+
+
+@at_checked_neosqlite
+def test_fast_insert_splices_blobs_and_gives_way_to_a_document_holding_its_marker(conn: Any) -> None:
+    """Large and several binaries (nested, in lists) are stored as neosqlite stores them; a document holding the
+    marker text anywhere (a value, a key), or a bytes _id, goes to the original and is stored the same."""
+    patch = _patch("insert-copy")
+    big = bytes(range(256)) * 40
+    docs = [{"_id": "a", "blob": {"inline": big}, "more": [b"", b"\x00\xff", {"x": big[:999]}], "n": 1}]
+    assert patch.apply(CHECKED)
+    try:
+        from neosqlite.collection.query_helper.crud_operations import CRUDOperationsMixin
+
+        nonce = CRUDOperationsMixin._internal_insert._fk_nonce
+    finally:
+        patch.undo()
+    docs += [{"_id": "b", "s": f"{nonce}0", "blob": b"ab"}, {"_id": "c", f'"{nonce}1"': 1, "blob": [b"a", b"b"]},
+             {"_id": "d", "t": f"x{nonce}", "blob": b"ab"}, {"_id": b"raw-id", "blob": b"cd"}]
+    for doc in docs:
+        theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+        assert patch.apply(CHECKED)
+        try:
+            mine = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+        finally:
+            patch.undo()
+        assert same(mine, theirs), doc["_id"]
+        assert mine[0] == "ok" and (doc["_id"] not in ("a", b"raw-id") or nonce not in mine[2])
+
+
+_HOSTILE_TEXT = st.lists(st.one_of(st.characters(exclude_categories=[]),
+                                   st.sampled_from(["\ud800", "\udfff", "\x00", "\x1f", "\x7f", "\u2028", '"', "\\",
+                                                    "\\u0024", "é", "\U0001f600"])), max_size=6).map("".join)
+_HOSTILE_LEAVES = st.one_of(
+    _HOSTILE_TEXT, st.floats(), st.integers(-(10**30), 10**30), st.booleans(), st.none(),
+    st.sampled_from([1e308, -1e308, 5e-324, -0.0, float("nan"), float("inf"), float("-inf")]),
+    st.binary(max_size=40))
+
+
+@at_checked_neosqlite
+@SETTINGS
+@given(st.dictionaries(st.one_of(_HOSTILE_TEXT, st.just("_id")),
+                       st.recursive(_HOSTILE_LEAVES, lambda inner: st.one_of(
+                           st.lists(inner, max_size=3), st.dictionaries(_HOSTILE_TEXT, inner, max_size=3)),
+                           max_leaves=12), max_size=5))
+def test_fast_insert_without_the_json_check_stores_and_fails_as_neosqlite(conn: Any, doc: dict[str, Any]) -> None:
+    """Lone surrogates, control characters, quotes, escapes, huge ints, extreme and non-finite floats: the insert
+    that checks the JSON text only when the INSERT fails stores the same text, or fails with the same error (NaN and
+    infinities: the original's "Invalid JSON document")."""
+    patch = _patch("insert-copy")
+    theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+    assert patch.apply(CHECKED)
+    try:
+        mine = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+    finally:
+        patch.undo()
+    if mine[0] == "ok" and "_id" not in doc:
+        mine[-1].pop("_id"), theirs[-1].pop("_id")
+    assert same(mine, theirs)
+
+
+@at_checked_neosqlite
+def test_fast_insert_failures_are_the_originals(tmp_path: Any) -> None:
+    """A duplicate _id fails with the INSERT's own error, a closed database with the original's JSON-check error:
+    the same as neosqlite's, whichever order the check and the INSERT run in."""
+    patch = _patch("insert-copy")
+
+    def failures() -> list[tuple[Any, ...]]:
+        db = neosqlite.Connection(str(tmp_path / f"{uuid.uuid4().hex}.db"))
+        coll = db["c"]
+        coll.insert_one({"_id": "k", "blob": b"x" * 100})
+        out = [_call(coll.insert_one, {"_id": "k", "blob": b"y" * 100})]
+        db.db.close()
+        out.append(_call(coll.insert_one, {"_id": "j", "n": 1}))
+        return [(r[0], r[1]) if r[0] == "error" else r for r in out]
+
+    theirs = failures()
+    assert patch.apply(CHECKED)
+    try:
+        mine = failures()
+    finally:
+        patch.undo()
+    assert mine == theirs and all(r[0] == "error" for r in mine)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedkeeper import config as cfg
 from fedkeeper import tracker as tracker_module
@@ -100,7 +103,7 @@ def _tracker(tmp_path: Path, records: MemoryRecords, provider: CappedProvider) -
 
 @pytest.fixture
 def every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A store write at every tracker pass (instead of at most every 50 ms): many batches in a short run."""
+    """A store write at every tracker pass (instead of at most every 250 ms): many batches in a short run."""
     monkeypatch.setattr(tracker_module, "FLUSH_EVERY_S", 0.0)
 
 
@@ -309,3 +312,41 @@ def test_activation_ids_are_uuid4_hex(tmp_path: Path) -> None:
         parsed = uuid.UUID(hex=value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == value
         assert uuid.UUID(bytes=parsed.bytes, version=4).hex == value
+
+
+class _Kind(StrEnum):
+    DONE = "succeeded"
+
+
+_CELLS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-2**40, max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e7, -1e6, 0.0, -0.0, 1e-9]),
+    st.text(max_size=40), st.text(min_size=490, max_size=520), st.sampled_from([
+        "pa55word-x", "boom\nBearer abcdefgh12345", "mongodb://u:pa55word-x@h/db", "local", "laptop"]),
+    st.just(_Kind.DONE))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={k: _CELLS for k in ACTIVATION_COLUMNS}))
+def test_an_activation_row_is_written_as_each_cell_and_event_alone_would_be(tmp_path: Path,
+                                                                          row: dict[str, Any]) -> None:
+    """The one-pass row (`RunLog._activation_row`, typed fast paths, remembered redaction of recurring values) is
+    what `_cell` and `_event_line` make of each value: the same CSV cells and the same events.jsonl record."""
+    runlog = RunLog(tmp_path / "cells", "run", Redactor(["pa55word-x"]))
+    try:
+        cell, record = runlog._activation_row(row)
+        assert cell == {k: runlog._cell(row.get(k)) for k in ACTIVATION_COLUMNS}
+        line = json.loads(runlog._event_line("activation", record["ts"], {k: row.get(k) for k in ACTIVATION_COLUMNS}))
+        assert json.loads(runlog.redact(json.dumps(record, default=str))) == line
+    finally:
+        runlog.close()
+
+
+def test_remembered_redaction_forgets_when_a_secret_is_added() -> None:
+    redactor = Redactor(["alpha-secret"])
+    assert redactor.repeated("laptop") == "laptop" and redactor.repeated("alpha-secret") == "***"
+    redactor.add(["laptop"])  # a value remembered as clean holds a secret from now on
+    assert redactor.repeated("laptop") == "***" == redactor("laptop")
+    for i in range(Redactor.MEMO_MAX + 5):  # bounded: it starts over rather than grow with unique values
+        assert redactor.repeated(f"id-{i}") == f"id-{i}"
+    assert len(redactor._memo) <= Redactor.MEMO_MAX

@@ -181,3 +181,25 @@ def test_a_second_server_on_the_same_data_is_refused(tmp_path: Path, forgotten: 
     finally:
         first.close()
     assert gone(pid, within_s=5)
+
+
+def test_the_server_process_applies_every_fast_path(tmp_path: Path) -> None:
+    """The server child imports the standard library, not fedkeeper's own modules of the same name: with the
+    fedkeeper package's folder on its path, fedkeeper/secrets.py shadowed `secrets` and the insert fast path was
+    skipped in every real run (its warning, in nx.out, is the only trace)."""
+    from fedkeeper.store import nxfast
+    from fedkeeper.store.embedded import NxServer
+
+    import fedkeeper
+
+    server = NxServer.in_dir(tmp_path)
+    server.start(timeout_s=30.0)
+    try:
+        assert server.pid is not None
+        path = psutil.Process(server.pid).environ().get("PYTHONPATH", "").split(os.pathsep)
+        assert str(Path(fedkeeper.__file__).resolve().parent) not in path
+    finally:
+        server.stop()
+    out = (tmp_path / "nx.out").read_text()
+    checked = nxfast.installed_versions() == {"nx-27017": nxfast.NX_VERSION, "neosqlite": nxfast.NEOSQLITE_VERSION}
+    assert "nx fast path" not in out if checked else "skipped" in out

@@ -38,6 +38,11 @@ ACTIVATION_COLUMNS = ["round", "client_id", "cluster", "platform", "function", "
 
 #: values written as they are, checked by exact type first: most cells of most rows are one of these
 _PLAIN = frozenset({str, int, type(None)})
+#: activations.csv columns whose values recur row after row (a few cluster names, states, functions): their
+#: redaction is remembered (`Redactor.repeated`) instead of done again for each of a thousand rows a round
+_REPEATED = frozenset({"client_id", "cluster", "platform", "function", "state", "injected", "part"})
+#: what `json.dumps(record, default=str)` makes, without building an encoder per line
+_ENCODE = json.JSONEncoder(default=str).encode
 
 
 def _jsonable(value: Any) -> Any:
@@ -107,15 +112,44 @@ class RunLog:
         rows = list(rows)
         if not rows:
             return
-        columns = ACTIVATION_COLUMNS
-        cells = [{k: self._cell(row.get(k)) for k in columns} for row in rows]
-        lines = "".join([self._event_line("activation", None, {k: row.get(k) for k in columns}) for row in rows])
+        fields = self._activations[1].fieldnames  # the file's own header (a resumed older file may have fewer)
+        cells, lines = [], []
+        for row in rows:
+            cell, record = self._activation_row(row)
+            cells.append([cell.get(k, "") for k in fields])
+            lines.append(self.redact(_ENCODE(record)) + "\n")
         with self._lock:
             handle, writer = self._activations
-            writer.writerows(cells)
+            writer.writer.writerows(cells)  # the DictWriter's own csv writer: the same line from the same cells
             handle.flush()
-            self._events.write(lines)
+            self._events.write("".join(lines))
             self._events.flush()
+
+    def _activation_row(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One row's activations.csv cells (`_cell`) and its events.jsonl record (`_event_line`), in one pass over
+        its values: the common cell types are told apart by exact type first, a thousand rows a round."""
+        cell: dict[str, Any] = {}
+        record: dict[str, Any] = {"ts": round(time.time(), 6), "run_id": self.run_id, "event": "activation"}
+        repeated = getattr(self.redact, "repeated", self.redact)  # a plain callable redacts every value
+        for k in ACTIVATION_COLUMNS:
+            value = row.get(k)
+            kind = type(value)
+            if value is None:
+                cell[k], record[k] = "", None
+            elif kind is int:
+                cell[k] = record[k] = value
+            elif kind is str:
+                record[k] = value
+                text = value if len(value) <= 500 and "\n" not in value else value.replace("\n", " ")[:500]
+                cell[k] = repeated(text) if k in _REPEATED else self.redact(text)
+            elif kind is float and value - value == 0.0:  # finite (NaN and ±inf go the general way: empty, null)
+                record[k] = value
+                cell[k] = f"{value:.6g}" if abs(value) < 1e6 else f"{value:.3f}"
+            elif kind is bool:
+                record[k], cell[k] = value, "true" if value else "false"
+            else:
+                record[k], cell[k] = _jsonable(value), self._cell(value)
+        return cell, record
 
     def round(self, row: Mapping[str, Any]) -> None:
         clean = {k: self._cell(row.get(k)) for k in self._rounds[1].fieldnames}

@@ -252,7 +252,8 @@ class BlobStore:
 
     def _put_blob(self, blob: bytes, key: str, write_id: str, collection: str | None = None) -> dict[str, Any]:
         if len(blob) <= self.inline_limit:
-            return {"blob": {"inline": bson.Binary(blob)}, "storage": "inline", "size": len(blob), "file_id": None}
+            # bytes are BSON binary subtype 0 as they are: a bson.Binary would copy the blob once more
+            return {"blob": {"inline": blob}, "storage": "inline", "size": len(blob), "file_id": None}
         meta: dict[str, Any] = {"key": key, "write_id": write_id, "created": time.time()}
         if collection is not None:  # gc_orphan_files tells models from updates by the key; others say where
             meta["collection"] = collection
@@ -478,12 +479,15 @@ class BlobStore:
             doc = self._retry(lambda: self.updates.find_one({"_id": update_key(run_id, round, client_id)}))
         return doc
 
-    def find_updates(self, run_id: str, wanted: Iterable[tuple[int, Any, str | None]]
+    def find_updates(self, run_id: str, wanted: Iterable[tuple[int, Any, str | None]], *,
+                     find: Callable[[Any, dict[str, Any]], list[Any]] | None = None,
                      ) -> dict[tuple[int, Any, str | None], dict[str, Any] | None]:
         """What ``find_update`` returns for each (round, client_id, activation_id) of ``wanted``, in one round trip:
         one ``$in`` over their keys (and the pre-activation keys, for documents of earlier versions) instead of a
         round trip per update. The aggregator reads a round's updates in chunks of these (``runtime.admission``).
-        Not validated: every field is the writer's word."""
+        Not validated: every field is the writer's word. ``find(collection, query)``: how the documents are read
+        (default ``list(collection.find(query))``; the aggregator's ``bsonview.find_views`` keeps each inline blob
+        a view of the driver's reply)."""
         keys: dict[str, tuple[tuple[int, Any, str | None], int]] = {}
         out: dict[tuple[int, Any, str | None], dict[str, Any] | None] = {}
         for rnd, client_id, activation_id in wanted:
@@ -495,7 +499,8 @@ class BlobStore:
         if not keys:
             return out
         rank: dict[tuple[int, Any, str | None], int] = {}
-        for doc in self._retry(lambda: list(self.updates.find({"_id": {"$in": list(keys)}}))):
+        query = {"_id": {"$in": list(keys)}}
+        for doc in self._retry(lambda: find(self.updates, query) if find else list(self.updates.find(query))):
             item, preference = keys[doc["_id"]]
             if item not in rank or preference < rank[item]:  # the activation's own key before the old one
                 out[item], rank[item] = doc, preference
@@ -511,7 +516,7 @@ class BlobStore:
             raise ValueError(f"blob reference is a {type(ref).__name__}, not a document")
         if "inline" in ref:
             data = ref["inline"]
-            if not isinstance(data, bytes):
+            if not isinstance(data, (bytes, memoryview)):  # memoryview: a view of the reply (runtime.bsonview)
                 raise ValueError(f"inline blob is a {type(data).__name__}, not binary data")
             if max_bytes is not None and len(data) > max_bytes:
                 raise BlobTooLarge(len(data), max_bytes)

@@ -119,7 +119,9 @@ class NxServer:
         env = dict(os.environ)
         # The child runs in the data directory: if this fedkeeper was found through a relative sys.path entry (a
         # source checkout run from its folder), point the child at it explicitly.
-        package_root = str(Path(__file__).resolve().parent.parent)
+        # (the folder that holds the `fedkeeper` package: its own folder on sys.path would shadow the standard
+        # library's `secrets` and the `packaging` distribution with fedkeeper/secrets.py and fedkeeper/packaging.py)
+        package_root = str(Path(__file__).resolve().parents[2])
         if package_root not in {p for p in sys.path if os.path.isabs(p)}:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         if self.lease_dir is not None:

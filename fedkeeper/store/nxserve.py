@@ -11,8 +11,8 @@ It runs nx-27017's own ``main`` with these additions:
 - its insert handler gets the message's sections in a list with a short text form (`quiet_insert_sections`):
   it formats them into a debug message on every insert, logged or not;
 - faster, behaviour-identical replacements for nx-27017's and neosqlite's per-document hot paths (`nxfast`: the
-  deep copies, the ObjectId converters, pruning's update_many), each applied only at the library version it was
-  checked against; ``FK_NX_FAST=0`` leaves the libraries as they are;
+  deep copies, the ObjectId converters, pruning's update_many, the blobs' base64 and JSON text), each applied only
+  at the library version it was checked against; ``FK_NX_FAST=0`` leaves the libraries as they are;
 - with ``FK_PROFILE_DIR`` set, a cProfile of each connection thread there (bench/bench_scale.py --profile);
 - a watchdog thread (when ``FK_NX_LEASE_DIR`` is set): each fedkeeper process that uses the server holds a
   lease file there (pid + process start time); when no live process has held one for ``FK_NX_LEASE_GRACE_S``

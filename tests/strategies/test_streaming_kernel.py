@@ -1,7 +1,8 @@
 """The streaming mean's chunked kernel (runtime/strategies/streaming.py) against the textbook float64 FedAvg it
 replaced, written here on whole arrays: acc += float64(w)·n (float64 models scaled by 2**-64), then
-(acc / Σn)·2**64 cast to the model's dtype. Equal bits for any dtype, shape, chunk length, count and magnitude:
-a run's model must not change when the kernel is tuned (issue 18)."""
+(acc / Σn)·2**64 cast to the model's dtype. Equal bits for any dtype, shape, chunk length, count and magnitude, and
+with either kernel (NumPy's, or numba's where installed: runtime/kernels.py): a run's model must not change when the
+kernel is tuned (issue 18)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedkeeper.runtime import kernels
 from fedkeeper.runtime.strategies import StrategyError, StreamingMean
 from fedkeeper.runtime.strategies import streaming
 from fedkeeper.runtime.strategies.errors import MAX_EXAMPLES
@@ -52,14 +54,17 @@ def make_updates(seed: int, spec: dict, count: int, poison: bool) -> list[tuple[
     return updates
 
 
-def streamed(updates, spec, *, chunk: int, threads: int, min_per_thread: int = 1):
-    """StreamingMean's result (None when it refuses a non-finite mean), with the chunk length and the threads
-    given; ``min_per_thread=1`` lets even a tiny model be split between the threads."""
+def streamed(updates, spec, *, chunk: int, threads: int, min_per_thread: int = 1, kernel: str = "numpy"):
+    """StreamingMean's result (None when it refuses a non-finite mean), with the chunk length, the threads and the
+    kernel given (``numba`` is NumPy's where numba is not installed); ``min_per_thread=1`` lets even a tiny model
+    be split between the threads."""
     with pytest.MonkeyPatch.context() as mp, np.errstate(all="ignore"):
         mp.setattr(streaming, "_CHUNK", chunk)
         mp.setattr(streaming, "_MIN_PER_THREAD", min_per_thread)
+        mp.setenv(kernels.ENV, kernel)
         mean = StreamingMean(threads=threads)
         mean.begin(spec)
+        assert mean.kernel == kernels.active()
         for cid, (w, n) in enumerate(updates):
             mean.add(w, n, client_id=cid)
         try:
@@ -69,13 +74,13 @@ def streamed(updates, spec, *, chunk: int, threads: int, min_per_thread: int = 1
             return None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
        layout=st.lists(st.tuples(st.sampled_from(SIZES), st.sampled_from(["float16", "float32", "float64"]),
                                  st.booleans()), min_size=1, max_size=4),
        count=st.integers(1, 6), chunk=st.sampled_from([1, 7, 64, streaming._CHUNK]), poison=st.booleans(),
-       threads=st.sampled_from([1, 2, 3]))
-def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, poison, threads):
+       threads=st.sampled_from([1, 2, 3]), kernel=st.sampled_from(["numpy", "numba"]))
+def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, poison, threads, kernel):
     # a size-1 entry may be a 0-d array (the codec carries those); other sizes as a matrix when they factor
     spec = {f"a{i}": ((() if zero_d and size == 1 else (size,) if size % 5 else (5, size // 5)), dtype)
             for i, (size, dtype, zero_d) in enumerate(layout)}
@@ -85,7 +90,7 @@ def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, po
             want = reference(updates, spec)
         except StrategyError:
             want = None
-    got = streamed(updates, spec, chunk=chunk, threads=threads)
+    got = streamed(updates, spec, chunk=chunk, threads=threads, kernel=kernel)
     if want is None:
         assert got is None
         return
@@ -97,13 +102,14 @@ def test_bit_identical_to_the_whole_array_formula(seed, layout, count, chunk, po
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.sampled_from(SIZES + [4099]), min_size=1, max_size=5),
-       chunk=st.sampled_from([7, 64, 1000]), threads=st.sampled_from([2, 3]))
-def test_threads_give_the_single_threaded_bits(seed, sizes, chunk, threads):
-    """Split between 2 or 3 threads (at any cut, a model of many small arrays too): the bits of one thread."""
+       chunk=st.sampled_from([7, 64, 1000]), threads=st.sampled_from([2, 3]), kernel=st.sampled_from(["numpy", "numba"]))
+def test_threads_give_the_single_threaded_bits(seed, sizes, chunk, threads, kernel):
+    """Split between 2 or 3 threads (at any cut, a model of many small arrays too), with either kernel: the bits
+    of one thread and the NumPy kernel."""
     spec = {f"a{i}": ((size,), "float32") for i, size in enumerate(sizes)}
     updates = make_updates(seed, spec, 4, poison=False)
     one = streamed(updates, spec, chunk=chunk, threads=1)
-    many = streamed(updates, spec, chunk=chunk, threads=threads)
+    many = streamed(updates, spec, chunk=chunk, threads=threads, kernel=kernel)
     assert (one is None) == (many is None)
     if one is not None:
         assert {k: v.tobytes() for k, v in one.items()} == {k: v.tobytes() for k, v in many.items()}

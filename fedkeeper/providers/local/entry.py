@@ -6,7 +6,8 @@ spirit of OpenWhisk's action proxy:
 
 - worker → platform, once, after the import: `{"ready": true, "pid", "import_s", "python"}` or
   `{"ready": false, "error"}` (then it exits);
-- platform → worker: `{"id", "deadline_ms", "params"}`;
+- platform → worker: `{"id", "deadline_ms", "params"}`, or `{"id", "timeout_ms", "params"}` for a call sent
+  while the previous one still runs (queued in the pipe): its deadline counts from when this worker starts it;
 - worker → platform: `{"id", "ok": true, "result", "start", "end", "duration_s"}` or
   `{"id", "ok": false, "error": "<ExcType>: message (at file:line in func)", "traceback", ..., "discard"}`.
   `discard: true` means this process should not serve again (MemoryError, the handler asked to exit).
@@ -160,9 +161,12 @@ def _serve(proto_in: BinaryIO, out: int, handler: Any, secrets: list[str]) -> in
         except (ValueError, KeyError, TypeError) as exc:
             print(f"fk_local_entry: protocol error ({type(exc).__name__}); exiting", file=sys.stderr)
             return 2
-        os.environ["FK_ACTIVATION_ID"] = activation_id
-        os.environ["FK_DEADLINE_MS"] = str(call.get("deadline_ms", ""))
         start = time.time()
+        deadline_ms = call.get("deadline_ms")
+        if deadline_ms is None and call.get("timeout_ms") is not None:  # a queued call: its clock starts now
+            deadline_ms = int(start * 1000) + int(call["timeout_ms"])
+        os.environ["FK_ACTIVATION_ID"] = activation_id
+        os.environ["FK_DEADLINE_MS"] = "" if deadline_ms is None else str(deadline_ms)
         t = time.perf_counter()
         reply: dict[str, Any]
         discard = False

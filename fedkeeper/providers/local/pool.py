@@ -12,6 +12,16 @@ It behaves like a FaaS invoker rather than a function call:
   worker stays busy meanwhile, as a slower machine's would), and with a cold-start model the `cold` flag and
   the start-up delay come from simulated instances (`profile.InstanceModel`), not from the worker processes.
 
+Queue depth (`depth`, env `FK_LOCAL_DEPTH`, default `DEFAULT_DEPTH`): with 2, a call that finds no idle worker
+and no room for a new one is written to a busy warm worker of its function behind the call it runs, as an
+invoker buffers activations per container, so the worker starts it the moment it has answered, without waiting
+for the dispatcher's turnaround. The queued call stays PENDING with no start time until then; its timeout counts
+from that start (the worker's reply to the call before it marks it; the entry sets its FK_DEADLINE_MS itself);
+if the worker dies or is killed before answering the call before it, the queued call never started and goes back
+to the head of the queue for another worker (not failed, not run twice). Calls with an injected timeout or crash
+never queue and never queue behind such a call, and a timing profile uses depth 1 (its replies are held, and a
+held worker must not be computing the next call). `concurrency` still counts worker processes.
+
 The dispatcher waits on a selector over the workers' stdout pipes and a wake-up pipe, with the nearest deadline
 as its timeout: there is no polling sleep, no thread per call, and `status()` is a dict lookup. Only the
 dispatcher thread spawns workers, because PR_SET_PDEATHSIG fires when the *thread* that forked a child exits:
@@ -58,6 +68,21 @@ EXIT_GRACE_S = 2.0
 #: platforms cap request and response bodies at about 1 MB (OpenWhisk 1 MB, Lambda async 1 MB/sync 6 MB)
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_REPLY_BYTES = (1 << 20) + 64 * 1024
+#: calls per warm worker (running + queued behind it); `FK_LOCAL_DEPTH` overrides it for A/B measurements
+DEFAULT_DEPTH = 2
+DEPTH_ENV = "FK_LOCAL_DEPTH"
+
+
+def _depth_from_env() -> int:
+    raw = os.environ.get(DEPTH_ENV, "").strip()
+    if not raw:
+        return DEFAULT_DEPTH
+    try:
+        return 2 if int(raw) >= 2 else 1
+    except ValueError:
+        log.warning("%s=%r is not 1 or 2; using %d", DEPTH_ENV, raw, DEFAULT_DEPTH)
+        return DEFAULT_DEPTH
+
 
 class _Activation:
     __slots__ = ("id", "fn", "params", "submitted", "fault", "not_before", "state", "result", "error", "start",
@@ -94,7 +119,8 @@ class WorkerPool:
     """All worker processes of one local cluster; see the module docstring for the scheduling rules."""
 
     def __init__(self, cluster: str, *, concurrency: int, keep_warm_s: float, cold_start_ms: float = 0.0,
-                 faults: Any = None, python: str | None = None, profile: Any = None) -> None:
+                 faults: Any = None, python: str | None = None, profile: Any = None,
+                 depth: int | None = None) -> None:
         self.cluster = cluster
         self.concurrency = max(1, int(concurrency))
         self.keep_warm_s = float(keep_warm_s)
@@ -106,6 +132,8 @@ class WorkerPool:
         #: with simulated instances, a worker process serves every function of the same code and settings (the
         #: same spec digest: per-client copies of fl_client), so 100 per-client functions need no 100 processes
         self.share_workers = self.instances is not None
+        #: 2: a busy warm worker may hold one more call, sent ahead (module docstring); 1 with a timing profile
+        self.depth = 1 if self.plan.active else max(1, min(2, int(depth if depth is not None else _depth_from_env())))
         self._cv = threading.Condition()
         self._records: dict[str, _Activation] = {}
         self._inbox: deque[_Activation] = deque()
@@ -356,6 +384,10 @@ class WorkerPool:
             elif w.state == "busy" and not w.running and now >= w.available_at and w.act is not None:
                 self._start(w, w.act, now)
             elif w.state == "busy" and w.running and now >= w.deadline:
+                if w.queued is not None:  # its answer may be in the pipe already: then the queued call runs
+                    self._on_readable(w)
+                    if w.state != "busy" or not w.running or now < w.deadline:
+                        continue
                 act = w.act
                 w.act = None
                 self._kill(w)
@@ -390,6 +422,11 @@ class WorkerPool:
                 self._assign(worker, act, now, cold=False)
                 continue
             if len(self._workers) >= self.concurrency:
+                host = self._queue_host(act)
+                if host is not None:
+                    ready.popleft()
+                    self._enqueue(host, act)
+                    continue
                 victim = min((w for w in self._workers if w.state == "idle"), key=lambda w: w.last_used,
                              default=None)
                 if victim is None:
@@ -398,6 +435,55 @@ class WorkerPool:
                 return
             ready.popleft()
             self._spawn(act, now, self._simulated_start(act, now))
+
+    def _queue_host(self, act: _Activation) -> Worker | None:
+        """A busy warm worker of `act`'s function with a free queue slot (depth 2), the one whose call started
+        first (likely the first to answer); None when `act` must wait for an idle worker."""
+        if self.depth < 2 or act.fault is not None:
+            return None
+        key = self._wkey(act.fn)
+        best: Worker | None = None
+        for w in self._workers:
+            if (w.state == "busy" and w.running and w.queued is None and w.act is not None and w.act.fault is None
+                    and self._wkey(w.fn) == key
+                    and (best is None or (w.act.start_mono or 0.0) < (best.act.start_mono or 0.0))):
+                best = w
+        return best
+
+    def _enqueue(self, w: Worker, act: _Activation) -> None:
+        """Write `act` to `w` behind its running call; its deadline is set when it starts (`_begin_queued`)."""
+        w.queued = act
+        act.pid = w.pid
+        act.cold = False
+        timeout_ms = int(round(act.fn.timeout_s * 1000))
+        self._send(w, b'{"id":"%s","timeout_ms":%d,"params":%s}\n' % (act.id.encode(), timeout_ms, act.params))
+
+    def _begin_queued(self, w: Worker, act: _Activation, msg: dict[str, Any], now: float) -> None:
+        """The worker answered its call and started the queued one at once: it runs from the reply's end."""
+        try:
+            lag = time.time() - float(msg.get("end"))
+        except (TypeError, ValueError):
+            lag = 0.0
+        lag = min(max(0.0, lag), act.fn.timeout_s)
+        w.act, w.running, w.state = act, True, "busy"
+        if act.state is not State.PENDING:  # cancelled while queued: the handler computes for nobody, stop it
+            w.act = None
+            self._kill(w)
+            return
+        act.start_mono = now - lag
+        act.start = time.time() - lag
+        w.deadline = act.start_mono + act.fn.timeout_s
+
+    def _requeue(self, w: Worker) -> None:
+        """`w` is gone before it answered its running call: its queued call never started; dispatch it again."""
+        act, w.queued = w.queued, None
+        if act is None or act.state is not State.PENDING:
+            return
+        act.pid = None
+        act.cold = None
+        self._ready.appendleft(act)
+        log.debug("local cluster %s: call %s queued on worker %d goes back to the queue", self.cluster, act.id,
+                  w.pid)
 
     def _start_idle(self, fns: list[FunctionRuntime], now: float) -> None:
         """Spawn workers with no call (they go idle when ready) for the distinct worker keys of `fns` in turn,
@@ -419,9 +505,16 @@ class WorkerPool:
     def _free_cancelled(self, act: _Activation, now: float) -> None:
         """The worker of a cancelled call: idle again when the handler is not computing (its reply is held, or it
         waits out a simulated start-up), stopped when it is; a starting worker goes idle once ready."""
-        w = next((w for w in self._workers if w.act is act), None)
+        w = self._worker_of(act)
         if w is None:
             return  # not placed yet: `_schedule` skips settled calls
+        if w.queued is not None and w.state == "busy":
+            self._on_readable(w)  # an answer already in the pipe moves the worker on to its queued call first
+            w = self._worker_of(act)
+            if w is None:
+                return
+        if w.queued is act:
+            return  # sent but not started: `_begin_queued` stops the worker if it gets to it
         if w.state == "starting":
             w.act = None  # becomes a fresh idle worker when its ready message comes
         elif w.state == "holding" or (w.state == "busy" and not w.running):
@@ -433,6 +526,9 @@ class WorkerPool:
         elif w.state == "busy":
             w.act = None
             self._kill(w)
+
+    def _worker_of(self, act: _Activation) -> Worker | None:
+        return next((w for w in self._workers if w.act is act or w.queued is act), None)
 
     def _simulated_start(self, act: _Activation, now: float) -> float:
         """With a cold-start model: take a simulated instance (warm, or a cold one whose start-up delay this call
@@ -621,7 +717,10 @@ class WorkerPool:
         if self.instances is not None and not timed_out and not msg.get("discard"):
             self.instances.release(act.fn.name, now)
         if msg.get("discard"):
-            self._retire(w, now)
+            self._retire(w, now)  # it exits without reading on: its queued call is dispatched again (`_on_exit`)
+        elif w.queued is not None:
+            nxt, w.queued = w.queued, None
+            self._begin_queued(w, nxt, msg, now)
         else:
             w.state = "idle"
             self._idle.setdefault(self._wkey(w.fn), []).append(w)
@@ -647,6 +746,7 @@ class WorkerPool:
             end = time.time()
             self._finish(act, State.FAILED, error=error, end=end,
                          duration_s=(end - act.start) if act.start else None)
+        self._requeue(w)  # every answer it wrote was read before its EOF: a call still queued never started
         log.debug("local cluster %s: worker %d exited (%s)", self.cluster, w.pid, rc)
 
     # ------------------------------------------------------------------ worker lifecycle helpers
@@ -719,8 +819,10 @@ class WorkerPool:
             self._finish(act, State.LOST, error=why)
         now = time.monotonic()
         for w in list(self._workers):
-            act = w.act
-            w.act = None
+            act, queued = w.act, w.queued
+            w.act = w.queued = None
+            if queued is not None:
+                self._finish(queued, State.LOST, error=why)
             if act is not None:
                 self._kill(w)
                 self._finish(act, State.LOST, error=why)

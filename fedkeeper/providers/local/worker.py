@@ -48,10 +48,13 @@ class FunctionRuntime:
 
 
 class Worker:
-    """One worker process. States: starting (no ready message yet), busy, idle, dying (waiting for its EOF)."""
+    """One worker process. States: starting (no ready message yet), busy, idle, dying (waiting for its EOF).
 
-    __slots__ = ("fn", "proc", "pid", "in_fd", "out_fd", "rbuf", "wbuf", "state", "act", "running", "ready",
-                 "available_at", "deadline", "kill_at", "last_used", "calls", "init_s", "ready_error")
+    `act` is the call it runs; `queued` the next one, already written to its stdin while `act` runs (the pool's
+    queue depth 2), which the worker starts as soon as it has answered `act`."""
+
+    __slots__ = ("fn", "proc", "pid", "in_fd", "out_fd", "rbuf", "wbuf", "state", "act", "queued", "running",
+                 "ready", "available_at", "deadline", "kill_at", "last_used", "calls", "init_s", "ready_error")
 
     def __init__(self, fn: FunctionRuntime, proc: subprocess.Popen[bytes], now: float, cold_start_s: float) -> None:
         assert proc.stdin is not None and proc.stdout is not None
@@ -63,7 +66,8 @@ class Worker:
         self.rbuf = bytearray()
         self.wbuf = bytearray()
         self.state = "starting"
-        self.act: Any = None  # the activation it runs (local_pool._Activation)
+        self.act: Any = None  # the activation it runs (pool._Activation)
+        self.queued: Any = None  # the next one, sent but not started (pool._Activation)
         self.running = False
         self.ready = False
         self.available_at = now + cold_start_s

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .. import kernels as _kernels
 from .. import threads as _threads
 from ..weights import all_finite
 from .errors import MAX_EXAMPLES, StrategyError
@@ -37,6 +38,10 @@ _F64_SCALE = 2.0**-64
 # change a bit of the result.
 _CHUNK = 65536
 
+#: elements per step when the compiled kernel (runtime/kernels.py) adds the model: it needs no scratch, so a step is
+#: a whole array (or a thread's share of one): fewer calls, about a microsecond each
+_COMPILED_CHUNK = 1 << 26
+
 #: elements each thread gets at least (a smaller model is summed by fewer threads, down to one): handing a thread
 #: less work costs more (~20 us a hand-off) than it saves
 _MIN_PER_THREAD = 65536
@@ -48,13 +53,22 @@ class StreamingMean:
 
     ``threads``: how many threads share each update's chunks (None: ``runtime.threads.default_threads()``: 1
     unless ``FK_AGG_THREADS`` asks for more; 1: no thread is started). The operations on each
-    element do not depend on the split, so any number of threads gives the same bits."""
+    element do not depend on the split, so any number of threads gives the same bits.
+
+    The kernel: the compiled one of ``runtime.kernels`` for float32 and float64 arrays when numba is installed and
+    ``FK_AGG_KERNEL`` asks for it (by default once the process has added enough to pay for loading it), else
+    NumPy's; chosen at ``begin``, ``kernel`` says which. Both apply the same two float64 operations to each
+    element: the same bits."""
 
     def __init__(self, threads: int | None = None) -> None:
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
         self._acc: dict[str, np.ndarray] = {}
         self._groups: list[_Group] = []
+        self._add_groups: list[_Group] = []
+        self._size = 0
         self._scale: dict[str, float] = {}
+        self._compiled: _kernels.AddScaled | None = None
+        self.kernel = "numpy"
         self.threads = _threads.resolve(threads)
         self.total_examples = 0
         self.count = 0
@@ -69,7 +83,14 @@ class StreamingMean:
         # The chunk views are made once here, not per update: per-call overhead matters next to a 0.2 ms sum. The
         # scratch is not: each step allocates its own (a few microseconds), so it is not held while the next update
         # is read, when the aggregator's memory peaks (the sums, the driver's reply and the decoded update).
+        self._compiled = _kernels.compiled_add()
+        self.kernel = "numba" if self._compiled is not None else "numpy"
+        compiled_only = self._compiled is not None and all(
+            dtype in _kernels.COMPILED_DTYPES for _, dtype in self._spec.values())
+        self._size = sum(a.size for a in self._acc.values())
         self._groups = _plan(self._acc, self.threads)
+        # the compiled kernel's steps: whole arrays (a thread's share), no scratch; result() keeps the short chunks
+        self._add_groups = _plan(self._acc, self.threads, _COMPILED_CHUNK) if compiled_only else self._groups
         self.total_examples = 0
         self.count = 0
         self._last_client = None
@@ -95,7 +116,10 @@ class StreamingMean:
         n = np.float64(int(num_examples))
         flats = {name: weights[name].reshape(-1) for name in spec}  # views for contiguous arrays (decoded blobs are)
         factors = {name: n * self._scale[name] for name in spec}
-        _threads.run_all([partial(_add_chunks, group, flats, factors) for group in self._groups])
+        _threads.run_all([partial(_add_chunks, group, flats, factors, self._compiled)
+                          for group in self._add_groups])
+        if self._compiled is None:
+            _kernels.note_added(self._size)
         self.total_examples += int(num_examples)
         self.count += 1
         if client_id is not None:
@@ -129,14 +153,21 @@ _Chunk = tuple[str, int, int, np.ndarray]
 _Group = tuple[list[_Chunk], int]
 
 
-def _add_chunks(group: _Group, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any]) -> None:
+def _add_chunks(group: _Group, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any],
+                compiled: _kernels.AddScaled | None = None) -> None:
     chunks, length = group
-    scratch = np.empty(length, np.float64)
+    scratch = None  # allocated only if a chunk needs the NumPy kernel (never in a plan of _COMPILED_CHUNK steps)
     for name, start, stop, acc in chunks:
+        x = flats[name][start:stop]
+        if compiled is not None and x.dtype in _kernels.COMPILED_DTYPES:
+            compiled(acc, x, factors[name])  # acc[i] += float64(x[i]) * factor, one pass
+            continue
+        if scratch is None:
+            scratch = np.empty(length, np.float64)
         buf = scratch[: stop - start]
         # widen into the cache-resident scratch, scale there, add: measured faster than one mixed-type multiply,
         # which widens through NumPy's own internal buffer first
-        np.copyto(buf, flats[name][start:stop])
+        np.copyto(buf, x)
         np.multiply(buf, factors[name], out=buf)
         np.add(acc, buf, out=acc)
 
@@ -153,16 +184,17 @@ def _mean_chunks(group: _Group, flats: Mapping[str, np.ndarray], total: np.float
         np.copyto(flats[name][start:stop], buf, casting="unsafe")  # what astype does
 
 
-def _plan(acc: Mapping[str, np.ndarray], threads: int) -> list[_Group]:
+def _plan(acc: Mapping[str, np.ndarray], threads: int, chunk_len: int | None = None) -> list[_Group]:
     """The model's elements (its arrays one after the other) cut into ``threads`` ranges of about equal length,
     each cut into chunks (``_chunk_plan``) with a scratch of its own: one group per thread. The threads share the
     scratch budget (``_CHUNK`` float64 in all, so the aggregator's memory does not grow with its CPUs). A thread
     gets at least ``_MIN_PER_THREAD`` elements: below that, handing work to another thread costs more than it
-    saves. The cuts do not change a bit (the kernel is elementwise)."""
+    saves. ``chunk_len``: the longest chunk (default ``_CHUNK``, split between the threads). The cuts do not change
+    a bit (the kernel is elementwise)."""
     sizes = {name: a.size for name, a in acc.items()}
     total = sum(sizes.values())
     groups = max(1, min(threads, total // max(1, _MIN_PER_THREAD)))
-    chunk = max(1, _CHUNK // groups)
+    chunk = max(1, (chunk_len or _CHUNK) // groups)
     out: list[_Group] = []
     for g in range(groups):
         lo, hi = total * g // groups, total * (g + 1) // groups

@@ -52,6 +52,8 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         # the round's records as an earlier session left them (none in a new round): read once, for the updates
         # stored already and for the tracker's resume (settling stored answers changes none of the jobs' records)
         start_records = exp.store.find_activations(exp.run_id, round=r)
+        # from here on the tracker keeps them as it writes them: the round's records need not be read back
+        exp.tracker.mirror(exp.run_id, r, start_records)
         stored_updates = exp._stored_updates(r, records=start_records)
         stored = set(stored_updates.chosen)
         if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
@@ -59,8 +61,11 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         jobs = exp.client_jobs(r, [client_id for client_id in selected if client_id not in stored])
         task = progress.add_task(f"round {r}/{exp.rounds}", total=len(selected), completed=len(stored),
                                  failed=0, retrying=0)
-        listener = exp._progress_listener(progress, task)
-        exp.tracker.listeners.append(listener)
+        # the round's line, where it is shown: with -q or a pipe (`progress.disable`), three rich calls per client
+        # would update a line nobody sees
+        listener = None if getattr(progress, "disable", False) else exp._progress_listener(progress, task)
+        if listener is not None:
+            exp.tracker.listeners.append(listener)
         deadline = time.time() + fl.resilience.round_deadline_s if fl.resilience.round_deadline_s else None
 
         def ok(js: list[Job]) -> int:
@@ -75,11 +80,16 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
             outcome = exp.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
                                       satisfied=satisfied, records=start_records)
         finally:
-            exp.tracker.listeners.remove(listener)
+            if listener is not None:
+                exp.tracker.listeners.remove(listener)
         invoke_s = time.perf_counter() - t0
-        # the round's client records are final now (the tracker wrote them before it returned): read once, for the
-        # issued updates here and the counts and cost of the round's row (with the aggregator's records)
-        client_records = exp.store.find_activations(exp.run_id, round=r)
+        # the round's client records are final now (the tracker wrote them before it returned): the records read at
+        # the round's start with every write since applied (`Tracker.mirror`), for the issued updates here and the
+        # counts and cost of the round's row (with the aggregator's records); read again where a write failed
+        client_records = exp.tracker.mirrored(exp.run_id, r)
+        exp.tracker.unmirror(exp.run_id, r)
+        if client_records is None:
+            client_records = exp.store.find_activations(exp.run_id, round=r)
         stored_updates = exp._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
                                                  if j.state is JobState.SUCCEEDED}, report=True,
                                              records=client_records)
