@@ -216,8 +216,8 @@ def test_a_known_event_filters(small_run: Path, run_cli: Any) -> None:
 
 def _written_event_names() -> set[str]:
     """Every event name the orchestrator passes to `RunLog.event(...)` or to the line builder batched rows use,
-    `RunLog._event_line(...)` (literals, and both arms of `a if c else b`), and the names of the end-of-run
-    events."""
+    `RunLog._event_line(...)` (literals, and both arms of `a if c else b`), the `"event"` literal of a record built
+    as a dict (`RunLog._activation_row`), and the names of the end-of-run events."""
     names: set[str] = set()
     for path in (ROOT / "fedkeeper").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -226,6 +226,10 @@ def _written_event_names() -> set[str]:
                 first = node.args[0]
                 options = [first.body, first.orelse] if isinstance(first, ast.IfExp) else [first]
                 names |= {o.value for o in options if isinstance(o, ast.Constant) and isinstance(o.value, str)}
+            elif isinstance(node, ast.Dict):  # a row built in one pass: {"ts": ..., "event": "activation", ...}
+                names |= {v.value for k, v in zip(node.keys, node.values)
+                          if isinstance(k, ast.Constant) and k.value == "event"
+                          and isinstance(v, ast.Constant) and isinstance(v.value, str)}
     from fedkeeper.results.run_folders import LIFECYCLE_EVENTS
 
     return names | set(LIFECYCLE_EVENTS)
