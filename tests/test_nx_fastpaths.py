@@ -181,6 +181,18 @@ def _outcome(coll: Any, doc: dict[str, Any]) -> tuple[Any, ...]:
     return ("ok", result, data, stored_id, doc)
 
 
+def _inserted_both_ways(conn: Any, doc: dict[str, Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(patched, original) outcome of inserting a copy of ``doc`` into a new collection each."""
+    patch = _patch("insert-copy")
+    theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+    assert patch.apply(CHECKED)
+    try:
+        mine = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
+    finally:
+        patch.undo()
+    return mine, theirs
+
+
 @at_checked_neosqlite
 @SETTINGS
 @given(documents())
@@ -530,12 +542,7 @@ def test_fast_insert_splices_blobs_and_gives_way_to_a_document_holding_its_marke
     docs += [{"_id": "b", "s": f"{nonce}0", "blob": b"ab"}, {"_id": "c", f'"{nonce}1"': 1, "blob": [b"a", b"b"]},
              {"_id": "d", "t": f"x{nonce}", "blob": b"ab"}, {"_id": b"raw-id", "blob": b"cd"}]
     for doc in docs:
-        theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
-        assert patch.apply(CHECKED)
-        try:
-            mine = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
-        finally:
-            patch.undo()
+        mine, theirs = _inserted_both_ways(conn, doc)
         assert same(mine, theirs), doc["_id"]
         assert mine[0] == "ok" and (doc["_id"] not in ("a", b"raw-id") or nonce not in mine[2])
 
@@ -559,13 +566,7 @@ def test_fast_insert_without_the_json_check_stores_and_fails_as_neosqlite(conn: 
     """Lone surrogates, control characters, quotes, escapes, huge ints, extreme and non-finite floats: the insert
     that checks the JSON text only when the INSERT fails stores the same text, or fails with the same error (NaN and
     infinities: the original's "Invalid JSON document")."""
-    patch = _patch("insert-copy")
-    theirs = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
-    assert patch.apply(CHECKED)
-    try:
-        mine = _outcome(conn[f"t{uuid.uuid4().hex}"], copy.deepcopy(doc))
-    finally:
-        patch.undo()
+    mine, theirs = _inserted_both_ways(conn, doc)
     if mine[0] == "ok" and "_id" not in doc:
         mine[-1].pop("_id"), theirs[-1].pop("_id")
     assert same(mine, theirs)
