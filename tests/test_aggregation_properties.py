@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedkeeper.runtime import admission, blobstore, data, model
+from fedkeeper.runtime import admission, blobstore, data, model, strategies
 from fedkeeper.runtime import weights as W
 from fedkeeper.runtime.admission import Issued
 from fedkeeper.runtime.blobstore import BlobStore, update_key
@@ -180,7 +180,9 @@ specs = st.dictionaries(st.text("abcdefgh/_", min_size=1, max_size=6),
 
 
 @st.composite
-def rounds(draw: st.DrawFn) -> tuple[W.Expected, list[int], list[tuple[Issued, dict | None, str, dict, int]]]:
+def rounds(draw: st.DrawFn, non_finite: float = 0.0
+           ) -> tuple[W.Expected, list[int], list[tuple[Issued, dict | None, str, dict, int]]]:
+    """``non_finite``: the share of updates poisoned with NaN or Inf on top of the defects ``pick_defect`` draws."""
     spec = draw(specs)
     rnd = draw(st.randoms(use_true_random=False))
     num_clients = rnd.randint(1, 8)
@@ -192,7 +194,8 @@ def rounds(draw: st.DrawFn) -> tuple[W.Expected, list[int], list[tuple[Issued, d
                                                                           width=dtype.itemsize * 8)))
                    for name, (shape, dtype) in spec.items()}
         n = draw(st.integers(1, shards[cid]))
-        issued, doc, defect = build(cid, weights, n, shards[cid], pick_defect(rnd), rnd.randint(1, 4))
+        defect = rnd.choice(["nan", "inf"]) if rnd.random() < non_finite else pick_defect(rnd)
+        issued, doc, defect = build(cid, weights, n, shards[cid], defect, rnd.randint(1, 4))
         out.append((issued, doc, defect, weights, n))
     return {k: (tuple(s), d.str) for k, (s, d) in spec.items()}, shards, out
 
@@ -229,6 +232,39 @@ def test_any_update_set_gives_typed_rejections_and_the_fedavg_of_the_valid_ones(
         if np.dtype(dtype) != np.float64:  # float64 products cannot overflow here: the same bits
             assert got[name].tobytes() == reference[name].tobytes(), name
     assert_exact_average(got, pairs, spec)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rounds(non_finite=0.15))
+def test_checking_nan_inf_once_on_the_mean_admits_and_averages_as_checking_every_update(case) -> None:
+    """``admission.deferred_mean`` (what the aggregator runs for the FedAvg family) against the per-update checks
+    of ``admission.aggregate``: the same admitted and rejected updates, with the same reasons, the same bits."""
+    spec, shards, updates = case
+    docs = {doc["_id"]: doc for _, doc, _, _, _ in updates if doc is not None}
+    issued = [u[0] for u in updates]
+    eager = admission.aggregate(issued, memory_store(docs), run_id=RUN, round=ROUND, expected=spec,
+                                shard_sizes=shards)
+    passes: list[bool] = []
+
+    def admit(check_finite: bool) -> admission.Admitted:
+        passes.append(check_finite)
+        return admission.Admitted(issued, memory_store(docs), run_id=RUN, round=ROUND, expected=spec,
+                                  shard_sizes=shards, check_finite=check_finite)
+
+    previous = {name: np.zeros(shape, dtype) for name, (shape, dtype) in spec.items()}
+    fedavg = strategies.make_strategy("fedavg")
+    poisoned = any(u[2] in ("nan", "inf") for u in updates)  # build() returns the defect it applied
+    event("a non-finite update" if poisoned else "no non-finite update")
+    if eager.weights is None:
+        with pytest.raises(strategies.StrategyError, match="no updates"):
+            admission.deferred_mean(admit, lambda admitted: fedavg.mean(admitted, previous))
+        return
+    admitted, mean = admission.deferred_mean(admit, lambda admitted: fedavg.mean(admitted, previous))
+    # a second, checked pass exactly when an update held NaN or Inf (finite updates never overflow the sums)
+    assert passes == ([False, True] if poisoned else [False])
+    assert admitted.rejected == eager.rejected
+    assert admitted.accepted == eager.accepted and admitted.total_examples == eager.total_examples
+    assert all(mean[k].tobytes() == eager.weights[k].tobytes() for k in spec)
 
 
 @pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8"])

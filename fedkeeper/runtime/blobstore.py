@@ -550,10 +550,11 @@ class BlobStore:
 
     def decode_update(
         self, doc: Mapping[str, Any], expected: W.Expected, run_id: str, round: int, client_id: Any,
-        *, max_bytes: int | None = None,
+        *, max_bytes: int | None = None, check_finite: bool = True,
     ) -> dict[str, np.ndarray]:
         """The weights of a stored update, checked against the digest its document records and against
-        ``expected`` (names, shapes, dtypes, finite values); CorruptUpdate otherwise."""
+        ``expected`` (names, shapes, dtypes, finite values: ``check_finite=False`` leaves the last to the caller,
+        ``weights.decode``); CorruptUpdate otherwise."""
         def reject(reason: str, detail: str) -> CorruptUpdate:
             return CorruptUpdate(run_id, round, client_id, reason, detail)
 
@@ -572,7 +573,7 @@ class BlobStore:
             if header.hash_alg != doc.get("hash_alg", "sha256"):  # documents of earlier versions: sha256
                 raise W.WeightsError("checksum", f"blob digested with {header.hash_alg}, the document says "
                                                  f"{doc.get('hash_alg', 'sha256')!r}")
-            return W.decode(blob, expected, header=header)
+            return W.decode(blob, expected, header=header, check_finite=check_finite)
         except W.WeightsError as exc:
             raise reject(exc.reason, str(exc)) from None
 

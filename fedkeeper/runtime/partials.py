@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from . import privacy
-from .strategies.errors import MAX_EXAMPLES, StrategyError
+from .weights import all_finite
+from .strategies.errors import MAX_EXAMPLES, NonFiniteMean, StrategyError
 
 #: what a partial sums: example-weighted models (the FedAvg family) or clipped deltas, each client once (central DP)
 MEAN, DP = "mean", "dp"
@@ -94,6 +95,13 @@ class PartialSum:
                                 f"[1, {MAX_EXAMPLES}], got {num_examples!r}")
         n = np.float64(int(num_examples))
         buf = np.empty(_CHUNK, np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf checked on the sums: admission.deferred_mean
+            self._add_scaled(weights, n, buf)
+        self.weight += int(num_examples)
+        self.num_examples += int(num_examples)
+        self._took(client_id)
+
+    def _add_scaled(self, weights: Mapping[str, np.ndarray], n: np.float64, buf: np.ndarray) -> None:
         for name, (_, dtype) in self.spec.items():
             acc = self.sums[name].reshape(-1)
             flat = weights[name].reshape(-1)
@@ -104,9 +112,6 @@ class PartialSum:
                 np.copyto(part, flat[start:stop])
                 np.multiply(part, factor, out=part)
                 np.add(acc[start:stop], part, out=acc[start:stop])
-        self.weight += int(num_examples)
-        self.num_examples += int(num_examples)
-        self._took(client_id)
 
     def add_clipped(self, client_id: int, weights: Mapping[str, np.ndarray], num_examples: int,
                     previous: Mapping[str, np.ndarray], clip_norm: float) -> None:
@@ -155,9 +160,17 @@ class PartialSum:
                 avg *= 1.0 / _F64_SCALE
             avg = avg.astype(dtype)
             if not np.all(np.isfinite(avg)):
-                raise StrategyError(f"the average of {name!r} is not finite")
+                raise NonFiniteMean(f"the average of {name!r} is not finite")
             out[name] = avg
         return out
+
+    def require_finite(self) -> "PartialSum":
+        """Itself, or NonFiniteMean when a sum is NaN or ±Inf: a leaf that left the updates' NaN/Inf scan to its
+        sums (``admission.deferred_mean``; the sums of finite updates cannot overflow, see ``add_update``)."""
+        for name, arr in self.sums.items():
+            if not all_finite(arr):
+                raise NonFiniteMean(f"the sum of {name!r} is not finite")
+        return self
 
     def meta(self) -> dict[str, Any]:
         """The document fields beside the blob."""

@@ -43,7 +43,7 @@ import os
 import sys
 import time
 from functools import partial
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 # One BLAS thread: a function gets about one vCPU and trains on small batches, where extra BLAS threads only fight
 # over it (a 10x slowdown measured on a busy 2-core host) and make float results depend on the host's core count.
@@ -70,6 +70,10 @@ class NoValidUpdates(RuntimeError):
 class TooFewUpdates(NoValidUpdates):
     """The strategy needs more admitted updates than the round has (krum, bulyan: more than its f allows)."""
 
+
+#: the FedAvg family checks NaN/Inf once, on its mean, not on each update (``admission.deferred_mean``); tests turn
+#: it off to compare the two
+DEFER_FINITE_CHECK = True
 
 #: names in the stored state blob: the strategy's arrays and the privacy mechanism's, kept apart
 _STRATEGY, _CLIP_NORM = "strategy/", "privacy/clip_norm"
@@ -146,12 +150,22 @@ def _aggregate(
     state, clip_norm = _read_state(store, run_id, rnd - 1, previous_doc, strategy, previous, dp)
     shards = partition.shard_sizes(task, ref.key, spec, num_clients, seed)
     expected_spec = model.expected_spec(previous)
-    admitted = admission.Admitted(issued, _update_source(store, expected_spec), run_id=run_id, round=rnd,
-                                  expected=expected_spec, shard_sizes=shards)
+    passes: list[admission.Admitted] = []  # the admission of each pass over the updates (two: deferred_mean)
+
+    def admit(check_finite: bool = True) -> admission.Admitted:
+        passes.append(admission.Admitted(issued, _update_source(store, expected_spec), run_id=run_id, round=rnd,
+                                         expected=expected_spec, shard_sizes=shards, check_finite=check_finite))
+        return passes[-1]
+
     stale = _staleness(params)
     if stale is None and dp is None and isinstance(strategy, strategies.MeanThenStep) \
             and not strategy.uses_previous_values:
         previous = shape_only(previous)  # FedAvg: the previous model's bytes go before the sums are made
+    # the FedAvg family's mean checks NaN/Inf once on its result instead of on every update (admission.deferred_mean;
+    # not under central DP, whose clipping reads each update's values, nor for re-based stale updates)
+    deferred = DEFER_FINITE_CHECK and stale is None and isinstance(strategy, strategies.MeanThenStep) \
+        and (dp is None or dp.mode != "central")
+    admitted: Any = None if deferred else admit()
     if stale is not None:  # deadline (late: carry) and buffered rounds: updates of earlier rounds, re-based
         expected = task.weights_spec()
         admitted = staleness.Rebased(admitted, stale, previous, rnd,
@@ -168,11 +182,18 @@ def _aggregate(
             new_weights, state = strategy.server_step(previous, noisy_mean, state)
             dp_metrics = {"mode": "central", "clip_norm": float(clip_norm), **_plain(info)}
         else:
-            new_weights, state = strategy.aggregate(admitted, previous, state)
+            if deferred:
+                family = cast(strategies.MeanThenStep, strategy)
+                family.check_state(state, previous)  # refuse a bad state before any blob is read
+                admitted, averaged = admission.deferred_mean(admit, lambda updates: family.mean(updates, previous))
+                new_weights, state = family.server_step(previous, averaged, state)
+            else:
+                new_weights, state = strategy.aggregate(admitted, previous, state)
             next_clip = clip_norm
             if dp is not None:
                 dp_metrics = {"mode": "local", "clip_norm": float(clip_norm)}
     except strategies.StrategyError as exc:
+        admitted = admitted if admitted is not None else passes[-1] if passes else admit()
         _require_updates(admitted, run_id, rnd)
         raise TooFewUpdates(f"round {rnd} of run {run_id}: {exc} ({len(admitted.accepted)} admitted, "
                             f"{len(admitted.rejected)} rejected)") from None
@@ -270,20 +291,31 @@ def _partial(params: Mapping[str, Any], run_id: str, task: tasks.Task, ref: task
             previous, previous_doc = store.read_model(run_id, rnd - 1, expected)
             clip_norm = _read_state(store, run_id, rnd - 1, previous_doc, strategy, previous, dp)[1]
             spec_of_previous = model.expected_spec(previous)
-            admitted = admission.Admitted(issued, _update_source(store, spec_of_previous),
-                                          run_id=run_id, round=rnd, expected=spec_of_previous,
-                                          shard_sizes=partition.shard_sizes(task, ref.key, spec, num_clients, seed))
-            total = partials.PartialSum.empty(kind, model.expected_spec(previous))
-            for update in admitted:
-                try:
-                    if kind == partials.DP:
-                        total.add_clipped(update.client_id, update.weights, update.num_examples, previous, clip_norm)
-                    else:
-                        total.add_update(update.client_id, update.weights, update.num_examples)
-                except (strategies.StrategyError, ValueError) as exc:
-                    admitted.refuse(update, str(exc))
-                update = None  # noqa: F841
-            total.rejected = list(admitted.rejected)
+            shards = partition.shard_sizes(task, ref.key, spec, num_clients, seed)
+
+            def admit(check_finite: bool = True) -> admission.Admitted:
+                return admission.Admitted(issued, _update_source(store, spec_of_previous), run_id=run_id, round=rnd,
+                                          expected=spec_of_previous, shard_sizes=shards, check_finite=check_finite)
+
+            def leaf_sum(admitted: admission.Admitted) -> partials.PartialSum:
+                total = partials.PartialSum.empty(kind, spec_of_previous)
+                for update in admitted:
+                    try:
+                        if kind == partials.DP:
+                            total.add_clipped(update.client_id, update.weights, update.num_examples, previous,
+                                              clip_norm)
+                        else:
+                            total.add_update(update.client_id, update.weights, update.num_examples)
+                    except (strategies.StrategyError, ValueError) as exc:
+                        admitted.refuse(update, str(exc))
+                    update = None  # noqa: F841
+                total.rejected = list(admitted.rejected)
+                return total
+
+            if kind == partials.MEAN and DEFER_FINITE_CHECK:  # NaN/Inf checked once, on the sums (deferred_mean)
+                total = admission.deferred_mean(admit, lambda admitted: leaf_sum(admitted).require_finite())[1]
+            else:  # central DP clips each update by its norm: its values are checked before
+                total = leaf_sum(admit())
         else:
             total = _read_parts(store, run_id, rnd, inputs, kind, expected)
         existing = store.write_partial(key, run_id, rnd, level, index, total.sums, total.meta())
@@ -362,8 +394,9 @@ class ViewedUpdates:
         return self._store.find_updates(run_id, wanted, find=bsonview.find_views)
 
     def decode_update(self, doc: Mapping[str, Any], expected: Any, run_id: str, round: int, client_id: Any,
-                      *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
-        return self._store.decode_update(doc, expected, run_id, round, client_id, max_bytes=max_bytes)
+                      *, max_bytes: int | None = None, check_finite: bool = True) -> dict[str, np.ndarray]:
+        return self._store.decode_update(doc, expected, run_id, round, client_id, max_bytes=max_bytes,
+                                         check_finite=check_finite)
 
 
 #: updates that may be larger than this are read as views (``ViewedUpdates``): those ``runtime.admission`` reads

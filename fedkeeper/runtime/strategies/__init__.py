@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import fedavg as _fedavg
-from .base import MAX_EXAMPLES, ClientUpdate, MeanThenStep, Param, ServerState, Strategy, StrategyError, \
-    StreamingMean, Weights
+from .base import MAX_EXAMPLES, ClientUpdate, MeanThenStep, NonFiniteMean, Param, ServerState, Strategy, \
+    StrategyError, StreamingMean, Weights
 from .bulyan import Bulyan
 from .fedadagrad import FedAdagrad
 from .fedadam import FedAdam
@@ -24,9 +24,9 @@ from .orderstats import OrderStatistic
 from .trimmed_mean import TrimmedMean
 
 __all__ = ["MAX_EXAMPLES", "STRATEGIES", "Bulyan", "ClientUpdate", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM",
-           "FedMedian", "FedProx", "FedYogi", "Krum", "MeanThenStep", "MultiKrum", "OrderStatistic", "Param",
-           "ServerState", "Strategy", "StrategyError", "StreamingMean", "TrimmedMean", "Weights", "make_strategy",
-           "strategy_parameters"]
+           "FedMedian", "FedProx", "FedYogi", "Krum", "MeanThenStep", "MultiKrum", "NonFiniteMean", "OrderStatistic",
+           "Param", "ServerState", "Strategy", "StrategyError", "StreamingMean", "TrimmedMean", "Weights",
+           "make_strategy", "strategy_parameters"]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls

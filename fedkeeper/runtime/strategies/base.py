@@ -17,11 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import MAX_EXAMPLES, StrategyError
+from .errors import MAX_EXAMPLES, NonFiniteMean, StrategyError
 from .streaming import StreamingMean
 
-__all__ = ["MAX_EXAMPLES", "ClientUpdate", "MeanThenStep", "Param", "ServerState", "Strategy", "StrategyError",
-           "StreamingMean", "Weights", "check_state", "finite_result", "spec_of"]
+__all__ = ["MAX_EXAMPLES", "ClientUpdate", "MeanThenStep", "NonFiniteMean", "Param", "ServerState", "Strategy",
+           "StrategyError", "StreamingMean", "Weights", "check_state", "finite_result", "spec_of"]
 
 Weights = dict[str, np.ndarray]
 #: named float64 arrays (scalars as 0-d arrays); ``{}`` for a stateless strategy
@@ -154,6 +154,11 @@ class MeanThenStep(Strategy):
     def aggregate(self, updates: Iterable[ClientUpdate], previous: Weights,
                   state: ServerState) -> tuple[Weights, ServerState]:
         self.check_state(state, previous)  # refuse a bad state before any blob is read
+        return self.server_step(previous, self.mean(updates, previous), state)
+
+    def mean(self, updates: Iterable[ClientUpdate], previous: Weights) -> Weights:
+        """The example-weighted mean of ``updates`` in the model's dtypes (``StreamingMean``, one update in
+        memory); StrategyError without updates, NonFiniteMean when the mean is not finite."""
         mean = StreamingMean()
         mean.begin(spec_of(previous))
         iterator = iter(updates)
@@ -164,9 +169,7 @@ class MeanThenStep(Strategy):
             update = None  # noqa: F841 - drop this update's arrays before the next one is read
         if mean.count == 0:
             raise StrategyError(f"{self.name}: no updates to aggregate")
-        averaged = mean.result()
-        del mean  # the float64 sums are not needed by the step
-        return self.server_step(previous, averaged, state)
+        return mean.result()
 
     @abstractmethod
     def server_step(self, previous: Weights, averaged: Weights, state: ServerState) -> tuple[Weights, ServerState]:

@@ -16,3 +16,9 @@ class StrategyError(ValueError):
     def __init__(self, message: str, *, parameter: str | None = None) -> None:
         super().__init__(message)
         self.parameter = parameter
+
+
+class NonFiniteMean(StrategyError):
+    """The mean came out NaN or ±Inf: a non-finite value in an update (when the aggregation left the per-update
+    NaN/Inf scan to its sums: ``runtime.admission.deferred_mean``), or finite values whose mean overflows the
+    model's dtype."""

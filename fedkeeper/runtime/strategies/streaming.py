@@ -23,7 +23,7 @@ import numpy as np
 from .. import kernels as _kernels
 from .. import threads as _threads
 from ..weights import all_finite
-from .errors import MAX_EXAMPLES, StrategyError
+from .errors import MAX_EXAMPLES, NonFiniteMean, StrategyError
 
 Spec = Mapping[str, tuple[tuple[int, ...], Any]]
 
@@ -138,7 +138,7 @@ class StreamingMean:
                           for group in self._groups])
         for name in spec:
             if not all_finite(dest[name]):
-                raise StrategyError(f"the average of {name!r} is not finite")
+                raise NonFiniteMean(f"the average of {name!r} is not finite")
         return dest
 
     def _require_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -156,6 +156,15 @@ _Group = tuple[list[_Chunk], int]
 def _add_chunks(group: _Group, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any],
                 compiled: _kernels.AddScaled | None = None) -> None:
     chunks, length = group
+    # An update may hold NaN or Inf when the aggregation checks the mean instead (admission.deferred_mean): Inf
+    # meeting -Inf in the sums is then expected, not a warning (nor an error under np.seterr(all="raise")); per
+    # thread, as NumPy's error state is
+    with np.errstate(invalid="ignore", over="ignore"):
+        _add_steps(chunks, length, flats, factors, compiled)
+
+
+def _add_steps(chunks: list[_Chunk], length: int, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any],
+               compiled: _kernels.AddScaled | None) -> None:
     scratch = None  # allocated only if a chunk needs the NumPy kernel (never in a plan of _COMPILED_CHUNK steps)
     for name, start, stop, acc in chunks:
         x = flats[name][start:stop]
