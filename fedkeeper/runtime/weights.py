@@ -67,8 +67,9 @@ _HASH_MODULES = {"blake3": "blake3", "xxh3_128": "xxhash"}
 
 def _hasher(alg: str) -> Any:
     """A new hash object (``update``, ``digest``) of ``alg``; WeightsError('bad_header') if it is not installed."""
-    if alg == "sha256":
-        return hashlib.sha256()
+    make = _CONSTRUCTORS.get(alg)
+    if make is not None:
+        return make()
     if alg not in HASH_IDS:
         raise WeightsError("bad_header", f"unknown digest algorithm {alg!r} (known: {', '.join(HASH_IDS)})")
     try:
@@ -76,7 +77,13 @@ def _hasher(alg: str) -> Any:
     except ImportError:
         raise WeightsError("bad_header", f"digest algorithm {alg} needs the {_HASH_MODULES[alg]} package, "
                                          "which is not installed here") from None
-    return module.blake3() if alg == "blake3" else module.xxh3_128()
+    make = module.blake3 if alg == "blake3" else module.xxh3_128
+    _CONSTRUCTORS[alg] = make  # found once per process: import_module costs a microsecond per blob
+    return make()
+
+
+#: digest algorithm -> the constructor of its hash objects, once its package was found
+_CONSTRUCTORS: dict[str, Any] = {"sha256": hashlib.sha256}
 
 
 def hash_available(alg: str) -> bool:
@@ -411,20 +418,26 @@ def decode(
     mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
     layout = _layout(header.arrays, header.payload_start, header.payload_len)
     out: dict[str, np.ndarray] = {}
-    for name, dtype, count, offset, shape in layout.views:
-        arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset).reshape(shape)
-        arr.flags.writeable = False
-        out[name] = arr
+    whole = None
+    if layout.whole is not None:
+        # one view over the payload, the arrays sliced from it: a slice costs a third of a frombuffer call, and a
+        # decode of a small model is mostly these calls
+        whole = np.frombuffer(mv, dtype=layout.whole[0], count=layout.whole[1], offset=header.payload_start)
+        whole.flags.writeable = False  # its slices inherit it
+        itemsize = layout.whole[0].itemsize
+        for name, _, count, offset, shape in layout.views:
+            start = (offset - header.payload_start) // itemsize
+            out[name] = whole[start:start + count].reshape(shape)
+    else:
+        for name, dtype, count, offset, shape in layout.views:
+            arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset).reshape(shape)
+            arr.flags.writeable = False
+            out[name] = arr
     if not verify:
         if expected is not None:
             _check_expected(header.arrays, expected)
         return out
-    floats = [(name, arr) for name, arr in out.items() if name in layout.floats]
-    whole = None
-    if layout.whole is not None:
-        whole = np.frombuffer(mv, dtype=layout.whole[0], count=layout.whole[1], offset=header.payload_start)
-    if not check_finite:
-        floats, whole = [], None
+    floats = [(name, arr) for name, arr in out.items() if name in layout.floats] if check_finite else []
     pending = None
     if header.payload_len >= _PARALLEL_VERIFY_BYTES and floats and _threads.resolve(threads) > 1:
         pending = _threads.submit(_finite_failure, floats, whole)

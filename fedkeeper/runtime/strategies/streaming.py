@@ -68,6 +68,7 @@ class StreamingMean:
         self._size = 0
         self._scale: dict[str, float] = {}
         self._compiled: _kernels.AddScaled | None = None
+        self._compiled_only = False  # every array goes through the compiled kernel (no NumPy step, no errstate)
         self.kernel = "numpy"
         self.threads = _threads.resolve(threads)
         self.total_examples = 0
@@ -87,6 +88,7 @@ class StreamingMean:
         self.kernel = "numba" if self._compiled is not None else "numpy"
         compiled_only = self._compiled is not None and all(
             dtype in _kernels.COMPILED_DTYPES for _, dtype in self._spec.values())
+        self._compiled_only = compiled_only
         self._size = sum(a.size for a in self._acc.values())
         self._groups = _plan(self._acc, self.threads)
         # the compiled kernel's steps: whole arrays (a thread's share), no scratch; result() keeps the short chunks
@@ -116,8 +118,12 @@ class StreamingMean:
         n = np.float64(int(num_examples))
         flats = {name: weights[name].reshape(-1) for name in spec}  # views for contiguous arrays (decoded blobs are)
         factors = {name: n * self._scale[name] for name in spec}
-        _threads.run_all([partial(_add_chunks, group, flats, factors, self._compiled)
-                          for group in self._add_groups])
+        if self._compiled_only:  # numba raises no floating-point warnings: no errstate needed (_add_chunks)
+            _threads.run_all([partial(_compiled_steps, group[0], flats, factors, self._compiled)
+                              for group in self._add_groups])
+        else:
+            _threads.run_all([partial(_add_chunks, group, flats, factors, self._compiled)
+                              for group in self._add_groups])
         if self._compiled is None:
             _kernels.note_added(self._size)
         self.total_examples += int(num_examples)
@@ -161,6 +167,12 @@ def _add_chunks(group: _Group, flats: Mapping[str, np.ndarray], factors: Mapping
     # thread, as NumPy's error state is
     with np.errstate(invalid="ignore", over="ignore"):
         _add_steps(chunks, length, flats, factors, compiled)
+
+
+def _compiled_steps(chunks: list[_Chunk], flats: Mapping[str, np.ndarray], factors: Mapping[str, Any],
+                    compiled: Any) -> None:
+    for name, start, stop, acc in chunks:
+        compiled(acc, flats[name][start:stop], factors[name])  # acc[i] += float64(x[i]) * factor, one pass
 
 
 def _add_steps(chunks: list[_Chunk], length: int, flats: Mapping[str, np.ndarray], factors: Mapping[str, Any],
