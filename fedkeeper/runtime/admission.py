@@ -352,7 +352,8 @@ def deferred_mean(admit: Callable[[bool], Admitted], mean: Callable[[Admitted], 
     round reads its updates again: one client sending NaN costs a round at most one more pass, never a wrong model.
 
     ``admit(check_finite)`` builds the round's ``Admitted`` (each pass reads afresh); ``mean`` consumes it. A
-    StrategyError other than NonFiniteMean is the same in both passes, so it is raised from the first."""
+    StrategyError other than NonFiniteMean does not depend on the values (names, shapes, order, no update at all),
+    so the checked pass would fail too: it is raised from the first."""
     first = admit(False)
     try:
         result = mean(first)
