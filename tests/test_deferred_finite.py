@@ -55,16 +55,21 @@ def _warnings(caplog, text: str) -> int:
     return sum(text in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def _handle(nx_db, monkeypatch, caplog, deferred: bool, run_id: str, poison: dict[int, float], **extra) -> dict:
+    """The aggregator on a freshly stored round, with the check on the mean on or off; caplog holds its warnings."""
+    monkeypatch.setattr(aggregator, "DEFER_FINITE_CHECK", deferred)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        return aggregator.handle(_params(run_id, _store_round(nx_db, run_id, poison), **extra), db=nx_db)
+
+
 @pytest.mark.parametrize("poison", [{}, {2: float("nan")}, {1: float("inf"), 4: float("-inf")}],
                          ids=["finite", "nan", "inf"])
 def test_the_mean_checked_once_gives_the_per_update_checks_model_and_rejections(nx_db, monkeypatch, caplog, poison):
     results = {}
     for deferred in (True, False):
-        monkeypatch.setattr(aggregator, "DEFER_FINITE_CHECK", deferred)
         run_id = f"defer{int(deferred)}"
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            res = aggregator.handle(_params(run_id, _store_round(nx_db, run_id, poison)), db=nx_db)
+        res = _handle(nx_db, monkeypatch, caplog, deferred, run_id, poison)
         blob = bytes(nx_db["models"].find_one({"_id": f"{run_id}:1"})["blob"]["inline"])
         results[deferred] = (res, W.decode(blob, verify=False))
         # a second pass only when an update is not finite, and every rejection logged once either way
@@ -82,12 +87,9 @@ def test_the_mean_checked_once_gives_the_per_update_checks_model_and_rejections(
 def test_a_tree_leaf_checks_its_sums_once_and_rejects_a_non_finite_update_as_before(nx_db, monkeypatch, caplog):
     stored = {}
     for deferred in (True, False):
-        monkeypatch.setattr(aggregator, "DEFER_FINITE_CHECK", deferred)
         run_id = f"leaf{int(deferred)}"
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            res = aggregator.handle(_params(run_id, _store_round(nx_db, run_id, {3: float("nan")}), mode="partial",
-                                            level=1, index=0), db=nx_db)
+        res = _handle(nx_db, monkeypatch, caplog, deferred, run_id, {3: float("nan")}, mode="partial", level=1,
+                      index=0)
         assert _warnings(caplog, AGAIN) == (1 if deferred else 0)
         assert _warnings(caplog, "forged") == 1
         spec = model.build_model(MLP).expected()

@@ -291,12 +291,8 @@ class Admitted:
             else:
                 doc = docs.pop((rnd, item.client_id, item.activation_id), None)
             n = check(doc, item, run_id=self.run_id, round=rnd, shard_size=self._shards[item.client_id])
-            if self._check_finite:
-                weights = self._source.decode_update(doc, self._expected, self.run_id, rnd, item.client_id,
-                                                     max_bytes=limit)
-            else:
-                weights = self._source.decode_update(doc, self._expected, self.run_id, rnd, item.client_id,
-                                                     max_bytes=limit, check_finite=False)
+            weights = self._source.decode_update(doc, self._expected, self.run_id, rnd, item.client_id,
+                                                 max_bytes=limit, check_finite=self._check_finite)
         except CorruptUpdate as exc:
             self.rejected.append(rejection(item, exc.reason, exc.detail))
             self._warn("%s", exc)
