@@ -13,6 +13,8 @@ It runs nx-27017's own ``main`` with these additions:
 - faster, behaviour-identical replacements for nx-27017's and neosqlite's per-document hot paths (`nxfast`: the
   deep copies, the ObjectId converters, pruning's update_many, the blobs' base64 and JSON text), each applied only
   at the library version it was checked against; ``FK_NX_FAST=0`` leaves the libraries as they are;
+- WAL checkpoints on a thread of their own instead of inside the committing request, which held its database's
+  lock through two fsyncs (`checkpoint`; ``FK_NX_CHECKPOINT=0`` leaves SQLite's autocheckpoint in charge);
 - with ``FK_PROFILE_DIR`` set, a cProfile of each connection thread there (bench/bench_scale.py --profile);
 - a watchdog thread (when ``FK_NX_LEASE_DIR`` is set): each fedkeeper process that uses the server holds a
   lease file there (pid + process start time); when no live process has held one for ``FK_NX_LEASE_GRACE_S``
@@ -180,6 +182,10 @@ def main() -> None:
         from fedkeeper.store import nxfast
 
         nxfast.apply_all()
+    if os.environ.get("FK_NX_CHECKPOINT", "1") != "0":
+        from fedkeeper.store import checkpoint
+
+        checkpoint.watch()
     if os.environ.get("FK_PROFILE_DIR"):
         profile_connections(Path(os.environ["FK_PROFILE_DIR"]))
     from nx_27017.nx_27017 import main as nx_main
