@@ -1,13 +1,20 @@
 """Blob codec throughput next to a plain copy, and store round trips against the embedded nx-27017 server.
 
-Run: python bench/bench_store.py [--repeat N]. Figures are best-of-N wall times measured in this run; the
-ratios compare against a plain bytes copy of the same size measured right next to them (target: decode within
+Run: python bench/bench_store.py [--repeat N] [--docs N]. Figures are best-of-N wall times measured in this run;
+the ratios compare against a plain bytes copy of the same size measured right next to them (target: decode within
 2x of the copy, i.e. no copy in decode).
+
+Last, what a round's client updates cost the embedded server, per update document (10 KB blob, as the small
+model's), with its WAL checkpoints on their own thread and left to SQLite (``FK_NX_CHECKPOINT=0``), side by side,
+alternating which goes first: the server process's CPU and the client's wall time per document for each step an
+update goes through (inserted one per command, as a client does, and eight per command, for comparison; listed
+without blobs; read; pruned).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import types
@@ -93,9 +100,88 @@ def store_rows(repeat: int) -> tuple[float | None, list[tuple]]:
     return startup, [("open_store (start + connect + indexes)", opened)], rows
 
 
+UPDATE_STEPS = ("insert, 1 per command", "insert, 8 per command", "list without blobs", "read with blobs", "prune")
+
+
+def update_doc_costs(docs: int, checkpoint: bool) -> dict[str, tuple[float, float]]:
+    """(server CPU s, wall s) per document for each of `UPDATE_STEPS`, on a fresh embedded server."""
+    import bson
+    import psutil
+    import pymongo
+
+    from fedkeeper.store.embedded import NxServer
+
+    before = os.environ.get("FK_NX_CHECKPOINT")
+    os.environ["FK_NX_CHECKPOINT"] = "1" if checkpoint else "0"
+    try:
+        with tempfile.TemporaryDirectory(prefix="fk-bench-updates-") as tmp:
+            server = NxServer.in_dir(Path(tmp))
+            url = server.start()
+            try:
+                proc = psutil.Process(server.pid)
+                client = pymongo.MongoClient(url, directConnection=True)
+                coll = client["bench"]["updates"]
+                coll.create_index([("run_id", 1), ("round", 1), ("client_id", 1)], name="run_round_client")
+                blob = np.random.default_rng(0).bytes(10_000)
+                out: dict[str, tuple[float, float]] = {}
+
+                def step(name: str, fn: Callable[[], object]) -> object:
+                    cpu = proc.cpu_times()
+                    t0 = time.perf_counter()
+                    result = fn()
+                    wall = time.perf_counter() - t0
+                    after = proc.cpu_times()
+                    out[name] = ((after.user + after.system - cpu.user - cpu.system) / docs, wall / docs)
+                    return result
+
+                def round_docs(r: int) -> list[dict[str, object]]:
+                    return [{"_id": f"bench:{r}:{i}:a{i:08d}", "run_id": "bench", "round": r, "client_id": i,
+                             "activation_id": f"a{i:08d}", "attempt": 1, "num_examples": 50,
+                             "metrics": {"train_loss": 0.5, "duration_s": 0.001}, "blob": bson.Binary(blob),
+                             "sha256": "0" * 64} for i in range(docs)]
+
+                one, many = round_docs(1), round_docs(2)
+                step(UPDATE_STEPS[0], lambda: [coll.insert_one(d) for d in one])
+                step(UPDATE_STEPS[1], lambda: [coll.insert_many(many[k:k + 8]) for k in range(0, docs, 8)])
+                ids = step(UPDATE_STEPS[2], lambda: [d["_id"] for d in coll.find({"run_id": "bench", "round": 1},
+                                                                                  {"blob": 0})])
+                step(UPDATE_STEPS[3], lambda: list(coll.find({"run_id": "bench", "round": 1})))
+                step(UPDATE_STEPS[4], lambda: [coll.update_many(
+                    {"_id": {"$in": ids[k:k + 250]}, "blob": {"$ne": None}},  # as BlobStore._prune's batches
+                    {"$set": {"blob": None, "pruned": time.time()}}) for k in range(0, docs, 250)])
+                client.close()
+                return out
+            finally:
+                server.stop()
+    finally:
+        if before is None:
+            os.environ.pop("FK_NX_CHECKPOINT", None)
+        else:
+            os.environ["FK_NX_CHECKPOINT"] = before
+
+
+def print_update_costs(docs: int, pairs: int) -> None:
+    runs: dict[bool, list[dict[str, tuple[float, float]]]] = {True: [], False: []}
+    for k in range(pairs):
+        for checkpoint in ((False, True) if k % 2 == 0 else (True, False)):
+            runs[checkpoint].append(update_doc_costs(docs, checkpoint))
+    print(f"Client update documents on the embedded server ({docs} of 10 KB per step; median of {pairs} runs each, "
+          f"alternating): server CPU and client wall time, ms per document")
+    print(f"{'step':<24} {'CPU, SQLite checkpoints':>24} {'CPU, own thread':>16} {'wall, SQLite':>13} "
+          f"{'wall, own thread':>17}")
+    med = lambda values: float(np.median(values))  # noqa: E731
+    for name in UPDATE_STEPS:
+        cpu_off, cpu_on = (med([r[name][0] for r in runs[c]]) for c in (False, True))
+        wall_off, wall_on = (med([r[name][1] for r in runs[c]]) for c in (False, True))
+        print(f"{name:<24} {cpu_off * 1e3:>24.3f} {cpu_on * 1e3:>16.3f} {wall_off * 1e3:>13.3f} {wall_on * 1e3:>17.3f}")
+    print("  (own thread: the checkpoints' CPU is still the server's, but no request waits for their fsyncs)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--docs", type=int, default=1000, help="update documents per step in the last table")
+    parser.add_argument("--pairs", type=int, default=3, help="runs of each checkpoint setting in the last table")
     args = parser.parse_args()
 
     print("Blob codec (best of N; MB/s = 1e6 bytes per second)")
@@ -119,6 +205,8 @@ def main() -> None:
     for label in ("1.6 MB", "14 MB"):
         (wi, ri), (wg, rg) = by[("inline", label)], by[("gridfs", label)]
         print(f"  {label}: GridFS/inline time ratio  write {wg / wi:.2f}x  read {rg / ri:.2f}x")
+    print()
+    print_update_costs(args.docs, args.pairs)
 
 
 if __name__ == "__main__":
