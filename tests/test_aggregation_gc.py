@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,7 @@ class _Blobs:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.after: list[int | None] = []
         self.release = threading.Event()
         self.release.set()
         self.fail_next = False
@@ -93,12 +95,14 @@ class _Blobs:
         self.release.wait(30)
         return 0
 
-    def gc_updates(self, run_id: str, through_round: int, *, batch: int | None = None, between: Any = None) -> int:
+    def gc_updates(self, run_id: str, through_round: int, *, after_round: int | None = None, batch: int | None = None,
+                   between: Any = None) -> int:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("store gone")
         between()  # the collector's pause between two writes
         self.calls.append(("updates", through_round))
+        self.after.append(after_round)
         return through_round
 
 
@@ -117,8 +121,12 @@ def test_collector_runs_in_order_folds_queued_requests_and_survives_a_failure() 
     collector.close()
     assert blobs.calls == [("updates", 3)] and len(collector.errors) == 1 and "store gone" in collector.errors[0]
     collector.collect(4, keep_models=3, through=4)  # a closed collector starts again when asked
-    collector.close()
-    assert blobs.calls == [("updates", 3), ("updates", 4)]
+    deadline = time.monotonic() + 30
+    while len(blobs.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.close()  # round 4 ran on its own (rounds 1-3 collected), then close's over every round
+    assert blobs.calls == [("updates", 3), ("updates", 4), ("updates", 4)]
+    assert blobs.after == [None, 0, None]
 
 
 class _Spy:
@@ -194,3 +202,66 @@ def test_resuming_an_aggregation_reads_only_the_rounds_aggregator_records(nx_db:
     assert {w: a for w, a in attempt_bases(every).items() if not isinstance(w, int)} == attempt_bases(server)
     assert {k: r["_id"] for k, r in in_flight(every).items() if not isinstance(k[1], int)} == \
         {k: r["_id"] for k, r in in_flight(server).items()} == {(2, None, "fl_server_aggregator"): "a3"}
+
+
+def _update_doc(run_id: str, rnd: int, client_id: int) -> dict[str, Any]:
+    return {"_id": f"{run_id}:{rnd}:{client_id}:a", "run_id": run_id, "round": rnd, "client_id": client_id,
+            "blob": b"\x00" * 64}
+
+
+def _held(db: Any, run_id: str) -> list[tuple[int, int]]:
+    return sorted((d["round"], d["client_id"]) for d in db["updates"].find({"run_id": run_id, "blob": {"$ne": None}}))
+
+
+def test_collections_look_back_a_window_and_every_few_at_every_round_and_the_last_at_all(
+        nx_db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection reads only the rounds not collected yet and the WINDOW before them; a late update older than
+    that (a straggler's) is pruned by the next collection over every round: every FULL_EVERY-th, and the run's
+    last (close), which leaves the store as pruning every round each time would."""
+    import fedkeeper.scenarios.rounds.collect as collect
+
+    monkeypatch.setattr(collect, "WINDOW", 2)
+    monkeypatch.setattr(collect, "FULL_EVERY", 4)
+    run_id = "window"
+    collector = Collector(blobstore.BlobStore(nx_db), run_id, pace=0.0)
+
+    def collect_round(rnd: int) -> None:
+        nx_db["updates"].insert_many([_update_doc(run_id, rnd, c) for c in range(3)])
+        collector.collect(rnd, keep_models=1, through=rnd)
+        deadline = time.monotonic() + 30
+        while len(collector.done) < rnd and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(collector.done) == rnd and collector.errors == []
+
+    for rnd in range(1, 4):
+        collect_round(rnd)
+    nx_db["updates"].insert_one(_update_doc(run_id, 1, 99))  # a straggler of round 1
+    collect_round(4)  # rounds 2-4: round 3 was the last collected, and the window is 2
+    assert _held(nx_db, run_id) == [(1, 99)]
+    collect_round(5)  # the 5th: 1 over every round, then 3 that do not, then one that does again
+    assert _held(nx_db, run_id) == []
+    nx_db["updates"].insert_one(_update_doc(run_id, 5, 99))  # a straggler inside the next one's window
+    collect_round(6)
+    assert _held(nx_db, run_id) == []
+    nx_db["updates"].insert_one(_update_doc(run_id, 2, 99))  # and one outside it
+    collect_round(7)
+    assert _held(nx_db, run_id) == [(2, 99)]
+    assert [d["after_round"] for d in collector.done] == [None, 0, 0, 1, None, 3, 4]
+    collector.close()  # the run's end: one more collection, over every round
+    assert collector.done[-1]["after_round"] is None and len(collector.done) == 8
+    assert _held(nx_db, run_id) == []
+    assert nx_db["updates"].count_documents({"run_id": run_id}) == 7 * 3 + 3  # metadata stays
+
+
+def test_a_failed_collection_makes_the_next_look_at_every_round() -> None:
+    blobs = _Blobs()
+    collector = Collector(blobs, "run")
+    for rnd, fail in ((1, False), (2, False), (3, True), (4, False), (5, False)):
+        blobs.fail_next = fail
+        collector.collect(rnd, keep_models=3, through=rnd)
+        deadline = time.monotonic() + 30
+        while len(collector.done) + len(collector.errors) < rnd and time.monotonic() < deadline:
+            time.sleep(0.01)
+    collector.close()
+    assert len(collector.errors) == 1
+    assert blobs.after == [None, 0, None, 0, None]  # 1: the session's first; 4: after the failure; 5: close

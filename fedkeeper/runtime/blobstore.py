@@ -629,15 +629,20 @@ class BlobStore:
                                   and (newest is None or s["round"] < newest)])
         return pruned
 
-    def gc_updates(self, run_id: str, through_round: int, *, batch: int | None = None,
-                   between: Callable[[], None] | None = None) -> int:
+    def gc_updates(self, run_id: str, through_round: int, *, after_round: int | None = None,
+                   batch: int | None = None, between: Callable[[], None] | None = None) -> int:
         """Remove the blobs of updates of rounds ``<= through_round`` (already aggregated); metadata stays. The
         partial sums of those rounds (tree aggregation) go entirely: they are intermediates of the model.
-        ``batch``: documents per write, ``between``: called between two writes (``_prune``; None: all in one)."""
+        ``after_round``: only rounds above it (a caller that knows the earlier ones collected: finding the blobs
+        left reads every document of the rounds looked at). ``batch``: documents per write, ``between``: called
+        between two writes (``_prune``; None: all in one)."""
         self.delete_partials(run_id, through_round)
+        rounds: dict[str, int] = {"$lte": int(through_round)}
+        if after_round is not None:
+            rounds["$gt"] = int(after_round)
         docs = self._retry(
             lambda: list(
-                self.updates.find({"run_id": run_id, "round": {"$lte": int(through_round)}, "blob": {"$ne": None}},
+                self.updates.find({"run_id": run_id, "round": rounds, "blob": {"$ne": None}},
                                   {"_id": 1, "file_id": 1})
             )
         )
