@@ -87,6 +87,26 @@ def test_indexes_exist_are_idempotent_and_the_activation_key_is_unique(store: St
         store.activations.insert_one(act("c1", _id="b"))
 
 
+def test_the_update_listing_index_can_be_left_out_and_an_old_one_is_dropped(store: Store) -> None:
+    """The embedded server's choice (`BlobStore.ensure_indexes`): no (run, round, client) index on the updates;
+    one left by an earlier version goes, the other indexes stay, and listings answer the same."""
+    store.blobs.ensure_indexes()
+    store.blobs.ensure_indexes(update_listing_index=False)
+    store.blobs.ensure_indexes(update_listing_index=False)  # idempotent
+    assert ("run_id", "round", "client_id") not in index_keys(store.blobs.updates)
+    assert ("run_id", "round") in index_keys(store.blobs.models)
+    store.blobs.updates.insert_many([{"_id": f"r1:1:{c}", "run_id": "r1", "round": 1, "client_id": c}
+                                     for c in (2, 0, 1)])
+    assert [d["client_id"] for d in store.blobs.list_updates("r1", 1)] == [0, 1, 2]
+
+
+def test_open_store_on_the_embedded_server_leaves_the_update_listing_index_out(tmp_path: Path) -> None:
+    with open_store(settings(), workdir=tmp_path) as opened:
+        assert opened.embedded is not None
+        assert ("run_id", "round", "client_id") not in index_keys(opened.blobs.updates)
+        assert ("run_id", "round", "client_id", "attempt") in index_keys(opened.activations)  # unique: kept
+
+
 # ------------------------------------------------------------------------------------------------------- runs
 
 
