@@ -791,6 +791,7 @@ class Tracker:
         if status.state is State.PENDING:
             if status.start is not None:
                 attempt.running_since, attempt.pending_at = float(status.start), attempt.polled_at
+                self._clock_from_start(attempt, now)
             if now >= attempt.deadline:
                 status = Status(State.TIMED_OUT, error=f"no result within {attempt.deadline - attempt.submitted:.0f}s")
             else:
@@ -805,6 +806,19 @@ class Tracker:
             self._emit(job, attempt, "succeeded")
         else:
             self._after_failure(job, status.error or status.state.value, counts)
+
+    def _clock_from_start(self, attempt: Attempt, now: float) -> None:
+        """A call's time limit counts from when the platform started it, as the platform's own does: a call that
+        waited in the platform's queue (the local platform's calls queued behind a running one, `max_inflight`)
+        gets its whole timeout plus slack from its start, not from its submission. Only a start the tracker's
+        clock can place (between submission and now) moves the deadline, and only later; an explicit
+        `invocation_timeout_s` is a bound on the whole call and stays."""
+        start = attempt.running_since
+        if self.policy.invocation_timeout_s or start is None or not attempt.submitted <= start <= now:
+            return
+        from_start = start + attempt.job.timeout_s + self.policy.timeout_slack_s
+        if from_start > attempt.deadline:
+            attempt.deadline = from_start
 
     def _poll_cap(self, cluster: str) -> float | None:
         """The platform's own cap on the pause between polls (set where a poll costs no network call)."""

@@ -42,6 +42,10 @@ from fedkeeper.tracker import Attempt, Job, Tracker, TrackerFabric, attempt_base
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
+#: the 'late_start' scripts: seconds a call waits in the platform's queue, then runs
+QUEUED_S, RUNS_S = 0.25, 0.3
+
+
 class ScriptedProvider:
     """Outcomes scripted per client and attempt: 'ok', 'fail', 'timeout' (stays pending), 'lost',
     'throttle' (invoke raises Throttled), 'missing' (invoke raises FunctionMissing), 'auth', 'platform';
@@ -85,6 +89,15 @@ class ScriptedProvider:
             return Status(State.FAILED, error="ValueError: boom")
         if step == "lost":
             return Status(State.LOST, error="no record")
+        if step.startswith("late_start"):  # queued on the platform for QUEUED_S, then runs RUNS_S (or for ever)
+            started = inv.submitted + QUEUED_S
+            elapsed = time.time() - inv.submitted
+            if elapsed < QUEUED_S:
+                return Status(State.PENDING)
+            if step == "late_start_ok" and elapsed >= QUEUED_S + RUNS_S:
+                return Status(State.SUCCEEDED, result={"ok": True, "duration_s": RUNS_S}, duration_s=RUNS_S,
+                              start=started, cold=False)
+            return Status(State.PENDING, start=started)
         return Status(State.PENDING)
 
     def deploy(self, name: str) -> None:
@@ -176,6 +189,26 @@ def test_timeout_then_retry(setup) -> None:  # type: ignore[no-untyped-def]
     assert outcome.jobs[0].state == "succeeded"
     assert states(store, 0) == ["timed_out", "succeeded"]
     assert outcome.counts.timed_out == 1
+
+
+def test_a_calls_timeout_counts_from_when_the_platform_started_it(setup) -> None:  # type: ignore[no-untyped-def]
+    """Queued 0.25 s, then 0.3 s of work under a 0.4 s timeout: over the limit counted from the submission, within
+    it from the start the platform reports (the local platform's calls queued behind a running one)."""
+    make, store, _ = setup
+    tracker, _ = make({0: ["late_start_ok"]})
+    outcome = tracker.run(jobs([0], timeout_s=0.4))
+    assert outcome.jobs[0].state == "succeeded"
+    assert states(store, 0) == ["succeeded"] and outcome.counts.timed_out == 0
+
+
+def test_a_call_that_started_late_still_times_out_from_its_start(setup) -> None:  # type: ignore[no-untyped-def]
+    make, store, _ = setup
+    tracker, _ = make({0: ["late_start_hang", "ok"]})
+    t0 = time.time()
+    outcome = tracker.run(jobs([0], timeout_s=0.4))
+    assert outcome.jobs[0].state == "succeeded" and outcome.counts.timed_out == 1
+    assert states(store, 0) == ["timed_out", "succeeded"]
+    assert time.time() - t0 >= QUEUED_S + 0.4  # given up at start + timeout (+ slack 0), not at submission + timeout
 
 
 def test_throttling_is_backed_off_and_not_counted_as_an_attempt(setup) -> None:  # type: ignore[no-untyped-def]
