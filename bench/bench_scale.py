@@ -19,6 +19,8 @@ platform's worker entry and the embedded server's entry write one when `FK_PROFI
 `--flower PYTHON` (a Python with `flwr[simulation]`, never a dependency of this project) the same task runs in
 Flower's simulation engine (bench/flower_task.py: same model, data partitions, epochs and clients, 2 CPUs) and
 the per-round wall times are printed side by side: Flower's is its 2-round run minus its 1-round run.
+With ``--rounds 20`` or more it also prints the mean round time of rounds 2-10 and of the last 9 (does a round get
+slower as the run's documents pile up in the store?).
 Run:  python bench/bench_scale.py [--clients 100 300 1000] [--rounds 2] [--profile] [--hash xxh3_128]
                                   [--flower /path/to/venv/bin/python]
 Figures are measured in this run; the machine is shared, so compare the ratios printed side by side.
@@ -424,6 +426,14 @@ def main() -> None:
         per_update = by[hi]["aggregate"] / hi
         print(f"aggregation per update at {hi} clients: {1000 * per_update:.3f} ms "
               f"(goal <= 0.5 ms: {'met' if per_update <= 0.0005 else 'MISSED'})")
+    if args.rounds >= 20:
+        print(f"\nround time early and late in the run ({args.rounds} rounds; the store holds every earlier round's "
+              "update and activation documents, pruned of their blobs, so a query that scans them grows with the run)")
+        print(f"{'clients':>7} {'rounds 2-10 s':>13} {'last 9 s':>9} {'late/early':>10}")
+        for r in results:
+            times = [float(row["round_s"]) for row in r["rows"]]
+            early, late = statistics.mean(times[1:10]), statistics.mean(times[-9:])
+            print(f"{r['clients']:>7} {early:>13.3f} {late:>9.3f} {late / early:>9.2f}x")
     if args.flower:
         print(f"\nside by side with Flower's simulation engine (same task, {WORKERS} CPUs, {args.rounds} rounds): wall "
               "time of the whole run (start-up included), and per round (Flower: its 2-round run minus its 1-round "

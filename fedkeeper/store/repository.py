@@ -167,7 +167,9 @@ class Store:
         self._call(lambda: self.activations.create_index(
             [(key, 1) for key in ACTIVATION_KEY], unique=True, name="activation_key"))
         self._call(lambda: self.activations.create_index([("run_id", 1), ("state", 1)], name="run_state"))
-        self.blobs.ensure_indexes(update_listing_index=self.embedded is None)  # why not there: BlobStore's
+        if self.embedded is not None:  # an index nx-27017 can use: a round's records, not the run's (BlobStore's)
+            self._call(lambda: self.activations.create_index([("round", 1)], name="round"))
+        self.blobs.ensure_indexes(embedded=self.embedded is not None)
 
     def ping(self) -> None:
         self._call(lambda: self.db.command("ping"))

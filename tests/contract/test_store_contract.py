@@ -87,23 +87,28 @@ def test_indexes_exist_are_idempotent_and_the_activation_key_is_unique(store: St
         store.activations.insert_one(act("c1", _id="b"))
 
 
-def test_the_update_listing_index_can_be_left_out_and_an_old_one_is_dropped(store: Store) -> None:
-    """The embedded server's choice (`BlobStore.ensure_indexes`): no (run, round, client) index on the updates;
-    one left by an earlier version goes, the other indexes stay, and listings answer the same."""
+def test_the_embedded_servers_update_indexes_replace_an_old_one_and_listings_answer_the_same(store: Store) -> None:
+    """The embedded server's choice (`BlobStore.ensure_indexes(embedded=True)`): an index on round alone on the
+    updates; the (run, round, client) one an earlier version made goes, the other indexes stay, and listings
+    answer the same, on every backend."""
     store.blobs.ensure_indexes()
-    store.blobs.ensure_indexes(update_listing_index=False)
-    store.blobs.ensure_indexes(update_listing_index=False)  # idempotent
+    store.blobs.ensure_indexes(embedded=True)
+    store.blobs.ensure_indexes(embedded=True)  # idempotent
     assert ("run_id", "round", "client_id") not in index_keys(store.blobs.updates)
+    assert ("round",) in index_keys(store.blobs.updates)
     assert ("run_id", "round") in index_keys(store.blobs.models)
-    store.blobs.updates.insert_many([{"_id": f"r1:1:{c}", "run_id": "r1", "round": 1, "client_id": c}
-                                     for c in (2, 0, 1)])
+    store.blobs.updates.insert_many([{"_id": f"r1:{r}:{c}", "run_id": "r1", "round": r, "client_id": c}
+                                     for r in (1, 2) for c in (2, 0, 1)]
+                                    + [{"_id": "r2:1:0", "run_id": "r2", "round": 1, "client_id": 0}])
     assert [d["client_id"] for d in store.blobs.list_updates("r1", 1)] == [0, 1, 2]
+    assert [d["_id"] for d in store.blobs.list_updates("r1", 2)] == ["r1:2:0", "r1:2:1", "r1:2:2"]
 
 
-def test_open_store_on_the_embedded_server_leaves_the_update_listing_index_out(tmp_path: Path) -> None:
+def test_open_store_on_the_embedded_server_indexes_round_for_its_planner(tmp_path: Path) -> None:
     with open_store(settings(), workdir=tmp_path) as opened:
         assert opened.embedded is not None
         assert ("run_id", "round", "client_id") not in index_keys(opened.blobs.updates)
+        assert ("round",) in index_keys(opened.blobs.updates) and ("round",) in index_keys(opened.activations)
         assert ("run_id", "round", "client_id", "attempt") in index_keys(opened.activations)  # unique: kept
 
 
