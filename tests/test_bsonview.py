@@ -103,8 +103,8 @@ def test_corrupted_documents_fail_as_bson_decode_does(doc, data):
     expected, got = _decode_both(bytes(raw))
     if isinstance(expected, Exception):
         assert isinstance(got, Exception), (expected, got)
-    else:
-        assert got == expected
+    else:  # a flipped bit can make a double NaN, which equals nothing: then the two must print the same
+        assert got == expected or repr(got) == repr(expected), (expected, got)
 
 
 def test_malformed_structure_is_invalid_bson():
