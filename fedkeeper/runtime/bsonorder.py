@@ -3,7 +3,8 @@
 Why on the client: the embedded store sorts a query with ``ORDER BY json_extract(...)`` in SQLite, whose sorter
 copies each matching row whole. For a round's update documents that is 13 KB of blob text each, even when the
 projection drops the blob afterwards: listing 1000 updates sorted took 131 µs a document against 56 µs unsorted
-(bench_store.py, issue 18). A thousand small metadata documents sort here in about a millisecond.
+(neosqlite in one process, measured while working on issue 18). A thousand small metadata documents sort here in
+about a millisecond.
 
 The key follows the server's comparison order across BSON types (MinKey < null < numbers < strings < objects <
 arrays < binary < ObjectId < booleans < dates < ...; a missing field sorts as null), and within numbers and
