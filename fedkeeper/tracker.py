@@ -792,6 +792,8 @@ class Tracker:
             if status.start is not None:
                 attempt.running_since, attempt.pending_at = float(status.start), attempt.polled_at
                 self._clock_from_start(attempt, now)
+            elif status.queued:
+                self._not_started(attempt, now)
             if now >= attempt.deadline:
                 status = Status(State.TIMED_OUT, error=f"no result within {attempt.deadline - attempt.submitted:.0f}s")
             else:
@@ -819,6 +821,16 @@ class Tracker:
         from_start = start + attempt.job.timeout_s + self.policy.timeout_slack_s
         if from_start > attempt.deadline:
             attempt.deadline = from_start
+
+    def _not_started(self, attempt: Attempt, now: float) -> None:
+        """The platform holds the call in its own queue, not started (`Status.queued`): its time limit has not
+        begun, so the deadline is at least the timeout plus slack from now (the local platform's calls queued
+        behind other calls, `max_inflight`). An explicit `invocation_timeout_s` bounds the whole call and stays."""
+        if self.policy.invocation_timeout_s:
+            return
+        from_now = now + attempt.job.timeout_s + self.policy.timeout_slack_s
+        if from_now > attempt.deadline:
+            attempt.deadline = from_now
 
     def _poll_cap(self, cluster: str) -> float | None:
         """The platform's own cap on the pause between polls (set where a poll costs no network call)."""

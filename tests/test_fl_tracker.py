@@ -44,6 +44,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 #: the 'late_start' scripts: seconds a call waits in the platform's queue, then runs
 QUEUED_S, RUNS_S = 0.25, 0.3
+#: the 'held_ok' script: seconds a call is reported held in the platform's own queue (`Status.queued`)
+HELD_S = 0.6
 
 
 class ScriptedProvider:
@@ -89,6 +91,14 @@ class ScriptedProvider:
             return Status(State.FAILED, error="ValueError: boom")
         if step == "lost":
             return Status(State.LOST, error="no record")
+        if step == "held_ok":  # held in the platform's own queue (`queued`) for HELD_S, then runs RUNS_S
+            elapsed = time.time() - inv.submitted
+            if elapsed < HELD_S:
+                return Status(State.PENDING, queued=True)
+            if elapsed < HELD_S + RUNS_S:
+                return Status(State.PENDING, start=inv.submitted + HELD_S)
+            return Status(State.SUCCEEDED, result={"ok": True, "duration_s": RUNS_S}, duration_s=RUNS_S,
+                          start=inv.submitted + HELD_S, cold=False)
         if step.startswith("late_start"):  # queued on the platform for QUEUED_S, then runs RUNS_S (or for ever)
             started = inv.submitted + QUEUED_S
             elapsed = time.time() - inv.submitted
@@ -199,6 +209,19 @@ def test_a_calls_timeout_counts_from_when_the_platform_started_it(setup) -> None
     outcome = tracker.run(jobs([0], timeout_s=0.4))
     assert outcome.jobs[0].state == "succeeded"
     assert states(store, 0) == ["succeeded"] and outcome.counts.timed_out == 0
+
+
+def test_a_call_the_platform_holds_unstarted_in_its_queue_is_not_timed_out(setup) -> None:  # type: ignore[no-untyped-def]
+    """Held 0.6 s in the platform's queue (`Status.queued`), then 0.3 s of work under a 0.4 s timeout: its limit
+    begins when it starts; a pending call the platform does not say is queued still times out from submission."""
+    make, store, _ = setup
+    tracker, _ = make({0: ["held_ok"], 1: ["timeout", "ok"]})
+    outcome = tracker.run(jobs([0, 1], timeout_s=0.4))
+    assert [j.state for j in outcome.jobs] == ["succeeded", "succeeded"]
+    assert states(store, 0) == ["succeeded"] and states(store, 1) == ["timed_out", "succeeded"]
+    tracker, _ = make({2: ["held_ok", "ok"]}, invocation_timeout_s=0.4)  # an explicit bound on the whole call
+    outcome = tracker.run(jobs([2], timeout_s=0.4))
+    assert states(store, 2) == ["timed_out", "succeeded"]
 
 
 def test_a_call_that_started_late_still_times_out_from_its_start(setup) -> None:  # type: ignore[no-untyped-def]

@@ -133,6 +133,9 @@ class Status:
     duration_s: float | None = None
     cold: bool | None = None
     injected: str | None = None
+    #: PENDING and not started yet, held in the platform's own queue, which starts or fails it but never loses
+    #: it (the local platform's calls queued behind a worker's running call): its time limit has not begun
+    queued: bool = False
 
 
 class ProviderError(PlatformFailure):

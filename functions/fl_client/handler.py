@@ -56,6 +56,8 @@ from fedkeeper.runtime.tasks import partition
 FUNCTION = "fl_client"
 
 _field = partial(required, FUNCTION)  # _field(params, key, kind, *, minimum=None)
+#: a batch stores its updates as soon as they hold this many bytes of weights (`handle_batch`)
+BATCH_BYTES = 8 << 20
 
 
 class UpdateConflict(blobstore.BlobStoreError):
@@ -100,6 +102,85 @@ def _store(db: Any, hash_alg: str) -> blobstore.BlobStore:
 
 def handle(params: dict, *, db: Any = None) -> dict:
     """Train and store this client's update; ``db`` is injected by tests, functions connect from the environment."""
+    result = handle_batch([params], db=db)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def handle_batch(calls: list[dict], *, db: Any = None) -> list[dict | Exception]:
+    """Several calls at once (the local platform's worker hands over the calls already waiting for it): each is
+    trained in turn exactly as `handle` would, then their updates are stored with one insert command (several when
+    they add up to more than BATCH_BYTES, so a batch never holds much more memory than one call). One result per
+    call, in order: its acknowledgement, or the exception that call alone raised (the others go on)."""
+    results: list[dict | Exception | None] = [None] * len(calls)
+    pending: list[tuple[int, _Trained]] = []
+    held = 0
+    for i, params in enumerate(calls):
+        try:
+            outcome = _train(params, db)
+        except Exception as exc:  # noqa: BLE001 - this call's error is its own result
+            results[i] = exc
+            continue
+        if isinstance(outcome, dict):
+            results[i] = outcome
+            continue
+        pending.append((i, outcome))
+        held += sum(int(getattr(w, "nbytes", 0)) for w in outcome.weights.values())
+        if held >= BATCH_BYTES:
+            _store_pending(pending, results)
+            pending, held = [], 0
+    _store_pending(pending, results)
+    return [r if r is not None else RuntimeError(f"{FUNCTION}: call {i} produced no result")
+            for i, r in enumerate(results)]
+
+
+def _store_pending(pending: list[tuple[int, "_Trained"]], results: list[dict | Exception | None]) -> None:
+    """Store the trained updates (one insert command per store) and put each call's acknowledgement or error."""
+    by_store: dict[int, list[tuple[int, _Trained]]] = {}
+    for i, trained in pending:
+        by_store.setdefault(id(trained.store), []).append((i, trained))
+    for group in by_store.values():
+        stored_all = group[0][1].store.write_updates([t.item(time.perf_counter()) for _, t in group])
+        for (i, t), stored in zip(group, stored_all):
+            try:
+                results[i] = t.acknowledge(stored)
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc
+
+
+class _Trained:
+    """One call's trained update, waiting to be stored."""
+
+    __slots__ = ("store", "run_id", "rnd", "client_id", "weights", "metrics", "activation_id", "attempt", "started")
+
+    def __init__(self, store: blobstore.BlobStore, run_id: str, rnd: int, client_id: int,
+                 weights: dict[str, Any], metrics: dict[str, Any], activation_id: str, attempt: int,
+                 started: float) -> None:
+        self.store, self.run_id, self.rnd, self.client_id = store, run_id, rnd, client_id
+        self.weights, self.metrics, self.activation_id, self.attempt = weights, metrics, activation_id, attempt
+        self.started = started
+
+    def item(self, now: float) -> blobstore.UpdateItem:
+        return blobstore.UpdateItem(
+            self.run_id, self.rnd, self.client_id, self.weights, base_round=self.rnd - 1,
+            num_examples=self.metrics["num_examples"],
+            metrics={**{k: v for k, v in self.metrics.items() if k != "num_examples"},
+                     "duration_s": now - self.started},
+            activation_id=self.activation_id, attempt=self.attempt)
+
+    def acknowledge(self, stored: dict[str, Any] | Exception) -> dict:
+        if isinstance(stored, Exception):
+            raise stored
+        if stored.get("duplicate"):
+            _check_own(stored, self.run_id, self.rnd,
+                       admission.Issued(self.client_id, self.activation_id, self.attempt, stored["offered_sha256"]),
+                       self.metrics["num_examples"])
+        return _ack(stored, self.client_id, self.rnd, self.started, duplicate=bool(stored.get("duplicate")))
+
+
+def _train(params: dict, db: Any) -> dict | _Trained:
+    """Validate one call's parameters and train; a warm-up call's answer, or the update to store."""
     started = time.perf_counter()
     if not isinstance(params, Mapping):
         raise ValueError(f"{FUNCTION}: params must be a JSON object")
@@ -141,24 +222,7 @@ def handle(params: dict, *, db: Any = None) -> dict:
         new_weights = _poisoned(new_weights, global_weights, poison)
     if local_dp is not None:
         new_weights = privacy.local_privatize(new_weights, global_weights, local_dp, rnd, client_id, attempt)
-    stored = store.write_update(
-        run_id,
-        rnd,
-        client_id,
-        new_weights,
-        base_round=rnd - 1,
-        num_examples=metrics["num_examples"],
-        metrics={
-            **{k: v for k, v in metrics.items() if k != "num_examples"},
-            "duration_s": time.perf_counter() - started,
-        },
-        activation_id=activation_id,
-        attempt=attempt,
-    )
-    if stored.get("duplicate"):
-        _check_own(stored, run_id, rnd, admission.Issued(client_id, activation_id, attempt, stored["offered_sha256"]),
-                   metrics["num_examples"])
-    return _ack(stored, client_id, rnd, started, duplicate=bool(stored.get("duplicate")))
+    return _Trained(store, run_id, rnd, client_id, new_weights, metrics, activation_id, attempt, started)
 
 
 def _poisoned(new: Mapping[str, Any], previous: Mapping[str, Any], scale: Any) -> dict[str, Any]:

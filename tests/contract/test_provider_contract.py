@@ -102,6 +102,8 @@ def wait(provider: Provider, inv: Invocation, limit_s: float = 60.0) -> Status:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         status = provider.poll(inv)
+        # `queued` (held unstarted in the platform's own queue) only ever describes a pending call with no start
+        assert not status.queued or (status.state is State.PENDING and status.start is None), status
         if status.state.done:
             return status
         time.sleep(0.02)

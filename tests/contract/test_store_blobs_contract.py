@@ -9,6 +9,7 @@ import bson
 import gridfs
 import numpy as np
 import pytest
+from pymongo.errors import AutoReconnect
 from store_backends import Backend, backend, external_mongo, small_inline, store  # noqa: F401
 
 from fedkeeper.runtime import weights as W
@@ -19,6 +20,7 @@ from fedkeeper.runtime.blobstore import (
     CorruptModel,
     CorruptUpdate,
     ModelMissing,
+    UpdateItem,
 )
 from fedkeeper.store import Store
 
@@ -150,6 +152,63 @@ def test_another_activation_of_the_same_client_writes_its_own_document(store: St
             store.blobs.write_update(RUN, 1, "c1", model(), base_round=0, num_examples=1, activation_id=bad)
     with pytest.raises(ValueError, match="attempt"):
         store.blobs.write_update(RUN, 1, "c1", model(), base_round=0, num_examples=1, activation_id="x", attempt=0)
+
+
+def test_write_updates_stores_each_as_write_update_would_and_settles_each_on_its_own(store: Store) -> None:
+    """Several activations' updates in one call (a local worker's batch): new keys are written, a key already
+    taken comes back as that document (`duplicate`), the same key twice in one batch keeps the first, and a bad
+    item is that item's error alone."""
+    taken = store.blobs.write_update(RUN, 1, "c0", model(7.0), base_round=0, num_examples=3, activation_id="a0",
+                                     attempt=1)
+    items = [UpdateItem(RUN, 1, f"c{i}", model(float(i)), base_round=0, num_examples=10 + i,
+                        metrics={"loss": i / 10}, activation_id=f"a{i}", attempt=1) for i in range(4)]
+    items.append(UpdateItem(RUN, 1, "c2", model(9.0), base_round=0, num_examples=1, activation_id="a2", attempt=1))
+    items.append(UpdateItem(RUN, 1, "c5", model(), base_round=0, num_examples=1, activation_id="a:5", attempt=1))
+    out = store.blobs.write_updates(items)
+    assert len(out) == len(items)
+    assert out[0]["duplicate"] is True and out[0]["sha256"] == taken["sha256"] != out[0]["offered_sha256"]
+    for i in (1, 2, 3):
+        assert out[i]["duplicate"] is False and out[i]["_id"] == f"{RUN}:1:c{i}:a{i}"
+        assert out[i]["offered_sha256"] == out[i]["sha256"] and out[i]["num_examples"] == 10 + i
+        weights, doc = store.blobs.read_update(RUN, 1, f"c{i}", SPEC, activation_id=f"a{i}")
+        np.testing.assert_array_equal(weights["b1"], np.full(8, float(i), np.float32))
+        assert doc["metrics"] == {"loss": i / 10} and doc["attempt"] == 1
+    assert out[4]["duplicate"] is True and out[4]["sha256"] == out[2]["sha256"]  # the batch's first write won
+    assert isinstance(out[5], ValueError) and "activation id" in str(out[5])
+    assert store.blobs.updates.count_documents({"run_id": RUN}) == 4
+    assert store.blobs.write_updates([]) == []
+
+
+def test_write_updates_recognises_its_own_documents_after_a_lost_reply(store: Store) -> None:
+    """A batch sent again after its reply was lost finds its own documents (same write id): not duplicates."""
+    items = [UpdateItem(RUN, 1, f"c{i}", model(float(i)), base_round=0, num_examples=10, activation_id=f"a{i}",
+                        attempt=1) for i in range(3)]
+    sent: list[list[dict]] = []
+    real_insert_many = store.blobs.updates.insert_many
+
+    class LostReply:
+        def __getattr__(self, name):
+            return getattr(store.blobs.updates, name)
+
+        def insert_many(self, docs, **kw):
+            sent.append(docs)
+            result = real_insert_many(docs, **kw)  # the second time: every key is taken (by this batch)
+            if len(sent) == 1:
+                raise AutoReconnect("connection closed after the write")
+            return result
+
+    blobs = BlobStore(store.db, retry=lambda fn: _retry_once(fn))
+    blobs.updates = LostReply()
+    out = blobs.write_updates(items)
+    assert len(sent) == 2 and [o["duplicate"] for o in out] == [False] * 3
+    assert store.blobs.updates.count_documents({"run_id": RUN}) == 3
+
+
+def _retry_once(fn):
+    try:
+        return fn()
+    except AutoReconnect:
+        return fn()
 
 
 def test_find_updates_reads_many_in_one_round_trip_as_find_update_would(store: Store) -> None:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedkeeper.config.base import MAX_WAIT_S, Model
+from fedkeeper.providers.local.depth import local_depth
 
 
 class Faults(Model):
@@ -114,8 +115,9 @@ class LocalCluster(Model):
 
     @property
     def max_inflight(self) -> int:
-        """Calls in flight from the orchestrator: one running and one queued per worker."""
-        return 2 * self.concurrency
+        """Calls in flight from the orchestrator: as many per worker as a worker of short calls holds (its queue
+        depth, `depth.local_depth`), at least two (one running, one queued)."""
+        return max(2, local_depth()) * self.concurrency
 
     def default_limits(self) -> tuple[int | None, float | None, int | None]:
         """(memory MB, timeout s, per-instance concurrency) a cluster sets for its functions: none here

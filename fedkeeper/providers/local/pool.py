@@ -12,15 +12,20 @@ It behaves like a FaaS invoker rather than a function call:
   worker stays busy meanwhile, as a slower machine's would), and with a cold-start model the `cold` flag and
   the start-up delay come from simulated instances (`profile.InstanceModel`), not from the worker processes.
 
-Queue depth (`depth`, env `FK_LOCAL_DEPTH`, default `DEFAULT_DEPTH`): with 2, a call that finds no idle worker
-and no room for a new one is written to a busy warm worker of its function behind the call it runs, as an
-invoker buffers activations per container, so the worker starts it the moment it has answered, without waiting
-for the dispatcher's turnaround. The queued call stays PENDING with no start time until then; its timeout counts
-from that start (the worker's reply to the call before it marks it; the entry sets its FK_DEADLINE_MS itself);
-if the worker dies or is killed before answering the call before it, the queued call never started and goes back
-to the head of the queue for another worker (not failed, not run twice). Calls with an injected timeout or crash
-never queue and never queue behind such a call, and a timing profile uses depth 1 (its replies are held, and a
-held worker must not be computing the next call). `concurrency` still counts worker processes.
+Queue depth (`depth`, env `FK_LOCAL_DEPTH`, default `DEFAULT_DEPTH`): a call that finds no idle worker and no
+room for a new one is written to a busy warm worker of its function behind the call it runs, as an invoker
+buffers activations per container, so the worker starts it the moment it has answered, without waiting for the
+dispatcher's turnaround. A worker holds up to `depth` calls when its function's recent calls were short
+(`SHORT_CALL_S`), two otherwise. The worker runs the calls it finds waiting in its pipe together when its handler
+offers `handle_batch` and they fit well inside the first one's deadline (`entry.py`): the client function then
+stores their updates with one command. A queued call stays PENDING with no start time until the reply before it
+arrives; its timeout counts from that start (the entry sets its FK_DEADLINE_MS itself), and the tracker counts
+an attempt's time limit from that start too. If the worker dies or is killed before answering the call before
+it, the queued calls go back to the head of the queue for another worker, never failed for that (a call the
+worker had begun runs again: an activation's update is keyed by its id, so a rerun stores nothing twice). Calls
+with an injected timeout or crash never queue and never queue behind such a call, and a timing profile uses
+depth 1 (its replies are held, and a held worker must not be computing the next call). `concurrency` still
+counts worker processes.
 
 The dispatcher waits on a selector over the workers' stdout pipes and a wake-up pipe, with the nearest deadline
 as its timeout: there is no polling sleep, no thread per call, and `status()` is a dict lookup. Only the
@@ -47,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedkeeper.providers.base import State, Status
+from fedkeeper.providers.local.depth import MAX_DEPTH, SHORT_CALL_S, local_depth
 from fedkeeper.providers.local.faults import FaultDecision, FaultPlan
 from fedkeeper.providers.local.profile import NO_DRAW, Draw, InstanceModel, ProfilePlan, label
 from fedkeeper.providers.local.worker import (
@@ -68,20 +74,6 @@ EXIT_GRACE_S = 2.0
 #: platforms cap request and response bodies at about 1 MB (OpenWhisk 1 MB, Lambda async 1 MB/sync 6 MB)
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_REPLY_BYTES = (1 << 20) + 64 * 1024
-#: calls per warm worker (running + queued behind it); `FK_LOCAL_DEPTH` overrides it for A/B measurements
-DEFAULT_DEPTH = 2
-DEPTH_ENV = "FK_LOCAL_DEPTH"
-
-
-def _depth_from_env() -> int:
-    raw = os.environ.get(DEPTH_ENV, "").strip()
-    if not raw:
-        return DEFAULT_DEPTH
-    try:
-        return 2 if int(raw) >= 2 else 1
-    except ValueError:
-        log.warning("%s=%r is not 1 or 2; using %d", DEPTH_ENV, raw, DEFAULT_DEPTH)
-        return DEFAULT_DEPTH
 
 
 class _Activation:
@@ -112,7 +104,7 @@ class _Activation:
     def status(self) -> Status:
         return Status(state=self.state, result=self.result, error=self.error, activation_id=self.id,
                       start=self.start, end=self.end, duration_s=self.duration_s, cold=self.cold,
-                      injected=self.injected)
+                      injected=self.injected, queued=self.state is State.PENDING and self.start is None)
 
 
 class WorkerPool:
@@ -132,8 +124,9 @@ class WorkerPool:
         #: with simulated instances, a worker process serves every function of the same code and settings (the
         #: same spec digest: per-client copies of fl_client), so 100 per-client functions need no 100 processes
         self.share_workers = self.instances is not None
-        #: 2: a busy warm worker may hold one more call, sent ahead (module docstring); 1 with a timing profile
-        self.depth = 1 if self.plan.active else max(1, min(2, int(depth if depth is not None else _depth_from_env())))
+        #: calls a busy warm worker holds, running and sent ahead (module docstring); 1 with a timing profile
+        self.depth = 1 if self.plan.active else max(1, min(MAX_DEPTH, int(depth if depth is not None
+                                                                          else local_depth())))
         self._cv = threading.Condition()
         self._records: dict[str, _Activation] = {}
         self._inbox: deque[_Activation] = deque()
@@ -154,6 +147,8 @@ class WorkerPool:
         #: replies kept back until the profile's simulated handler time has passed
         self._held: list[tuple[float, int, Worker, _Activation, dict[str, Any]]] = []
         self._seq = itertools.count()
+        #: recent handler time per function (`_note_duration`), for how deep its calls may queue (`_short`)
+        self._call_s: dict[str, float] = {}
         self._workers: list[Worker] = []
         self._idle: dict[tuple[str, str], list[Worker]] = {}
         self._prestart_events: list[threading.Event] = []  # set once no worker is starting
@@ -384,7 +379,7 @@ class WorkerPool:
             elif w.state == "busy" and not w.running and now >= w.available_at and w.act is not None:
                 self._start(w, w.act, now)
             elif w.state == "busy" and w.running and now >= w.deadline:
-                if w.queued is not None:  # its answer may be in the pipe already: then the queued call runs
+                if w.queued:  # its answer may be in the pipe already: then the queued call runs
                     self._on_readable(w)
                     if w.state != "busy" or not w.running or now < w.deadline:
                         continue
@@ -437,22 +432,42 @@ class WorkerPool:
             self._spawn(act, now, self._simulated_start(act, now))
 
     def _queue_host(self, act: _Activation) -> Worker | None:
-        """A busy warm worker of `act`'s function with a free queue slot (depth 2), the one whose call started
-        first (likely the first to answer); None when `act` must wait for an idle worker."""
+        """A busy warm worker of `act`'s function with a free queue slot, the one with the fewest calls queued and
+        then the one whose call started first (likely the first to answer); None when `act` must wait for an
+        idle worker. A worker queues up to `depth` - 1 calls when its function's calls are short
+        (`SHORT_CALL_S`, `_short`), one otherwise: behind a long call, a queued call waits that long while
+        another worker may be free by then."""
         if self.depth < 2 or act.fault is not None:
             return None
         key = self._wkey(act.fn)
+        slots = self.depth - 1 if self._short(act.fn) else 1
         best: Worker | None = None
         for w in self._workers:
-            if (w.state == "busy" and w.running and w.queued is None and w.act is not None and w.act.fault is None
-                    and self._wkey(w.fn) == key
-                    and (best is None or (w.act.start_mono or 0.0) < (best.act.start_mono or 0.0))):
+            if (w.state == "busy" and w.running and len(w.queued) < slots and w.act is not None
+                    and w.act.fault is None and self._wkey(w.fn) == key
+                    and (best is None or (len(w.queued), w.act.start_mono or 0.0)
+                         < (len(best.queued), best.act.start_mono or 0.0))):  # type: ignore[union-attr]
                 best = w
         return best
 
+    def _short(self, fn: FunctionRuntime) -> bool:
+        """Are this function's calls short enough to queue several behind each other (their recent handler time,
+        as the workers measured it)?"""
+        recent = self._call_s.get(fn.name)
+        return recent is not None and recent <= SHORT_CALL_S
+
+    def _note_duration(self, fn: FunctionRuntime, msg: dict[str, Any]) -> None:
+        """Keep a moving average of a function's handler time, weighted towards the latest (`_short`)."""
+        try:
+            d = float(msg.get("duration_s"))
+        except (TypeError, ValueError):
+            return
+        prev = self._call_s.get(fn.name)
+        self._call_s[fn.name] = d if prev is None else max(d, 0.7 * prev + 0.3 * d)
+
     def _enqueue(self, w: Worker, act: _Activation) -> None:
         """Write `act` to `w` behind its running call; its deadline is set when it starts (`_begin_queued`)."""
-        w.queued = act
+        w.queued.append(act)
         act.pid = w.pid
         act.cold = False
         timeout_ms = int(round(act.fn.timeout_s * 1000))
@@ -475,15 +490,19 @@ class WorkerPool:
         w.deadline = act.start_mono + act.fn.timeout_s
 
     def _requeue(self, w: Worker) -> None:
-        """`w` is gone before it answered its running call: its queued call never started; dispatch it again."""
-        act, w.queued = w.queued, None
-        if act is None or act.state is not State.PENDING:
-            return
-        act.pid = None
-        act.cold = None
-        self._ready.appendleft(act)
-        log.debug("local cluster %s: call %s queued on worker %d goes back to the queue", self.cluster, act.id,
-                  w.pid)
+        """`w` is gone before it answered its running call: its queued calls go back to the head of the queue, in
+        their order, for another worker. None of them was answered; the worker may have begun them (it runs the
+        calls already in its pipe together, `entry.py`), and an activation run again is idempotent (its update is
+        keyed by its activation id, first write wins)."""
+        queued, w.queued = w.queued, deque()
+        for act in reversed(queued):
+            if act.state is not State.PENDING:
+                continue
+            act.pid = None
+            act.cold = None
+            self._ready.appendleft(act)
+            log.debug("local cluster %s: call %s queued on worker %d goes back to the queue", self.cluster, act.id,
+                      w.pid)
 
     def _start_idle(self, fns: list[FunctionRuntime], now: float) -> None:
         """Spawn workers with no call (they go idle when ready) for the distinct worker keys of `fns` in turn,
@@ -508,12 +527,12 @@ class WorkerPool:
         w = self._worker_of(act)
         if w is None:
             return  # not placed yet: `_schedule` skips settled calls
-        if w.queued is not None and w.state == "busy":
+        if w.queued and w.state == "busy":
             self._on_readable(w)  # an answer already in the pipe moves the worker on to its queued call first
             w = self._worker_of(act)
             if w is None:
                 return
-        if w.queued is act:
+        if act in w.queued:
             return  # sent but not started: `_begin_queued` stops the worker if it gets to it
         if w.state == "starting":
             w.act = None  # becomes a fresh idle worker when its ready message comes
@@ -528,7 +547,7 @@ class WorkerPool:
             self._kill(w)
 
     def _worker_of(self, act: _Activation) -> Worker | None:
-        return next((w for w in self._workers if w.act is act or w.queued is act), None)
+        return next((w for w in self._workers if w.act is act or act in w.queued), None)
 
     def _simulated_start(self, act: _Activation, now: float) -> float:
         """With a cold-start model: take a simulated instance (warm, or a cold one whose start-up delay this call
@@ -706,6 +725,7 @@ class WorkerPool:
             self._finish(act, State.TIMED_OUT, error=f"The action exceeded its time limits of {ms} milliseconds.",
                          **fields)
         elif msg.get("ok"):
+            self._note_duration(act.fn, msg)
             result = msg.get("result")
             self._finish(act, State.SUCCEEDED, result=result if isinstance(result, dict) else {"value": result},
                          **fields)
@@ -718,9 +738,8 @@ class WorkerPool:
             self.instances.release(act.fn.name, now)
         if msg.get("discard"):
             self._retire(w, now)  # it exits without reading on: its queued call is dispatched again (`_on_exit`)
-        elif w.queued is not None:
-            nxt, w.queued = w.queued, None
-            self._begin_queued(w, nxt, msg, now)
+        elif w.queued:
+            self._begin_queued(w, w.queued.popleft(), msg, now)
         else:
             w.state = "idle"
             self._idle.setdefault(self._wkey(w.fn), []).append(w)
@@ -820,9 +839,9 @@ class WorkerPool:
         now = time.monotonic()
         for w in list(self._workers):
             act, queued = w.act, w.queued
-            w.act = w.queued = None
-            if queued is not None:
-                self._finish(queued, State.LOST, error=why)
+            w.act, w.queued = None, deque()
+            for waiting in queued:
+                self._finish(waiting, State.LOST, error=why)
             if act is not None:
                 self._kill(w)
                 self._finish(act, State.LOST, error=why)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ class FunctionRuntime:
 class Worker:
     """One worker process. States: starting (no ready message yet), busy, idle, dying (waiting for its EOF).
 
-    `act` is the call it runs; `queued` the next one, already written to its stdin while `act` runs (the pool's
-    queue depth 2), which the worker starts as soon as it has answered `act`."""
+    `act` is the call it runs; `queued` the next ones, in order, already written to its stdin while `act` runs
+    (the pool's queue depth), which the worker starts as soon as it has answered `act` (or runs together with
+    `act`, `entry.py`)."""
 
     __slots__ = ("fn", "proc", "pid", "in_fd", "out_fd", "rbuf", "wbuf", "state", "act", "queued", "running",
                  "ready", "available_at", "deadline", "kill_at", "last_used", "calls", "init_s", "ready_error")
@@ -67,7 +69,7 @@ class Worker:
         self.wbuf = bytearray()
         self.state = "starting"
         self.act: Any = None  # the activation it runs (pool._Activation)
-        self.queued: Any = None  # the next one, sent but not started (pool._Activation)
+        self.queued: deque[Any] = deque()  # the next ones, sent, not answered (pool._Activation)
         self.running = False
         self.ready = False
         self.available_at = now + cold_start_s
