@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -594,3 +595,115 @@ def test_fast_insert_failures_are_the_originals(tmp_path: Any) -> None:
     finally:
         patch.undo()
     assert mine == theirs and all(r[0] == "error" for r in mine)
+
+
+# --------------------------------------------------------------------------------- one commit per insert command
+
+
+def _insert_msg(coll: str, docs: list[dict[str, Any]], **body: Any) -> dict[str, Any]:
+    return {"request_id": 7, "sections": [("body", {"insert": coll, "$db": "fk", **body}), ("payload", {"documents": docs})]}
+
+
+@pytest.fixture
+def handler(tmp_path) -> Iterator[Any]:
+    """An nx-27017 handler in this process, on its own data folder, with the insert patch applied."""
+    from nx_27017.handler import NeoSQLiteHandler
+
+    patch = _patch("insert-transaction")
+    assert patch.apply(nxfast.installed_versions())
+    h = NeoSQLiteHandler(data_dir=str(tmp_path))
+    try:
+        yield h
+    finally:
+        patch.undo()
+        h.close() if hasattr(h, "close") else None
+
+
+def test_an_insert_command_commits_once_and_answers_as_the_original(handler: Any) -> None:
+    conn = handler.get_database("fk").db
+    statements: list[str] = []
+    conn.set_trace_callback(lambda sql: statements.append(sql.split()[0].upper()))
+    try:
+        _, res = handler.handle_insert(_insert_msg("acts", [{"_id": i, "n": i} for i in range(5)]))
+    finally:
+        conn.set_trace_callback(None)
+    assert res["ok"] == 1 and res["n"] == 5
+    assert statements.count("BEGIN") == 1 and statements.count("COMMIT") == 1 and statements.count("INSERT") == 5
+    assert not conn.in_transaction
+    # a duplicate fails alone: unordered, the others are stored; ordered, those before it are
+    _, res = handler.handle_insert(_insert_msg("acts", [{"_id": 10}, {"_id": 3}, {"_id": 11}], ordered=False))
+    assert res["n"] == 2 and [e["index"] for e in res["writeErrors"]] == [1] and res["writeErrors"][0]["code"] == 11000
+    _, res = handler.handle_insert(_insert_msg("acts", [{"_id": 20}, {"_id": 4}, {"_id": 21}], ordered=True))
+    assert res["n"] == 1 and [e["index"] for e in res["writeErrors"]] == [1]
+    assert not conn.in_transaction
+    stored = sorted(d["_id"] for d in handler.get_database("fk")["acts"].find({}))
+    assert stored == [0, 1, 2, 3, 4, 10, 11, 20]
+
+
+def test_an_insert_inside_a_transaction_is_left_to_it(handler: Any) -> None:
+    conn = handler.get_database("fk").db
+    handler.handle_insert(_insert_msg("acts", [{"_id": 0}]))
+    conn.execute("BEGIN")
+    _, res = handler.handle_insert(_insert_msg("acts", [{"_id": 1}, {"_id": 2}]))
+    assert res["n"] == 2 and conn.in_transaction  # not committed by the insert: the transaction is its owner's
+    conn.execute("ROLLBACK")
+    assert sorted(d["_id"] for d in handler.get_database("fk")["acts"].find({})) == [0]
+    statements: list[str] = []
+    conn.set_trace_callback(lambda sql: statements.append(sql.split()[0].upper()))
+    try:  # a command of a client's transaction, and GridFS's collections: the original, as it is
+        handler.handle_insert(_insert_msg("acts", [{"_id": 3}], autocommit=False, startTransaction=True))
+        handler.handle_insert(_insert_msg("fs.files", [{"_id": 4, "length": 0, "chunkSize": 255}]))
+    finally:
+        conn.set_trace_callback(None)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    assert "BEGIN" not in statements and "COMMIT" not in statements  # the wrapper stayed out of both
+
+
+def test_a_failing_commit_fails_the_command_and_leaves_no_transaction(handler: Any) -> None:
+    real_db = handler.get_database("fk")
+    conn = real_db.db
+    handler.handle_insert(_insert_msg("acts", [{"_id": 0}]))
+
+    class FailingCommit:  # the database's connection, whose COMMIT fails (as a full disk would make it)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(conn, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error")
+            return conn.execute(sql, *args)
+
+    class Database:  # the logical database, as the handler hands it out, with that connection
+        db = FailingCommit()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_db, name)
+
+        def __getitem__(self, name: str) -> Any:
+            return real_db[name]
+
+    handler.get_database = lambda name: Database()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            handler.handle_insert(_insert_msg("acts", [{"_id": 1}, {"_id": 2}]))
+    finally:
+        del handler.get_database
+    assert not conn.in_transaction
+    assert sorted(d["_id"] for d in real_db["acts"].find({})) == [0]  # rolled back, both
+
+
+def test_many_documents_in_one_command_through_the_server(nx_db: Any) -> None:
+    """Over the wire (the embedded server applies the patch): an unordered insert with a duplicate stores the
+    others, and they are visible to another connection at once (committed)."""
+    import pymongo
+
+    nx_db.acts.insert_one({"_id": "a1"})
+    with pytest.raises(pymongo.errors.BulkWriteError) as info:
+        nx_db.acts.insert_many([{"_id": f"a{i}", "n": i} for i in range(5)], ordered=False)
+    assert [e["index"] for e in info.value.details["writeErrors"]] == [1]
+    other = pymongo.MongoClient(nx_db.client.address[0], nx_db.client.address[1], directConnection=True)
+    try:
+        assert sorted(d["_id"] for d in other[nx_db.name].acts.find({})) == [f"a{i}" for i in range(5)]
+    finally:
+        other.close()

@@ -577,6 +577,63 @@ def make_update_many(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 
+# ------------------------------------------------------------------------------------- one commit per insert
+
+
+def _command_body(msg: Any) -> dict[str, Any] | None:
+    for kind, doc in msg.get("sections", ()) if isinstance(msg, dict) else ():
+        if kind == "body" and isinstance(doc, dict):
+            return doc
+    return None
+
+
+def make_insert_transaction(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Replacement for ``NeoSQLiteHandler.handle_insert`` (nx-27017 0.8.1, handler.py) that runs the original inside
+    one SQLite transaction, so an insert command's documents are committed together. neosqlite's connections are in
+    autocommit mode and the original inserts its documents one by one, so each document was a transaction of its
+    own: its table and index pages appended to the write-ahead log once per document. Measured in process on this
+    project's test machine: a tracker batch of 125 activation records 0.13 -> 0.04-0.075 ms of CPU per document
+    (wall 0.2 -> 0.085 ms), a client batch of 4 update documents of 13 KB 0.25 -> 0.16-0.20 ms (wall 0.44 ->
+    0.30 ms).
+
+    The original runs unchanged inside, under its database's lock (taken here first: an RLock, which the
+    original's own ``_serialize`` takes again), so the response, the per-document write errors and what is stored
+    are the original's: a document that fails (a duplicate key) fails alone, SQLite rolling back that statement
+    only, and the others commit, in an ordered insert those before the failure. A command in a transaction of its
+    own (``startTransaction``, ``autocommit: false``, a transaction already open on the connection) and GridFS's
+    collections (whose adapter commits itself) go to the original as they are. If the commit fails, the command
+    fails (rolled back): the client retries it, as after any failed write. What a crash can lose is what it
+    could: an unacknowledged command, now all of it or none."""
+    from nx_27017.handler import _msg_db_name
+
+    def handle_insert(self: Any, msg: Any) -> Any:
+        body = _command_body(msg)
+        coll = body.get("insert") if body is not None else None
+        if (body is None or not isinstance(coll, str) or coll.startswith("fs.") or body.get("startTransaction")
+                or body.get("autocommit") is False):
+            return original(self, msg)
+        db_name = _msg_db_name(msg)
+        with self._lock_for(db_name):
+            conn = self.get_database(db_name).db
+            if conn.in_transaction:
+                return original(self, msg)
+            conn.execute("BEGIN")
+            try:
+                return original(self, msg)
+            finally:  # also after an error: what was written before it stays, as autocommit would have kept it
+                if conn.in_transaction:
+                    try:
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+
+    handle_insert.__doc__ = original.__doc__
+    handle_insert._fk_transaction = True  # type: ignore[attr-defined]
+    return handle_insert
+
+
 # ------------------------------------------------------------------------------------------- exclusion projection
 
 
@@ -727,6 +784,9 @@ def patches() -> list[Patch]:
               lambda _orig: make_bson_to_neo()),
         Patch("neo-to-bson", "nx-27017", NX_VERSION, "nx_27017.wire_protocol", None, "_convert_objectids",
               lambda _orig: make_neo_to_bson()),
+        # an insert command's documents in one SQLite transaction instead of one each
+        Patch("insert-transaction", "nx-27017", NX_VERSION, "nx_27017.handler", "NeoSQLiteHandler", "handle_insert",
+              make_insert_transaction),
     ]
 
 
