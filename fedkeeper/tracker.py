@@ -376,7 +376,12 @@ class Tracker:
 
     def _write_batch(self, inserts: list[dict[str, Any]], updates: list[tuple[str, dict[str, Any]]],
                      rows: list[dict[str, Any]]) -> None:
-        """The store's records, then their rows (never the other way round: see `flush`)."""
+        """The store's records, then their rows (never the other way round: see `flush`). The run's lock is checked
+        first (`guard`): a batch gathered before this process was frozen and written after it woke, by then no
+        longer the run's holder, would land beside the records of the orchestrator that took the run over
+        (tests/test_run_lock.py, the frozen holder); it raises `RunLocked` instead and writes nothing."""
+        if self.guard is not None:
+            self.guard()
         try:
             self.store.record_activations(inserts, updates)
         except BaseException:
