@@ -693,6 +693,62 @@ def test_a_failing_commit_fails_the_command_and_leaves_no_transaction(handler: A
     assert sorted(d["_id"] for d in real_db["acts"].find({})) == [0]  # rolled back, both
 
 
+@pytest.fixture
+def writer_elsewhere(handler: Any) -> Iterator[Any]:
+    """Another connection to the handler's database file that takes SQLite's write lock (as the WAL checkpointer's
+    truncation does) and holds it until released."""
+    import threading
+
+    path = next(row[2] for row in handler.get_database("fk").db.execute("PRAGMA database_list") if row[1] == "main")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    held, release = threading.Event(), threading.Event()
+    threads: list[threading.Thread] = []
+
+    def hold(seconds: float) -> threading.Thread:
+        def run() -> None:
+            other.execute("BEGIN IMMEDIATE")
+            held.set()
+            release.wait(seconds)
+            other.execute("COMMIT")
+
+        thread = threading.Thread(target=run, daemon=True)
+        threads.append(thread)
+        thread.start()
+        held.wait(5)
+        return thread
+
+    try:
+        yield hold
+    finally:
+        release.set()
+        for thread in threads:  # its COMMIT done before the connection closes (one thread at a time on it)
+            thread.join(5)
+        other.close()
+
+
+def test_an_insert_waits_for_a_write_lock_held_elsewhere(handler: Any, writer_elsewhere: Any) -> None:
+    """The transaction takes the write lock at its start, so SQLite's busy timeout applies as it did to each
+    autocommit statement. A deferred BEGIN failed here at once with 'database is locked': its first statement (the
+    original's lookup of the table) made it a read, whose upgrade to a write does not wait."""
+    handler.handle_insert(_insert_msg("acts", [{"_id": -1}]))
+    thread = writer_elsewhere(0.3)
+    _, res = handler.handle_insert(_insert_msg("acts", [{"_id": i} for i in range(3)]))
+    thread.join(5)
+    assert res["ok"] == 1 and res["n"] == 3 and "writeErrors" not in res
+    assert sorted(d["_id"] for d in handler.get_database("fk")["acts"].find({})) == [-1, 0, 1, 2]
+
+
+def test_an_insert_still_locked_after_the_busy_timeout_answers_as_the_original(handler: Any,
+                                                                               writer_elsewhere: Any) -> None:
+    conn = handler.get_database("fk").db
+    handler.handle_insert(_insert_msg("acts", [{"_id": -1}]))
+    conn.execute("PRAGMA busy_timeout = 50")
+    thread = writer_elsewhere(10)
+    _, res = handler.handle_insert(_insert_msg("acts", [{"_id": 0}, {"_id": 1}], ordered=False))
+    assert res["n"] == 0 and {e["code"] for e in res["writeErrors"]} == {8}  # the original's answer: locked
+    assert not conn.in_transaction
+
+
 def test_many_documents_in_one_command_through_the_server(nx_db: Any) -> None:
     """Over the wire (the embedded server applies the patch): an unordered insert with a duplicate stores the
     others, and they are visible to another connection at once (committed)."""
