@@ -4,28 +4,21 @@ error stays that call's."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from pymongo import monitoring
 
 from fedkeeper.runtime import blobstore, model
 from fedkeeper.runtime import weights as W
-
-HANDLER = Path(__file__).resolve().parents[1] / "functions" / "fl_client" / "handler.py"
-MLP = {"model": "mlp", "input_size": 64, "hidden_size": 8, "output_size": 10}
-TRAIN = {"optim": "adam", "lr": 0.01, "batch_size": 10, "local_epochs": 1, "mu": 0.0, "l2": 0.0}
-DIGITS = {"dataset": "digits", "partition": "iid"}
+from function_support import DIGITS_IID as DIGITS
+from function_support import SMALL_MLP as MLP
+from function_support import SMALL_TRAIN as TRAIN
+from function_support import load_handler
 
 
 @pytest.fixture
 def client():
-    spec = importlib.util.spec_from_file_location("fk_test_fl_client_batch", HANDLER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler("fl_client", "fk_test_fl_client_batch")
 
 
 def _params(run_id: str, cid: int, activation: str | None = None) -> dict:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from function_support import load_handler
 from fedkeeper.runtime import admission, blobstore, data, model, weights as W
-
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"fk_test_{name}_handler", FUNCTIONS / name / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler(name, f"fk_test_{name}_handler")
 
 
 client = _load("fl_client")

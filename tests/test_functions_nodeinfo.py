@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
+from function_support import load_handler
+
 HANDLER = Path(__file__).resolve().parents[1] / "functions" / "nodeinfo" / "handler.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("fk_test_nodeinfo_handler", HANDLER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler("nodeinfo", "fk_test_nodeinfo_handler")
 
 
 nodeinfo = _load()

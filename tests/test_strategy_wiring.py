@@ -8,7 +8,6 @@ final model as an uninterrupted run (FedAdam, and central DP with adaptive clipp
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +18,18 @@ import pymongo
 import pytest
 import yaml
 
+from function_support import load_handler
 from fedkeeper import config as cfg
 from fedkeeper.config import ConfigError
 from fedkeeper.runtime import blobstore, privacy, weights as W
 from fedkeeper.scenarios.federated_learning import aggregator_payload, client_payload
 from round_support import Run, experiment_yaml, start_in_process
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 FL = "scenarios.federated_learning"
 
 
 def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"fk_wiring_{name}_handler", FUNCTIONS / name / "handler.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_handler(name, f"fk_wiring_{name}_handler")
 
 
 def config_text(*, strategy: dict[str, Any] | None = None, privacy_section: dict[str, Any] | None = None,

@@ -4,7 +4,6 @@ through the functions in process, the `task:` key at validate time and `report -
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from function_support import load_handler
 from fedkeeper.runtime import data as rdata
 from fedkeeper.runtime import model as rmodel
 from fedkeeper.runtime import tasks
@@ -31,10 +31,7 @@ DIGITS = {"dataset": "digits", "partition": "iid"}
 
 
 def _handler(name: str):
-    spec = importlib.util.spec_from_file_location(f"fk_task_test_{name}", ROOT / "functions" / name / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler(name, f"fk_task_test_{name}")
 
 
 @pytest.fixture

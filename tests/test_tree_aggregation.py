@@ -4,7 +4,6 @@ config, and a run end to end. The same tree on every platform's fake: tests/test
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tree_support as TS
+from function_support import load_handler
 from fedkeeper import config as cfg
 from fedkeeper.config import ConfigError
 from fedkeeper.runtime import partials
@@ -25,16 +25,12 @@ from fedkeeper.runtime.strategies import make_strategy
 from fedkeeper.scenarios import tree_aggregation as T
 from round_support import experiment_yaml, start_in_process
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 DP = {"mode": "central", "noise_multiplier": 0.5, "clip_norm": 1.0, "adaptive": True, "seed": 7,
       "count_noise_multiplier": 1.0}
 
 
 def _handler() -> Any:
-    spec = importlib.util.spec_from_file_location("fk_tree_handler", FUNCTIONS / "fl_server_aggregator" / "handler.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_handler("fl_server_aggregator", "fk_tree_handler")
 
 
 H = _handler()

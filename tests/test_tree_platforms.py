@@ -5,7 +5,6 @@ levels whose successor resumes from the stored partials. One parametrized test p
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
 import uuid
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "contract"))
 from platforms import CLUSTER, HARNESSES, Harness  # noqa: E402
 
 import tree_support as TS  # noqa: E402
+from function_support import load_handler  # noqa: E402
 from fedkeeper import packaging  # noqa: E402
 from fedkeeper.activations import JobState  # noqa: E402
 from fedkeeper.config.models import Resilience  # noqa: E402
@@ -31,16 +31,12 @@ from fedkeeper.tracker import Job, Tracker  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
 NAME = "fk-treeexp-agg"  # a DNS-1035 label: every platform takes it
 FAN_IN = 2  # 8 updates: levels [4, 2], then the final node
 
 
 def _handler() -> Any:
-    spec = importlib.util.spec_from_file_location("fk_tree_pf_handler", FUNCTIONS / "fl_server_aggregator" / "handler.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_handler("fl_server_aggregator", "fk_tree_pf_handler")
 
 
 class _Fabric:
