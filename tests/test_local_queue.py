@@ -352,3 +352,11 @@ def test_max_inflight_follows_the_depth(monkeypatch: pytest.MonkeyPatch) -> None
     for env, per_worker in (("1", 2), ("2", 2), ("4", 4), ("8", 8)):
         monkeypatch.setenv("FK_LOCAL_DEPTH", env)
         assert LocalCluster(concurrency=3).max_inflight == 3 * per_worker
+
+
+def test_the_worker_batches_the_calls_the_pool_queues_deep() -> None:
+    """The worker's batching threshold and the pool's queue-depth threshold are one rule written twice (a function's
+    zip ships without the pool's module): calls the pool queues several deep are the calls a worker batches."""
+    from fedkeeper.providers.local import depth
+
+    assert entry.BATCH_CALL_S == depth.SHORT_CALL_S

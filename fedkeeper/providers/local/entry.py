@@ -51,7 +51,9 @@ MAX_BATCH = 8
 #: a batch may take at most this share of the time its first call has left (at the handler's recent pace)
 BATCH_SHARE = 0.1
 #: only calls this short batch (the handler's recent time per call): batching saves a per-call overhead of about
-#: a millisecond, nothing for long calls, and their results would wait on each other
+#: a millisecond, nothing for long calls, and their results would wait on each other. The pool's
+#: `depth.SHORT_CALL_S`, which decides how deep such calls queue, is the same 50 ms; this file cannot import it (a
+#: function's zip ships `fedkeeper.runtime` only), so tests/test_local_queue.py checks that the two agree
 BATCH_CALL_S = 0.05
 _TRACEBACK_LINES = 6
 
