@@ -21,8 +21,11 @@ Flower's simulation engine (bench/flower_task.py: same model, data partitions, e
 the per-round wall times are printed side by side: Flower's is its 2-round run minus its 1-round run.
 With ``--rounds 20`` or more it also prints the mean round time of rounds 2-10 and of the last 9 (does a round get
 slower as the run's documents pile up in the store?).
-Run:  python bench/bench_scale.py [--clients 100 300 1000] [--rounds 2] [--profile] [--hash xxh3_128]
-                                  [--flower /path/to/venv/bin/python]
+Each setting runs once per `--pack` value (`clients_info.clients_per_invocation`, default 1 and 50: client packing,
+docs/aggregation.md#client-packing), back to back, and a last table sets the packed round times beside the
+unpacked ones.
+Run:  python bench/bench_scale.py [--clients 100 300 1000] [--pack 1 50] [--rounds 2] [--profile]
+                                  [--hash xxh3_128] [--flower /path/to/venv/bin/python]
 Figures are measured in this run; the machine is shared, so compare the ratios printed side by side.
 """
 
@@ -58,7 +61,7 @@ TRAIN = {"optim": "adam", "lr": 0.01, "batch_size": 10, "local_epochs": 1, "mu":
 SEED = 42
 
 
-def make_config(folder: Path, clients: int, rounds: int, hash_alg: str | None = None) -> Path:
+def make_config(folder: Path, clients: int, rounds: int, hash_alg: str | None = None, pack: int = 1) -> Path:
     cfg = yaml.safe_load((ROOT / "config-sample.yaml").read_text())
     cfg["experiment"] = f"scale{clients}"
     cfg["providers"]["local"] = {"laptop": {"concurrency": WORKERS}, "laptop-server": {"concurrency": 1}}
@@ -67,7 +70,8 @@ def make_config(folder: Path, clients: int, rounds: int, hash_alg: str | None = 
         fl["hash_alg"] = hash_alg
     fl["rounds"] = rounds
     fl["model_params"].update(local_epochs=TRAIN["local_epochs"])
-    fl["clients_info"].update(total_num_clients=clients, num_clients_per_round=clients, placement={"laptop": clients})
+    fl["clients_info"].update(total_num_clients=clients, num_clients_per_round=clients, placement={"laptop": clients},
+                              clients_per_invocation=pack)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -204,7 +208,7 @@ def instrumented(probe: Probe) -> Iterator[None]:
             setattr(owner, name, old)
 
 
-def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) -> dict[str, Any]:
+def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None, pack: int = 1) -> dict[str, Any]:
     from fedkeeper.cli.main import cli
 
     probe = Probe()
@@ -217,7 +221,7 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
             profile_dir.mkdir()
             os.environ["FK_PROFILE_DIR"] = str(profile_dir)
         probe.workdir = folder
-        config = make_config(folder, clients, rounds, hash_alg)
+        config = make_config(folder, clients, rounds, hash_alg, pack)
         os.chdir(folder)
         try:
             with instrumented(probe):
@@ -254,7 +258,7 @@ def run_setting(clients: int, rounds: int, profile: bool, hash_alg: str | None) 
                       if a["function"] == "fl_server_aggregator" and int(a["round"]) == r and a["state"] == "succeeded")
     begin = last["round_begin"]
     out = {
-        "clients": clients, "wall_s": wall, "rows": rows, "round_s": float(rows[-1]["round_s"]),
+        "clients": clients, "pack": pack, "wall_s": wall, "rows": rows, "round_s": float(rows[-1]["round_s"]),
         "select": last["wait_begin"] - begin,
         "invoke": last.get("invoke", 0.0),
         "wait": last["wait_end"] - last["wait_begin"] - last.get("invoke", 0.0),
@@ -366,23 +370,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pack", type=int, nargs="+", default=[1, 50],
+                        help="clients_info.clients_per_invocation settings to run (1: one client per invocation)")
     parser.add_argument("--profile", action="store_true", help="cProfile of the orchestrator, largest setting")
     parser.add_argument("--hash", default=None, help="scenarios.federated_learning.hash_alg for the runs")
     parser.add_argument("--flower", metavar="PYTHON", default=os.environ.get("FLWR_PYTHON"),
                         help="a Python with flwr[simulation], for the side-by-side comparison")
     parser.add_argument("--flower-timeout", type=float, default=900.0)
     args = parser.parse_args()
-    results = []
+    results: dict[int, list[dict[str, Any]]] = {pack: [] for pack in args.pack}
     for clients in args.clients:
-        results.append(run_setting(clients, args.rounds, args.profile and clients == max(args.clients), args.hash))
-        results[-1]["train_s"] = training_compute(clients, args.rounds)
-        if args.flower:
-            results[-1]["flower"] = flower_round(args.flower, clients, args.flower_timeout)
+        train_s = training_compute(clients, args.rounds)
+        flower = flower_round(args.flower, clients, args.flower_timeout) if args.flower else None
+        for pack in args.pack:  # the settings of one client count one after the other, under the same load
+            result = run_setting(clients, args.rounds, args.profile and clients == max(args.clients), args.hash,
+                                 pack)
+            result["train_s"] = train_s
+            if flower is not None:
+                result["flower"] = flower
+            results[pack].append(result)
 
     cores = os.cpu_count()
     print(f"fedkeeper start, local platform, {WORKERS} client workers, embedded nx-27017 store, {cores} cores, "
           f"Python {sys.version.split()[0]}; MLP 64-32-10 on digits, 1 local epoch; round {args.rounds} of "
-          f"{args.rounds} (warm)\n")
+          f"{args.rounds} (warm)")
+    for pack in args.pack:
+        _report(results[pack], args, pack)
+    if len(args.pack) > 1:
+        print(f"\nclient packing side by side: round time per setting, and its ratio to clients_per_invocation "
+              f"{args.pack[0]} (same run)")
+        print(f"{'clients':>7} " + " ".join(f"{'k=' + str(p) + ' s':>10}" for p in args.pack)
+              + "".join(f" {'k=' + str(p) + ' ratio':>12}" for p in args.pack[1:]))
+        for i, clients in enumerate(args.clients):
+            times = [results[p][i]["round_s"] for p in args.pack]
+            print(f"{clients:>7} " + " ".join(f"{t:>10.3f}" for t in times)
+                  + "".join(f" {t / times[0]:>11.3f}x" for t in times[1:]))
+
+
+def _report(results: list[dict[str, Any]], args: argparse.Namespace, pack: int) -> None:
+    """The tables and goal lines of one clients_per_invocation setting."""
+    what = f" (client packing: one invocation and one stored partial sum per {pack} clients)" if pack > 1 else ""
+    print(f"\n=== clients_per_invocation {pack}{what} ===\n")
     head = (f"{'clients':>7} {'round s':>8} {'select':>7} {'invoke':>7} {'wait':>7} {'aggregate':>9} {'record':>7} "
             f"{'| poll':>7} {'records':>7} {'sleep':>6} {'passes':>6} {'| train/W s':>11} {'ratio':>6} "
             f"{'handler ms':>10} {'acc':>6}")

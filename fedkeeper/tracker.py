@@ -129,6 +129,9 @@ class Job:
     #: height) and its name, recorded with each activation; None for clients and the flat aggregator
     level: int | None = None
     part: str | None = None
+    #: client packing (scenarios/packing.py): the clients this job trains, recorded with each activation; None for
+    #: a one-client job (`client_id`, which for a pack is its first client) and the aggregator
+    clients: tuple[int, ...] | None = None
 
     @property
     def who(self) -> int | str | None:
@@ -1040,7 +1043,10 @@ def _store_order(record: Mapping[str, Any]) -> tuple[int, int, int, str, int, st
 
 
 def _tree_fields(job: Job) -> dict[str, Any]:
-    """`level` and `part` of a tree aggregation node's activation records (nothing for other jobs)."""
+    """`level` and `part` of a tree aggregation node's activation records, `clients` of a client pack's (nothing
+    for other jobs)."""
+    if job.clients is not None:
+        return {"clients": list(job.clients)}
     return {} if job.part is None else {"level": job.level, "part": job.part}
 
 

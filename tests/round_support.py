@@ -13,9 +13,12 @@ import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pymongo
+import pytest
 import yaml
 
 from fedkeeper import config as cfg
@@ -26,7 +29,7 @@ from fedkeeper.scenarios.federated_learning import start_command
 def experiment_yaml(mongo_url: str, *, clusters: dict[str, dict[str, Any]], placement: dict[str, int],
                     rounds: int = 2, per_round: int = 2, seed: int = 42, target_accuracy: float | None = None,
                     resilience: dict[str, Any] | None = None, client_timeout_s: float = 30,
-                    db: str | None = None) -> str:
+                    db: str | None = None, clients_per_invocation: int = 1) -> str:
     """Config text for a logreg on digits, 1 local epoch; the aggregator gets its own reliable cluster."""
     providers = {name: {"concurrency": 2, **settings} for name, settings in clusters.items()}
     providers["agg"] = {"concurrency": 1}
@@ -39,7 +42,9 @@ def experiment_yaml(mongo_url: str, *, clusters: dict[str, dict[str, Any]], plac
         "scenarios": {"federated_learning": {
             "rounds": rounds, "seed": seed, "target_accuracy": target_accuracy,
             "clients_info": {"total_num_clients": sum(placement.values()), "num_clients_per_round": per_round,
-                             "placement": placement},
+                             "placement": placement,
+                             **({"clients_per_invocation": clients_per_invocation}
+                                if clients_per_invocation != 1 else {})},
             "server": {"cluster": "agg"},
             "data_sampling": {"model": "logreg", "input_size": 64, "output_size": 10, "partition": "iid"},
             "model_params": {"optim": "sgd", "lr": 0.05, "batch_size": 16, "local_epochs": 1},
@@ -98,3 +103,52 @@ def start_in_process(workdir: Path, text: str, client: pymongo.MongoClient, *, r
     app = App(quiet=True, logs_dir=workdir / "Logs", workdir=workdir)
     summary = start_command(app, config, rounds=rounds, resume=resume)
     return Run(summary, workdir / "Logs" / summary["run_id"], client[config.mongo_config.db])
+
+
+class Loop:
+    """Starts in-process runs on the session's nx-27017 server; drops their databases afterwards."""
+
+    def __init__(self, url: str, tmp: Path) -> None:
+        self.url, self.tmp = url, tmp
+        self.client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+        self.dbs: list[str] = []
+
+    def yaml(self, *, db: str | None = None, **kwargs: Any) -> tuple[str, str]:
+        """(config text, database name); pass `db` to point a second config at the same run."""
+        db = db or f"t_{uuid.uuid4().hex[:12]}"
+        self.dbs.append(db)
+        return experiment_yaml(self.url, db=db, **kwargs), db
+
+    def start(self, text: str, *, workdir: str = "w", resume: str | None = None) -> Run:
+        path = self.tmp / workdir
+        path.mkdir(exist_ok=True)
+        return start_in_process(path, text, self.client, resume=resume)
+
+    def close(self) -> None:
+        for db in set(self.dbs):
+            self.client.drop_database(db)
+        self.client.close()
+
+
+@pytest.fixture
+def loop(nx_server: str, tmp_path: Path) -> Iterator[Loop]:
+    harness = Loop(nx_server, tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+    assert _workers_under(tmp_path) == [], "a local worker outlived its run"
+
+
+def _workers_under(path: Path) -> list[str]:
+    """Live child processes of this test process whose command line or cwd points into the test's folder."""
+    left = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if str(path) in " ".join(proc.cmdline()) or str(path) in proc.cwd():
+                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:100]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return left

@@ -11,71 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-import pymongo
 import pytest
 
 from fedkeeper.errors import EXIT_FAILURE, RunFailed
 from fedkeeper.tracker import rank_clients, select_clients
-from round_support import Run, experiment_yaml, start_in_process
+from round_support import Loop, Run, loop  # noqa: F401 - loop: the fixture
 
 pytestmark = pytest.mark.integration
 
 SLOW_MS = 20_000  # far beyond every deadline below: a slow client can only be waited for, never arrive in time
-
-
-class Loop:
-    """Starts in-process runs on the session's nx-27017 server; drops their databases afterwards."""
-
-    def __init__(self, url: str, tmp: Path) -> None:
-        self.url, self.tmp = url, tmp
-        self.client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
-        self.dbs: list[str] = []
-
-    def yaml(self, *, db: str | None = None, **kwargs: Any) -> tuple[str, str]:
-        """(config text, database name); pass `db` to point a second config at the same run."""
-        db = db or f"t_{uuid.uuid4().hex[:12]}"
-        self.dbs.append(db)
-        return experiment_yaml(self.url, db=db, **kwargs), db
-
-    def start(self, text: str, *, workdir: str = "w", resume: str | None = None) -> Run:
-        path = self.tmp / workdir
-        path.mkdir(exist_ok=True)
-        return start_in_process(path, text, self.client, resume=resume)
-
-    def close(self) -> None:
-        for db in set(self.dbs):
-            self.client.drop_database(db)
-        self.client.close()
-
-
-@pytest.fixture
-def loop(nx_server: str, tmp_path: Path) -> Iterator[Loop]:
-    harness = Loop(nx_server, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-    assert _workers_under(tmp_path) == [], "a local worker outlived its run"
-
-
-def _workers_under(path: Path) -> list[str]:
-    """Live child processes of this test process whose command line or cwd points into the test's folder."""
-    left = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if str(path) in " ".join(proc.cmdline()) or str(path) in proc.cwd():
-                left.append(f"{proc.pid} {' '.join(proc.cmdline())[:100]}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return left
 
 
 def clients_by_state(rows: list[dict[str, Any]]) -> dict[str, set[int]]:

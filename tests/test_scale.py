@@ -18,14 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 1000
 
 
-def config(folder: Path, hash_alg: str) -> Path:
+def config(folder: Path, hash_alg: str, pack: int = 1) -> Path:
     data = yaml.safe_load((ROOT / "config-sample.yaml").read_text())
     data["experiment"] = "scale"
     data["providers"]["local"] = {"laptop": {"concurrency": 2}, "laptop-server": {"concurrency": 1}}
     fl = data["scenarios"]["federated_learning"]
     fl.update(rounds=1, hash_alg=hash_alg)
     fl["model_params"]["local_epochs"] = 1
-    fl["clients_info"].update(total_num_clients=CLIENTS, num_clients_per_round=CLIENTS, placement={"laptop": CLIENTS})
+    fl["clients_info"].update(total_num_clients=CLIENTS, num_clients_per_round=CLIENTS, placement={"laptop": CLIENTS},
+                              clients_per_invocation=pack)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -61,3 +62,38 @@ def test_a_round_of_a_thousand_clients_completes_on_the_local_platform(tmp_path:
         model = store.get_model_doc(summary["run_id"], 1)
     assert len(docs) == CLIENTS and {d["hash_alg"] for d in docs} == {alg}
     assert model["hash_alg"] == alg and model["num_updates"] == CLIENTS
+
+
+@pytest.mark.slow
+def test_a_round_of_a_thousand_clients_in_packs_completes_and_equals_the_unpacked_model(tmp_path: Path,
+                                                                                       run_cli) -> None:  # type: ignore[no-untyped-def]
+    """Client packing (docs/aggregation.md#client-packing) at the same scale: 20 invocations of 50 clients, each
+    storing one partial sum, combined by the aggregator (20 partials > fan_in 16: one inner level)."""
+    import numpy as np
+
+    from fedkeeper.config.models import MongoConfig
+    from fedkeeper.store import open_store
+
+    models = {}
+    for pack in (1, 50):
+        folder = tmp_path / f"k{pack}"
+        folder.mkdir()
+        result = run_cli("start", "-c", config(folder, "sha256", pack), "-q", "--json", cwd=folder)
+        assert result.code == 0, result.stderr[-2000:]
+        run_dir = next((folder / "Logs").iterdir())
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        with open(run_dir / "rounds.csv", newline="") as handle:
+            (row,) = list(csv.DictReader(handle))
+        assert int(row["aggregated"]) == CLIENTS
+        with open_store(MongoConfig(), workdir=folder) as store:
+            models[pack] = store.blobs.read_model(summary["run_id"], 1)[0]
+            if pack > 1:
+                records = list(store.db["activations"].find({"run_id": summary["run_id"], "function": "fl_client"}))
+                assert len(records) == CLIENTS // pack
+                assert sorted(c for r in records for c in r["clients"]) == list(range(CLIENTS))
+                tree = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                        if '"tree_aggregation"' in line]
+                assert tree[-1]["levels"] == [2]  # 20 pack partials: two inner nodes, then the final one
+    for name, flat in models[1].items():
+        np.testing.assert_allclose(models[50][name], flat, rtol=0, atol=1e-6)

@@ -196,3 +196,71 @@ def test_tree_on_the_platform_gives_the_flat_model_and_resumes_after_a_kill(
     finally:
         provider.remove(NAME)
         provider.close()
+
+
+def _client_payload(run_id: str, client_id: int, pack: list[int] | None = None, index: int = 0) -> dict[str, Any]:
+    import fl_payloads as P
+
+    payload = dict(P.client(run_id, 1, client_id), num_clients=TS.N)
+    if pack is not None:
+        payload["pack"] = {"index": index, "clients": pack}
+    return payload
+
+
+def test_client_packs_combined_on_the_platform_give_the_flat_model_and_resume_after_a_kill(
+        harness: Harness, db: Any, nx_server: str) -> None:
+    """Client packing (docs/aggregation.md#client-packing): four packs of two clients stored by fl_client, combined
+    on the platform through an inner level of fan-in 2 and the final invocation, against a flat aggregation of the
+    same clients trained one by one; then an orchestrator killed before the final invocation, resumed."""
+    import fl_payloads as P
+    from fedkeeper.runtime import partials
+
+    provider = harness.provider()
+    try:
+        _deploy(harness, provider, nx_server, db.name)
+        records, runlog = _Records(), _RunLog()
+        tracker = Tracker(_Fabric(provider, harness.kind), records, runlog,
+                          Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        store, aggregator = BlobStore(db), _handler()
+        client = load_handler("fl_client", "fk_tree_pf_client")
+        for run in ("flat", "packs", "killed"):
+            aggregator.handle(dict(P.init(run)), db=db)
+        entries = []
+        for c in range(TS.N):
+            sent = _client_payload("flat", c)
+            ack = client.handle(sent, db=db)
+            entries.append({"client_id": c, "activation_id": sent["activation_id"], "attempt": 1,
+                            "sha256": ack["sha256"]})
+        flat = Job("flat", 1, None, CLUSTER, "fl_server_aggregator", NAME,
+                   dict(TS.base("flat"), mode="aggregate", updates=entries), 60.0, 512)
+        tracker.run([flat])
+        assert flat.state is JobState.SUCCEEDED, flat.error
+
+        def packs(run: str) -> list[str]:
+            keys = []
+            for index, start in enumerate(range(0, TS.N, 2)):
+                ack = client.handle(_client_payload(run, start, [start, start + 1], index), db=db)
+                assert ack["key"] == partials.pack_key(run, 1, index, None, [start, start + 1])
+                keys.append(ack["key"])
+            return keys
+
+        payload = dict(TS.base("packs"), mode="aggregate")
+        result = _tree("packs", db, tracker, runlog).combine_stored(1, payload, packs("packs"), "test")
+        assert result["tree"] == {"fan_in": FAN_IN, "levels": [2], "reused": 0}
+        assert result["num_updates"] == flat.result["num_updates"] == TS.N
+        assert TS.models_equal(store, "flat", "packs")[1] <= 1e-6  # float64 sums associated otherwise
+
+        killed_payload = dict(TS.base("killed"), mode="aggregate")
+        keys = packs("killed")
+        with pytest.raises(Killed):
+            _tree("killed", db, tracker, runlog, kill_at_level=3).combine_stored(1, killed_payload, keys, "test")
+        assert db.partials.count_documents({"run_id": "killed", "level": 2}) == 2
+        successor = Tracker(_Fabric(provider, harness.kind), records, runlog,
+                            Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        resumed = _tree("killed", db, successor, runlog).combine_stored(1, killed_payload, keys, "test")
+        assert resumed["tree"]["reused"] == 2
+        assert resumed["model_sha256"] == result["model_sha256"]  # same packs, same plan: the same bits
+        assert db.partials.count_documents({}) == 0
+    finally:
+        provider.remove(NAME)
+        provider.close()

@@ -300,6 +300,7 @@ def _check_strategy(fl: FederatedLearning) -> list[ConfigIssue]:
                                   f"is {given['mu']!r} but model_params.mu is {fl.model_params.mu!r}: give one "
                                   "(strategy fedprox sets the clients' proximal term)"))
     issues += _check_tree(fl, strategy)
+    issues += _check_packing(fl, strategy)
     params = fl.privacy_params()
     if params is None:
         return issues
@@ -331,6 +332,37 @@ def _check_tree(fl: FederatedLearning, strategy: Any) -> list[ConfigIssue]:
                         f"strategy {strategy.name!r} needs every update of a round at once (an order statistic), "
                         "so its aggregation cannot be split into partial sums; use tree: auto or off, or a strategy "
                         "of the FedAvg family (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox)")]
+
+
+def _check_packing(fl: FederatedLearning, strategy: Any) -> list[ConfigIssue]:
+    """Client packing (`clients_info.clients_per_invocation` > 1, docs/aggregation.md): a pack stores one partial
+    sum of its clients' updates, so only what sums can be packed, and a pack succeeds or fails as a whole."""
+    from fedkeeper.runtime import strategies as rstrategies
+
+    k = fl.clients_info.clients_per_invocation
+    if k == 1:
+        return []
+    where = "scenarios.federated_learning.clients_info.clients_per_invocation"
+    why = f"is {k}: a pack of clients stores one sum of their updates"
+    issues = []
+    if strategy is not None and not isinstance(strategy, rstrategies.MeanThenStep):
+        issues.append(ConfigIssue(where, f"{why}, but strategy {strategy.name!r} needs every update on its own (an "
+                                         "order statistic); use 1, or a strategy of the FedAvg family (fedavg, "
+                                         "fedavgm, fedadam, fedyogi, fedadagrad, fedprox)"))
+    if fl.mode.name != "sync":
+        issues.append(ConfigIssue(where, f"{why}, which sync rounds take as a whole; mode {fl.mode.name} takes "
+                                         "updates one by one as they arrive: use 1, or mode sync"))
+    dp = fl.privacy_params()
+    if dp is not None and dp.get("mode") == "central":
+        issues.append(ConfigIssue(where, f"{why}, but central differential privacy clips each client's update "
+                                         "in the aggregator; use 1, or privacy mode local"))
+    if fl.resilience.overselect > 0:
+        issues.append(ConfigIssue(where, f"{why} and succeeds or fails as a whole, so over-selection (resilience."
+                                         "overselect) cannot pick the first clients by rank; use 1, or overselect 0"))
+    if fl.clients_info.deployment == "per_client":
+        issues.append(ConfigIssue(where, f"{why} in one function, but deployment per_client gives every client a "
+                                         "function of its own; use 1, or deployment shared"))
+    return issues
 
 
 def _check_strategy_memory(config: Config, fl: FederatedLearning, clusters: dict[str, ClusterConfig]

@@ -102,6 +102,9 @@ class ClientsInfo(Model):
     num_clients_per_round: int = Field(ge=1)
     placement: dict[str, Annotated[int, Field(ge=0)]] | None = None
     deployment: Literal["shared", "per_client"] = "shared"
+    clients_per_invocation: int = Field(1, ge=1, le=10_000, description="clients one fl_client invocation trains "
+                                        "(client packing, docs/aggregation.md): it stores one partial sum of their "
+                                        "updates; FedAvg family, sync rounds, no central DP")
     ow_clients_count: int | None = Field(None, ge=0)
     gcf_clients_count: int | None = Field(None, ge=0)
     edge_clients_count: int | None = Field(None, ge=0)

@@ -107,7 +107,9 @@ def client_stats(run: RunFolder, updates: UpdateDocs | None = None, *, store_not
                 if item.get("activation_id"):
                     mine = [d for d in mine if d.get("activation_id") == item["activation_id"]] or mine
                 mine.sort(key=lambda d: int(d.get("attempt") or 0))
-                n = mine[-1].get("num_examples") if mine else None
+                # no update document: a client of a pack (docs/aggregation.md#client-packing), whose count the
+                # event gives
+                n = mine[-1].get("num_examples") if mine else item.get("num_examples")
                 examples[(r, c)] = n if isinstance(n, int) and not isinstance(n, bool) else None
         examples_source = "store (update documents)"
     elif logged:

@@ -43,6 +43,7 @@ def config_summary(config: Config) -> dict[str, Any]:
             "rounds": fl.rounds, "seed": fl.seed, "total_num_clients": fl.clients_info.total_num_clients,
             "num_clients_per_round": fl.clients_info.num_clients_per_round,
             "deployment": fl.clients_info.deployment,
+            "clients_per_invocation": fl.clients_info.clients_per_invocation,
             "model": fl.data_sampling.model if fl.task is None else f"task {fl.task.module}",
             "optim": fl.model_params.optim, "dataset": fl.training_test_data.dataset or "files",
             "partition": fl.data_sampling.partition, "mu": fl.model_params.mu,
@@ -76,7 +77,9 @@ def print_config_summary(config: Config, console: Console) -> None:
     fl = data["federated_learning"]
     if fl:
         console.print(f"federated learning: {fl['rounds']} rounds, {fl['num_clients_per_round']} of "
-                      f"{fl['total_num_clients']} clients per round ({fl['deployment']}), model {fl['model']}, "
+                      f"{fl['total_num_clients']} clients per round ({fl['deployment']}"
+                      + (f", {fl['clients_per_invocation']} per invocation"
+                         if fl.get("clients_per_invocation", 1) > 1 else "") + f"), model {fl['model']}, "
                       f"{fl['optim']}{' + FedProx mu=' + format(fl['mu'], 'g') if fl['mu'] else ''}, "
                       f"data {fl['dataset']} ({fl['partition']}), seed {fl['seed']}")
     console.print(f"store: {data['store']['url']} (db {data['store']['db']})")

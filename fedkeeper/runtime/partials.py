@@ -58,6 +58,20 @@ def partial_key(run_id: str, round: int, level: int, index: int, digest: str) ->
     return f"{run_id}:{int(round)}:partial:{int(level)}:{int(index)}:{digest}"
 
 
+#: the level of a client pack's partial (``clients_info.clients_per_invocation``): packs are the leaves of the
+#: round's tree (the aggregator's inner nodes over them are level 2 and up); their digest tells them apart
+PACK_LEVEL = 1
+
+
+def pack_key(run_id: str, round: int, index: int, privacy_params: Mapping[str, Any] | None,  # noqa: A002
+             clients: Sequence[int]) -> str:
+    """The key of the partial sum a client pack stores: the orchestrator computes it from the pack it issues, the
+    client function from the payload it got, so a resumed round knows which packs are stored. ``privacy_params``:
+    the payload's (local DP only; packs never run under central DP)."""
+    inputs = [f"client:{int(c)}" for c in clients]
+    return partial_key(run_id, round, PACK_LEVEL, index, inputs_digest(MEAN, privacy_params, inputs))
+
+
 @dataclass
 class PartialSum:
     """Float64 sums over a group of updates (or of partials) with what the final step needs to finish them.
@@ -106,6 +120,11 @@ class PartialSum:
             acc = self.sums[name].reshape(-1)
             flat = weights[name].reshape(-1)
             factor = n * (_F64_SCALE if dtype == np.float64 else 1.0)
+            if acc.shape[0] <= _CHUNK:  # one chunk: the same operations without the loop (client packs add many)
+                part = buf[: acc.shape[0]]
+                np.multiply(flat, factor, out=part)  # float64(w) * factor: the cast is exact, as copyto's is
+                np.add(acc, part, out=acc)
+                continue
             for start in range(0, acc.shape[0], _CHUNK):
                 stop = min(start + _CHUNK, acc.shape[0])
                 part = buf[: stop - start]

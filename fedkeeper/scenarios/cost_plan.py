@@ -3,7 +3,8 @@
 `planned_calls` follows the round loop (`scenarios.federated_learning`): each round draws the same clients from
 (seed, round) as the run will (`tracker.rank_clients`, over-selection included; Poisson sampling under
 `privacy.sampling: poisson`), each client is served by the
-cluster the placement gives it, and the aggregator is called once per round plus once for round 0 (init).
+cluster the placement gives it (under client packing, one call per pack: `scenarios.packing`), and the aggregator
+is called once per round plus once for round 0 (init).
 Retries are not planned: a run that retries costs more. Nothing is deployed and no platform is contacted.
 
 `calibrate` times the configured model on this machine, in process, on synthetic data of the configured shape:
@@ -31,6 +32,7 @@ from fedkeeper.results.cost_estimate import Duration, PlannedCalls
 from fedkeeper.runtime import data as rt_data
 from fedkeeper.runtime import model as rt_model
 from fedkeeper.scenarios.federated_learning import data_spec, model_spec
+from fedkeeper.scenarios.packing import plan_packs
 from fedkeeper.tracker import rank_clients
 
 #: seconds a client call spends outside training: read the global model, write the update, start up warm
@@ -60,7 +62,11 @@ def planned_calls(config: Config, rounds: int, workdir: Path | str) -> list[Plan
     for r in range(1, rounds + 1):
         drawn = (poisson_clients(fl.seed, r, total, fl.clients_info.num_clients_per_round / total) if poisson
                  else rank_clients(fl.seed, r, total, count))
-        per_cluster.update(placement[c] for c in drawn)
+        if fl.clients_info.clients_per_invocation > 1:  # client packing: one call per pack (scenarios.packing)
+            packs = plan_packs("cost", r, drawn, fl.clients_info.clients_per_invocation, placement.__getitem__, None)
+            per_cluster.update(placement[p.first] for p in packs)
+        else:
+            per_cluster.update(placement[c] for c in drawn)
     calls = []
     for cluster in fabric.clusters:
         if per_cluster[cluster]:
@@ -113,12 +119,15 @@ def calibrate(fl: FederatedLearning) -> tuple[dict[tuple[str | None, str], Durat
     eval_s = (time.perf_counter() - t0) / len(y) * test_n
     shard = math.ceil(train_n / fl.clients_info.total_num_clients)
     client_steps = int(params.local_epochs) * math.ceil(shard / batch)
-    client_s = client_steps * step_s + CLIENT_OVERHEAD_S
+    packed = min(fl.clients_info.clients_per_invocation, selected_per_round(fl))  # clients one call trains
+    client_s = packed * client_steps * step_s + CLIENT_OVERHEAD_S
     aggregator_s = eval_s + AGGREGATOR_OVERHEAD_S
     source = "calibration on this machine"
     notes = [f"durations: calibrated here, no measured run: {step_s * 1000:.2f} ms per training step of "
              f"{spec.model} at batch {batch}; a client trains {client_steps} steps ({params.local_epochs} epoch(s) "
-             f"of a {shard}-example shard) + {CLIENT_OVERHEAD_S} s overhead = {client_s:.3f} s; the aggregator "
+             f"of a {shard}-example shard)"
+             + (f", a call up to {packed} clients (clients_per_invocation)" if packed > 1 else "")
+             + f" + {CLIENT_OVERHEAD_S} s overhead = {client_s:.3f} s; the aggregator "
              f"evaluates {test_n} examples in {eval_s:.3f} s + {AGGREGATOR_OVERHEAD_S} s overhead = "
              f"{aggregator_s:.3f} s; p95 = mean (a calibration has no spread)"]
     if not (train_known and test_known):

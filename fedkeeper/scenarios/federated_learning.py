@@ -21,10 +21,10 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn
 from rich.table import Table
@@ -53,6 +53,9 @@ from fedkeeper.providers.local.profile import profiles as local_profiles
 from fedkeeper.scenarios import stop as stop_requests
 from fedkeeper.store.locks import RunLock, RunLocked
 from fedkeeper.tracker import Attempt, Job, Tracker, missing_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fedkeeper.scenarios.tree_aggregation import TreeAggregation
 
 MODEL_KEYS = ("model", "input_size", "hidden_size", "output_size", "input_shape_x", "input_shape_y")
 
@@ -132,6 +135,12 @@ class ClientPayloads:
 
     def __call__(self, client_id: int) -> dict[str, Any]:
         return {**self.head, "client_id": client_id, **self.tail}
+
+    def pack(self, index: int, clients: Sequence[int]) -> dict[str, Any]:
+        """A client pack's payload (`scenarios.packing`): `pack` names its clients; `client_id` is its first, for
+        the platforms' per-client bookkeeping (the local platform's timing profile), and unread by the pack."""
+        return {**self.head, "client_id": clients[0], "pack": {"index": index, "clients": list(clients)},
+                **self.tail}
 
 
 def aggregator_payload(run_id: str, round_number: int, mode: str, fl: FederatedLearning, keep_models: int,
@@ -282,10 +291,28 @@ class Experiment:
             self.runlog.event("update_ignored", round=round_number, **item)
         return found
 
-    def _aggregate(self, round_number: int, mode: str, updates: list[dict[str, Any]] | None) -> dict[str, Any]:
+    def pack_jobs(self, round_number: int, packs: Iterable[Any]) -> list[Job]:
+        """The jobs of these client packs (`scenarios.packing.Pack`) in round r: each on its clients' cluster,
+        recorded under its first client with `clients`."""
+        payloads = ClientPayloads(self.run_id, round_number, self.fl)
+        jobs = []
+        for pack in packs:
+            job = self._job(round_number, pack.first, payloads.pack(pack.index, pack.clients))
+            job.clients = tuple(pack.clients)
+            jobs.append(job)
+        return jobs
+
+    def _aggregate(self, round_number: int, mode: str, updates: list[dict[str, Any]] | None, *,
+                   packs: Sequence[str] | None = None) -> dict[str, Any]:
+        """Run the aggregator (`mode`) over `updates`, or combine the stored partials of client packs (`packs`:
+        their keys in client order) through the tree's final invocation."""
         payload = aggregator_payload(self.run_id, round_number, mode, self.fl, self.config.mongo_config.keep_models,
                                      updates)
-        result = self._run_aggregator(round_number, mode, payload)
+        if packs is not None:
+            result = self._tree().combine_stored(round_number, payload, list(packs),
+                                                 f"{len(packs)} client packs")
+        else:
+            result = self._run_aggregator(round_number, mode, payload)
         if payload.get("gc") is False:  # the aggregator left its garbage to us: collected once the round is recorded
             self._uncollected = (round_number, int(payload.get("keep_models") or 0),
                                  int(payload.get("gc_through", round_number)))
@@ -303,12 +330,19 @@ class Experiment:
         self._collector.collect(*self._uncollected)
         self._uncollected = None
 
+    def _tree(self) -> "TreeAggregation":
+        """The run's tree aggregation (scenarios/tree_aggregation.py), made on first use."""
+        from fedkeeper.scenarios.tree_aggregation import TreeAggregation  # noqa: F811 - at run time
+
+        tree = self.__dict__.get("_tree_aggregation")
+        if tree is None:
+            tree = self.__dict__["_tree_aggregation"] = TreeAggregation.for_experiment(self)
+        return tree
+
     def _run_aggregator(self, round_number: int, mode: str, payload: dict[str, Any]) -> dict[str, Any]:
         tree = None
         if mode == "aggregate":  # tree aggregation when the flat one would not fit (scenarios/tree_aggregation.py)
-            from fedkeeper.scenarios.tree_aggregation import TreeAggregation
-
-            tree = self.__dict__.get("_tree") or self.__dict__.setdefault("_tree", TreeAggregation.for_experiment(self))
+            tree = self._tree()
             result = tree.aggregate(round_number, payload)
             if result is not None:
                 return result

@@ -86,11 +86,13 @@ class TreePlan:
     fan_in: int
     levels: tuple[tuple[Node, ...], ...]
     root_parts: tuple[str, ...]
+    #: the level of `levels[0]`: 1 (leaves over updates), or 2 over stored partials (client packs)
+    first: int = 1
 
     @property
     def height(self) -> int:
         """The final invocation's level (the leaves are level 1)."""
-        return len(self.levels) + 1
+        return len(self.levels) + self.first
 
     def sizes(self) -> list[int]:
         return [len(level) for level in self.levels]
@@ -112,13 +114,26 @@ def build_plan(run_id: str, round_number: int, updates: Sequence[Mapping[str, An
     """The tree over ``updates`` (the flat payload's list) for fan-in ``fan_in``; the keys are the ones the function
     computes (``runtime.partials``) from the same entries, in ascending client-id order (the aggregation order)."""
     issued = [item.as_params() for item in admission.parse_issued(list(updates), num_clients)]
-    kind = partials.DP if privacy is not None and privacy.get("mode") == "central" else partials.MEAN
-    sizes = level_sizes(len(issued), fan_in)
-    if not sizes:
+    if not level_sizes(len(issued), fan_in):
         raise ValueError(f"{len(issued)} updates fit one aggregation of fan-in {fan_in}: no tree")
+    return _levels(run_id, round_number, issued, fan_in, privacy, first=1)
+
+
+def plan_over_parts(run_id: str, round_number: int, keys: Sequence[str], fan_in: int,
+                    privacy: Mapping[str, Any] | None) -> TreePlan:
+    """The tree over partials already stored (client packs, ``scenarios.packing``), in the listed order: inner
+    nodes of up to ``fan_in`` partials, none when the final invocation can take them all."""
+    if not keys:
+        raise ValueError("no partials to combine")
+    return _levels(run_id, round_number, list(keys), fan_in, privacy, first=2)
+
+
+def _levels(run_id: str, round_number: int, inputs: list[Any], fan_in: int, privacy: Mapping[str, Any] | None,
+            *, first: int) -> TreePlan:
+    """Nodes level by level from ``first`` (1: leaves over issued updates; above it, inner nodes over keys)."""
+    kind = partials.DP if privacy is not None and privacy.get("mode") == "central" else partials.MEAN
     levels: list[tuple[Node, ...]] = []
-    inputs: list[Any] = issued
-    for depth, width in enumerate(sizes, start=1):
+    for depth, width in enumerate(level_sizes(len(inputs), fan_in), start=first):
         nodes = []
         for index, (start, stop) in enumerate(split(len(inputs), width)):
             chunk = inputs[start:stop]
@@ -128,7 +143,7 @@ def build_plan(run_id: str, round_number: int, updates: Sequence[Mapping[str, An
                               parts=tuple(chunk) if depth > 1 else ()))
         levels.append(tuple(nodes))
         inputs = [node.key for node in nodes]
-    return TreePlan(run_id, round_number, fan_in, tuple(levels), tuple(inputs))
+    return TreePlan(run_id, round_number, fan_in, tuple(levels), tuple(inputs), first)
 
 
 # ---------------------------------------------------------------------------------------------- when
@@ -232,6 +247,13 @@ class TreeAggregation:
         plan = build_plan(self.run_id, round_number, updates, self.fan_in, self.privacy, self.num_clients)
         return self.run(plan, payload, decision.reason)
 
+    def combine_stored(self, round_number: int, payload: dict[str, Any], keys: Sequence[str],
+                       reason: str) -> dict[str, Any]:
+        """Combine partials already in the store (client packs, in client order): inner nodes of up to
+        ``fan_in`` when there are more, then the final invocation."""
+        return self.run(plan_over_parts(self.run_id, round_number, keys, self.fan_in, self.privacy), payload,
+                        reason)
+
     def run(self, plan: TreePlan, payload: dict[str, Any], reason: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         base = {k: v for k, v in payload.items() if k not in ("mode", "updates", "keep_models", "gc_through")}
@@ -241,7 +263,7 @@ class TreeAggregation:
         needed = [[] for _ in plan.levels] if committed else plan.needed(present)
         self.runlog.event("tree_aggregation", round=plan.round, fan_in=plan.fan_in, levels=plan.sizes(),
                           reused=len(present), to_run=[len(level) for level in needed], reason=reason)
-        for depth, nodes in enumerate(needed, start=1):
+        for depth, nodes in enumerate(needed, start=plan.first):
             jobs = []
             for node in nodes:
                 body = dict(base, mode="partial", level=node.level, index=node.index)

@@ -49,8 +49,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
-from fedkeeper.runtime import admission, blobstore, data, model, privacy, tasks
+from fedkeeper.runtime import admission, blobstore, data, model, partials, privacy, tasks
 from fedkeeper.runtime.params import required
+from fedkeeper.runtime.strategies.errors import StrategyError
+from fedkeeper.runtime.weights import all_finite
 from fedkeeper.runtime.tasks import partition
 
 FUNCTION = "fl_client"
@@ -180,49 +182,158 @@ class _Trained:
 
 
 def _train(params: dict, db: Any) -> dict | _Trained:
-    """Validate one call's parameters and train; a warm-up call's answer, or the update to store."""
+    """Validate one call's parameters and train; a warm-up call's answer, a pack's acknowledgement (it stores its
+    own partial sum), or the update to store."""
     started = time.perf_counter()
     if not isinstance(params, Mapping):
         raise ValueError(f"{FUNCTION}: params must be a JSON object")
     if params.get("warmup") is True:  # pre-warming (scenarios/rounds/prewarm.py): start the instance, nothing else
         return {"ok": True, "warmup": True, "duration_s": round(time.perf_counter() - started, 6)}
-    run_id = _field(params, "run_id", str)
-    rnd = _field(params, "round", int, minimum=1)
-    client_id = _field(params, "client_id", int, minimum=0)
-    num_clients = _field(params, "num_clients", int, minimum=1)
-    seed = _field(params, "seed", int, minimum=0)
-    if client_id >= num_clients:
-        raise ValueError(f"{FUNCTION}: params.client_id {client_id} is not below params.num_clients {num_clients}")
-    activation_id = _field(params, "activation_id", str)
-    attempt = _field(params, "attempt", int, minimum=1)
-    if ":" in activation_id:
-        raise ValueError(f"{FUNCTION}: params.activation_id must not contain ':', got {activation_id!r}")
-    task, ref = tasks.from_payload(params, FUNCTION)  # params.task, else the built-in numpy model of params.model
-    hyper = _field(params, "train", Mapping)
-    task.check_hyper(hyper, "params.train")
-    data_params = _field(params, "data", Mapping)
-    data.DataSpec.from_params(data_params, "params.data")
-    local_dp = _local_privacy(params)
+    if params.get("pack") is not None:
+        return _train_pack(params, db, started)
+    call = _Call(params, db, single=True)
+    client_id = call.client_id
+    new_weights, metrics = call.train(client_id)
+    return _Trained(call.store, call.run_id, call.rnd, client_id, new_weights, metrics, call.activation_id,
+                    call.attempt, started)
 
-    # hash_alg: the run's digest algorithm for the blobs written here (absent: sha256); reading verifies each blob
-    # with the algorithm it names
-    store = _store(db if db is not None else blobstore.connect(), str(params.get("hash_alg") or "sha256"))
-    expected = task.weights_spec()
-    global_weights = _global_model(store, run_id, rnd - 1, expected)
-    local = partition.client_shard(task, ref.key, data_params, num_clients, client_id, seed)
-    try:
-        trained = tasks.check_train_result(
-            task.train(global_weights, local, hyper, model.derive_seed(seed, rnd, client_id)), len(local))
-    except ValueError as exc:
-        raise ValueError(f"{FUNCTION}: {exc}") from None
-    new_weights = tasks.check_weights(trained.weights, expected, "the trained weights")
-    metrics = {**tasks.plain_metrics(trained.metrics), "num_examples": int(trained.num_examples)}
-    poison = params.get("local_fault_poison_scale")
-    if poison is not None:
-        new_weights = _poisoned(new_weights, global_weights, poison)
-    if local_dp is not None:
-        new_weights = privacy.local_privatize(new_weights, global_weights, local_dp, rnd, client_id, attempt)
-    return _Trained(store, run_id, rnd, client_id, new_weights, metrics, activation_id, attempt, started)
+
+class _Call:
+    """A call's checked parameters, its store and the round's global model: what training any of its clients
+    needs. ``single``: a one-client call (``client_id``), else a pack (``pack.clients``)."""
+
+    def __init__(self, params: Mapping[str, Any], db: Any, *, single: bool) -> None:
+        self.run_id = _field(params, "run_id", str)
+        self.rnd = _field(params, "round", int, minimum=1)
+        self.client_id = _field(params, "client_id", int, minimum=0) if single else -1
+        self.num_clients = _field(params, "num_clients", int, minimum=1)
+        self.seed = _field(params, "seed", int, minimum=0)
+        if single:
+            self.check_client(self.client_id, "params.client_id")
+        self.activation_id = _field(params, "activation_id", str)
+        self.attempt = _field(params, "attempt", int, minimum=1)
+        if ":" in self.activation_id:
+            raise ValueError(f"{FUNCTION}: params.activation_id must not contain ':', got {self.activation_id!r}")
+        # params.task, else the built-in numpy model of params.model
+        self.task, self.ref = tasks.from_payload(params, FUNCTION)
+        self.hyper = _field(params, "train", Mapping)
+        self.task.check_hyper(self.hyper, "params.train")
+        self.data_params = _field(params, "data", Mapping)
+        data.DataSpec.from_params(self.data_params, "params.data")
+        self.local_dp = _local_privacy(params)
+        self.poison = params.get("local_fault_poison_scale")
+        self._shards: Any = None  # partition.shard_reader, made at the first client
+        # hash_alg: the run's digest algorithm for the blobs written here (absent: sha256); reading verifies each
+        # blob with the algorithm it names
+        self.store = _store(db if db is not None else blobstore.connect(), str(params.get("hash_alg") or "sha256"))
+        self.expected = self.task.weights_spec()
+        self.global_weights = _global_model(self.store, self.run_id, self.rnd - 1, self.expected)
+
+    def check_client(self, client_id: int, where: str) -> None:
+        if client_id >= self.num_clients:
+            raise ValueError(f"{FUNCTION}: {where} {client_id} is not below params.num_clients {self.num_clients}")
+
+    def train(self, client_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One client's update (poisoned and privatized as the payload says) and its metrics with num_examples."""
+        if self._shards is None:
+            self._shards = partition.shard_reader(self.task, self.ref.key, self.data_params, self.num_clients,
+                                                  self.seed)
+        local = self._shards(client_id)
+        try:
+            trained = tasks.check_train_result(
+                self.task.train(self.global_weights, local, self.hyper, model.derive_seed(self.seed, self.rnd,
+                                                                                          client_id)), len(local))
+        except ValueError as exc:
+            raise ValueError(f"{FUNCTION}: {exc}") from None
+        new_weights = tasks.check_weights(trained.weights, self.expected, "the trained weights")
+        metrics = {**tasks.plain_metrics(trained.metrics), "num_examples": int(trained.num_examples)}
+        if self.poison is not None:
+            new_weights = _poisoned(new_weights, self.global_weights, self.poison)
+        if self.local_dp is not None:
+            new_weights = privacy.local_privatize(new_weights, self.global_weights, self.local_dp, self.rnd,
+                                                  client_id, self.attempt)
+        return new_weights, metrics
+
+
+#: the most clients one pack may hold (a pack's acknowledgement lists them)
+MAX_PACK = 10_000
+
+
+def _pack_clients(pack: Mapping[str, Any], call: _Call) -> tuple[int, list[int]]:
+    """``pack.index`` and ``pack.clients`` checked: distinct client ids in ascending order, each a client."""
+    index = required(FUNCTION, pack, "index", int, minimum=0)
+    clients = pack.get("clients")
+    if not isinstance(clients, list) or not 1 <= len(clients) <= MAX_PACK \
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in clients):
+        raise ValueError(f"{FUNCTION}: params.pack.clients must be a list of 1 to {MAX_PACK} client ids, "
+                         f"got {str(clients)[:80]}")
+    if any(b <= a for a, b in zip(clients, clients[1:])):
+        raise ValueError(f"{FUNCTION}: params.pack.clients must be distinct and in ascending order")
+    call.check_client(clients[-1], "params.pack.clients holds")
+    return index, list(clients)
+
+
+def _train_pack(params: Mapping[str, Any], db: Any, started: float) -> dict:
+    """Client packing (``clients_info.clients_per_invocation``, docs/aggregation.md): train every client of the
+    pack in ascending order and store one example-weighted partial sum of their updates, keyed by what it covers
+    (``runtime.partials.pack_key``), which the round's final aggregator invocation combines as it combines a
+    tree's partials. Why: one invocation, one stored document and one activation record for k clients, where a
+    client's own training is a fraction of a millisecond and each of those costs about as much.
+
+    Admission moves here: an update that is not finite is left out and listed in the partial's ``rejected`` (the
+    orchestrator logs it), as the aggregator would have refused it. Only sums compose, so the orchestrator packs
+    only the FedAvg family without central DP (config checks). Training is seeded per client, so a retried pack
+    computes the same sums; first write wins."""
+    call = _Call(params, db, single=False)
+    pack = _field(params, "pack", Mapping)
+    index, clients = _pack_clients(pack, call)
+    key = partials.pack_key(call.run_id, call.rnd, index, params.get("privacy"), clients)
+    existing = call.store.get_partial_doc(key)
+    if existing is None:
+        total = partials.PartialSum.empty(partials.MEAN, model.expected_spec(call.global_weights))
+        examples: list[int] = []
+        loss = accuracy = 0.0
+        rejected: list[dict[str, Any]] = []
+        for client_id in clients:
+            try:
+                weights, metrics = call.train(client_id)
+            except ValueError as exc:  # this client's training alone (diverged, a task's error): the others go on
+                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
+                                 "attempt": call.attempt, "reason": "training_failed", "detail": str(exc)[:500]})
+                continue
+            # training's own weights were checked finite (`tasks.check_weights`); poisoning or local noise may not be
+            bad = [name for name, w in weights.items() if not all_finite(np.asarray(w))] \
+                if call.poison is not None or call.local_dp is not None else []
+            if bad:
+                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
+                                 "attempt": call.attempt, "reason": "not_finite",
+                                 "detail": f"{bad[0]!r} holds NaN or infinity"})
+                continue
+            n = metrics["num_examples"]
+            try:
+                total.add_update(client_id, weights, n)
+            except StrategyError as exc:  # what the aggregator would refuse (no examples, too many)
+                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
+                                 "attempt": call.attempt, "reason": "bad_update", "detail": str(exc)})
+                continue
+            examples.append(n)
+            loss += float(metrics.get("train_loss") or 0.0) * n
+            accuracy += float(metrics.get("train_accuracy") or 0.0) * n
+        total.rejected = rejected
+        weight = max(1, total.weight)
+        meta = {**total.meta(), "examples": examples, "activation_id": call.activation_id, "attempt": call.attempt,
+                "metrics": {"train_loss": loss / weight, "train_accuracy": accuracy / weight,
+                            "duration_s": time.perf_counter() - started}}
+        existing = call.store.write_partial(key, call.run_id, call.rnd, partials.PACK_LEVEL, index, total.sums,
+                                            meta)
+    duplicate = bool(existing.get("duplicate")) or existing.get("activation_id") != call.activation_id
+    metrics = existing.get("metrics") if isinstance(existing.get("metrics"), Mapping) else {}
+    return {"ok": True, "round": call.rnd, "pack": index, "key": key, "clients": list(existing.get("clients") or []),
+            "examples": list(existing.get("examples") or []), "rejected": list(existing.get("rejected") or []),
+            "num_examples": existing.get("num_examples"), "train_loss": metrics.get("train_loss"),
+            "train_accuracy": metrics.get("train_accuracy"), "sha256": existing.get("sha256"),
+            "activation_id": existing.get("activation_id"), "attempt": existing.get("attempt"),
+            "duration_s": round(time.perf_counter() - started, 6), "duplicate": duplicate}
 
 
 def _poisoned(new: Mapping[str, Any], previous: Mapping[str, Any], scale: Any) -> dict[str, Any]:

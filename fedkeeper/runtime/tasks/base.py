@@ -84,6 +84,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from fedkeeper.runtime import data as rdata
+from fedkeeper.runtime.weights import all_finite
 
 Weights = dict[str, np.ndarray]
 WeightsSpec = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -177,7 +178,7 @@ def check_weights(weights: Mapping[str, Any], spec: Mapping[str, tuple[Sequence[
         if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
             raise TaskError(f"{what}[{name!r}] is {arr.dtype}{list(arr.shape)}, the model needs "
                             f"{np.dtype(dtype)}{list(shape)}")
-        if not np.all(np.isfinite(arr)):
+        if not all_finite(arr):
             raise TaskError(f"{what}[{name!r}] is not finite (training diverged? lower train.lr)")
         out[name] = arr
     return out

@@ -38,9 +38,18 @@ class NumpyModelTask(Task):
             raise ValueError(f"{what} has {features} features per sample, params.model needs "
                              f"{self.model.spec.num_features}")
 
+    def _train_config(self, hyper: Mapping[str, Any]) -> rmodel.TrainConfig:
+        """`hyper` parsed, the last one kept: a client pack trains many clients with the same `hyper`."""
+        cached = self.__dict__.get("_last_train_config")
+        if cached is not None and cached[0] == hyper:
+            return cached[1]
+        cfg = rmodel.TrainConfig.from_params(hyper, "params.train")
+        self.__dict__["_last_train_config"] = (dict(hyper), cfg)
+        return cfg
+
     def train(self, weights: Mapping[str, np.ndarray], shard: Split, hyper: Mapping[str, Any],
               seed: np.random.SeedSequence) -> TrainResult:
-        cfg = rmodel.TrainConfig.from_params(hyper, "params.train")
+        cfg = self._train_config(hyper)
         self._check_features(shard, "the data")
         new, metrics = rmodel.train_local(self.model, weights, shard.x, shard.y, optim=cfg.optim, lr=cfg.lr,
                                           batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, mu=cfg.mu,

@@ -5,6 +5,8 @@
   rounds with their staleness (`rounds.deadline`).
 - `buffered`: FedBuff — C clients in flight, an aggregation every K arrived updates, staleness-weighted
   (`rounds.buffered`).
+- `sync` with `clients_info.clients_per_invocation` > 1: client packing, one invocation per pack of clients
+  (`rounds.packed`).
 
 Every mode shares the checks before a round and the record after it (`rounds.common`), and the store stays the
 source of truth: a killed run resumes at the first round without a model (`--resume`).
@@ -31,6 +33,10 @@ def run(exp: "Experiment", progress: "Progress") -> str:
         from fedkeeper.scenarios.rounds import buffered
 
         return buffered.run(exp, progress)
+    if exp.fl.clients_info.clients_per_invocation > 1:  # client packing: sync rounds of packs
+        from fedkeeper.scenarios.rounds import packed
+
+        return packed.run(exp, progress)
     from fedkeeper.scenarios.rounds import sync
 
     return sync.run(exp, progress)

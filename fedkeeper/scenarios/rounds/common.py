@@ -165,6 +165,50 @@ def base_row(exp: "Experiment", r: int, *, selected: int, aggregated: int, rejec
     return row
 
 
+def run_jobs(exp: "Experiment", progress: "Progress", task: Any, jobs: list[Any], **kwargs: Any) -> Any:
+    """`Tracker.run` of a sync round's jobs under `resilience.round_deadline_s`, with the round's progress line
+    following them where it is shown (with -q or a pipe, `progress.disable`, three rich calls per job would update
+    a line nobody sees)."""
+    listener = None if getattr(progress, "disable", False) else exp._progress_listener(progress, task)
+    if listener is not None:
+        exp.tracker.listeners.append(listener)
+    limit = exp.fl.resilience.round_deadline_s
+    try:
+        return exp.tracker.run(jobs, deadline=time.time() + limit if limit else None, **kwargs)
+    finally:
+        if listener is not None:
+            exp.tracker.listeners.remove(listener)
+
+
+def settled_records(exp: "Experiment", r: int) -> list[dict[str, Any]]:
+    """Round r's records once its jobs are done: those read at its start with every write since applied
+    (`Tracker.mirror`), read again where a write failed. Nothing changes them after a sync round's wait."""
+    records = exp.tracker.mirrored(exp.run_id, r)
+    exp.tracker.unmirror(exp.run_id, r)
+    return exp.store.find_activations(exp.run_id, round=r) if records is None else records
+
+
+def record_sync_round(exp: "Experiment", progress: "Progress", run_task: Any, r: int, jobs: list[Any],
+                      result: Mapping[str, Any], *, selected: int, expected: int, rejected: int, invoke_s: float,
+                      aggregate_s: float, t0: float, warm_cost: float, client_records: list[dict[str, Any]]
+                      ) -> str | None:
+    """Commit a sync round's row (`commit`) from its jobs and its aggregation's `result`; `expected`: the updates
+    handed over, when the result does not say how many it aggregated. Returns why the run is complete."""
+    from fedkeeper.activations import JobState
+
+    durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
+                 for j in jobs if j.state is JobState.SUCCEEDED and j.result]
+    aggregated = result.get("num_updates")
+    records = round_records(exp, r, client_records)
+    row = base_row(exp, r, selected=selected,
+                   aggregated=int(aggregated) if aggregated is not None else expected - rejected,
+                   rejected=rejected, result=result, invoke_s=invoke_s,
+                   slowest_s=max(durations) if durations else 0.0, aggregate_s=aggregate_s,
+                   round_s=time.perf_counter() - t0, records=records)
+    return commit(exp, progress, run_task, r, row, result, selected=selected, rejected=rejected,
+                  extra_cost=warm_cost, records=records)
+
+
 def log_aggregated(exp: "Experiment", r: int, result: Mapping[str, Any], chosen: Mapping[int, Any],
                    docs: Iterable[Mapping[str, Any]], accepted: Iterable[int]) -> list[dict[str, Any]]:
     """`update_rejected` and `updates_aggregated` events of round r; returns the rejected entries."""

@@ -13,21 +13,19 @@ from typing import TYPE_CHECKING
 
 from fedkeeper.activations import JobState
 from fedkeeper.scenarios.rounds import common
-from fedkeeper.scenarios.rounds.prewarm import Prewarmer
 from fedkeeper.tracker import Job
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress
+
+    from fedkeeper.scenarios.rounds.prewarm import Prewarmer
 
     from fedkeeper.scenarios.federated_learning import Experiment
 
 
 def run(exp: "Experiment", progress: "Progress") -> str:
     """Rounds until the last one or the target accuracy; returns why the run is complete."""
-    warm = Prewarmer(exp)
-    reason = _rounds(exp, progress, warm)
-    warm.close()
-    return reason
+    return common.with_prewarm(exp, progress, _rounds)
 
 
 def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
@@ -37,7 +35,6 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
     if reached:
         return reached
     done = int(exp.run.get("last_completed_round") or 0)
-    fl = exp.fl
     plan = common.plan(exp)
     run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
     for r in range(done + 1, exp.rounds + 1):
@@ -61,12 +58,6 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         jobs = exp.client_jobs(r, [client_id for client_id in selected if client_id not in stored])
         task = progress.add_task(f"round {r}/{exp.rounds}", total=len(selected), completed=len(stored),
                                  failed=0, retrying=0)
-        # the round's line, where it is shown: with -q or a pipe (`progress.disable`), three rich calls per client
-        # would update a line nobody sees
-        listener = None if getattr(progress, "disable", False) else exp._progress_listener(progress, task)
-        if listener is not None:
-            exp.tracker.listeners.append(listener)
-        deadline = time.time() + fl.resilience.round_deadline_s if fl.resilience.round_deadline_s else None
 
         def ok(js: list[Job]) -> int:
             return len(stored) + sum(j.state is JobState.SUCCEEDED for j in js)
@@ -76,20 +67,12 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
                                   {j.client_id for j in js if j.state is JobState.GAVE_UP})
 
         satisfied = settled if len(selected) > cohort.needed else None
-        try:
-            outcome = exp.tracker.run(jobs, deadline=deadline, enough=lambda js: ok(js) >= quorum,
-                                      satisfied=satisfied, records=start_records)
-        finally:
-            if listener is not None:
-                exp.tracker.listeners.remove(listener)
+        outcome = common.run_jobs(exp, progress, task, jobs, enough=lambda js: ok(js) >= quorum,
+                                  satisfied=satisfied, records=start_records)
         invoke_s = time.perf_counter() - t0
-        # the round's client records are final now (the tracker wrote them before it returned): the records read at
-        # the round's start with every write since applied (`Tracker.mirror`), for the issued updates here and the
-        # counts and cost of the round's row (with the aggregator's records); read again where a write failed
-        client_records = exp.tracker.mirrored(exp.run_id, r)
-        exp.tracker.unmirror(exp.run_id, r)
-        if client_records is None:
-            client_records = exp.store.find_activations(exp.run_id, round=r)
+        # the round's client records are final now (the tracker wrote them before it returned), for the issued
+        # updates here and the counts and cost of the round's row (with the aggregator's records)
+        client_records = common.settled_records(exp, r)
         stored_updates = exp._stored_updates(r, {j.client_id: j.result for j in outcome.jobs
                                                  if j.state is JobState.SUCCEEDED}, report=True,
                                              records=client_records)
@@ -111,17 +94,10 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         aggregate_s = time.perf_counter() - t1
         rejected = common.log_aggregated(exp, r, result, stored_updates.chosen, stored_updates.docs, accepted)
         progress.remove_task(task)
-        durations = [float(j.result.get("duration_s") or j.handler_s or 0.0)
-                     for j in outcome.jobs if j.state is JobState.SUCCEEDED and j.result]
-        aggregated = result.get("num_updates")
-        records = common.round_records(exp, r, client_records)
-        row = common.base_row(exp, r, selected=len(selected),
-                              aggregated=int(aggregated) if aggregated is not None else len(accepted) - len(rejected),
-                              rejected=len(rejected), result=result, invoke_s=invoke_s,
-                              slowest_s=max(durations) if durations else 0.0, aggregate_s=aggregate_s,
-                              round_s=time.perf_counter() - t0, records=records)
-        reached = common.commit(exp, progress, run_task, r, row, result, selected=len(selected),
-                                rejected=len(rejected), extra_cost=warm_cost, records=records)
+        reached = common.record_sync_round(exp, progress, run_task, r, outcome.jobs, result, selected=len(selected),
+                                           expected=len(accepted), rejected=len(rejected), invoke_s=invoke_s,
+                                           aggregate_s=aggregate_s, t0=t0, warm_cost=warm_cost,
+                                           client_records=client_records)
         if reached:
             return reached
     exp.current_round = None
