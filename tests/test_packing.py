@@ -114,16 +114,31 @@ def test_a_client_whose_training_fails_is_listed_and_the_pack_goes_on(nx_db: Any
     _init(nx_db, "pf")
     original = client._Call.train
 
-    def train(self: Any, client_id: int) -> Any:
+    def train(self: Any, client_id: int, **kwargs: Any) -> Any:
         if client_id == 1:
             raise ValueError("fl_client: the trained weights['w1'] is not finite (training diverged?)")
-        return original(self, client_id)
+        return original(self, client_id, **kwargs)
 
     monkeypatch.setattr(client._Call, "train", train)
     ack = client.handle(_pack_payload("pf", [0, 1, 2]), db=nx_db)
     assert ack["clients"] == [0, 2]
     assert [(r["client_id"], r["reason"]) for r in ack["rejected"]] == [(1, "training_failed")]
     assert "not finite" in ack["rejected"][0]["detail"]
+
+
+def test_non_finite_sums_send_the_pack_through_again_with_each_update_checked(nx_db: Any) -> None:
+    """The first pass checks only the sums; an overflowing poisoned update makes them infinite, and the careful
+    pass names every client whose update is not finite instead of storing a sum of infinities."""
+    client = load_handler("fl_client", "fk_pack_client_inf")
+    _init(nx_db, "pi")
+    payload = _pack_payload("pi", [0, 1, 2])
+    payload["local_fault_poison_scale"] = 1e300  # previous + 1e300 * delta: infinite in float32
+    ack = client.handle(payload, db=nx_db)
+    assert ack["clients"] == [] and sorted(r["client_id"] for r in ack["rejected"]) == [0, 1, 2]
+    assert {r["reason"] for r in ack["rejected"]} == {"not_finite"}
+    sums, doc = BlobStore(nx_db).read_partial("pi", 1, ack["key"], partials.sum_spec(
+        {name: (tuple(w.shape), w.dtype) for name, w in BlobStore(nx_db).read_model("pi", 0)[0].items()}))
+    assert doc["count"] == 0 and all(np.all(v == 0) for v in sums.values())
 
 
 @pytest.mark.parametrize("pack, message", [

@@ -51,7 +51,7 @@ import numpy as np
 
 from fedkeeper.runtime import admission, blobstore, data, model, partials, privacy, tasks
 from fedkeeper.runtime.params import required
-from fedkeeper.runtime.strategies.errors import StrategyError
+from fedkeeper.runtime.strategies.errors import NonFiniteMean, StrategyError
 from fedkeeper.runtime.weights import all_finite
 from fedkeeper.runtime.tasks import partition
 
@@ -233,8 +233,9 @@ class _Call:
         if client_id >= self.num_clients:
             raise ValueError(f"{FUNCTION}: {where} {client_id} is not below params.num_clients {self.num_clients}")
 
-    def train(self, client_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One client's update (poisoned and privatized as the payload says) and its metrics with num_examples."""
+    def train(self, client_id: int, *, check_finite: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One client's update (poisoned and privatized as the payload says) and its metrics with num_examples.
+        ``check_finite=False``: the trained weights' NaN/Inf scan is left to the caller (a pack checks its sums)."""
         if self._shards is None:
             self._shards = partition.shard_reader(self.task, self.ref.key, self.data_params, self.num_clients,
                                                   self.seed)
@@ -245,7 +246,7 @@ class _Call:
                                                                                           client_id)), len(local))
         except ValueError as exc:
             raise ValueError(f"{FUNCTION}: {exc}") from None
-        new_weights = tasks.check_weights(trained.weights, self.expected, "the trained weights")
+        new_weights = tasks.check_weights(trained.weights, self.expected, "the trained weights", finite=check_finite)
         metrics = {**tasks.plain_metrics(trained.metrics), "num_examples": int(trained.num_examples)}
         if self.poison is not None:
             new_weights = _poisoned(new_weights, self.global_weights, self.poison)
@@ -280,8 +281,8 @@ def _train_pack(params: Mapping[str, Any], db: Any, started: float) -> dict:
     tree's partials. Why: one invocation, one stored document and one activation record for k clients, where a
     client's own training is a fraction of a millisecond and each of those costs about as much.
 
-    Admission moves here: an update that is not finite is left out and listed in the partial's ``rejected`` (the
-    orchestrator logs it), as the aggregator would have refused it. Only sums compose, so the orchestrator packs
+    Admission moves here: a client whose training fails or whose update is not finite is left out and listed in
+    the partial's ``rejected`` (the orchestrator logs it), as the aggregator would have refused its update. Only sums compose, so the orchestrator packs
     only the FedAvg family without central DP (config checks). Training is seeded per client, so a retried pack
     computes the same sums; first write wins."""
     call = _Call(params, db, single=False)
@@ -290,36 +291,14 @@ def _train_pack(params: Mapping[str, Any], db: Any, started: float) -> dict:
     key = partials.pack_key(call.run_id, call.rnd, index, params.get("privacy"), clients)
     existing = call.store.get_partial_doc(key)
     if existing is None:
-        total = partials.PartialSum.empty(partials.MEAN, model.expected_spec(call.global_weights))
-        examples: list[int] = []
-        loss = accuracy = 0.0
-        rejected: list[dict[str, Any]] = []
-        for client_id in clients:
-            try:
-                weights, metrics = call.train(client_id)
-            except ValueError as exc:  # this client's training alone (diverged, a task's error): the others go on
-                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
-                                 "attempt": call.attempt, "reason": "training_failed", "detail": str(exc)[:500]})
-                continue
-            # training's own weights were checked finite (`tasks.check_weights`); poisoning or local noise may not be
-            bad = [name for name, w in weights.items() if not all_finite(np.asarray(w))] \
-                if call.poison is not None or call.local_dp is not None else []
-            if bad:
-                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
-                                 "attempt": call.attempt, "reason": "not_finite",
-                                 "detail": f"{bad[0]!r} holds NaN or infinity"})
-                continue
-            n = metrics["num_examples"]
-            try:
-                total.add_update(client_id, weights, n)
-            except StrategyError as exc:  # what the aggregator would refuse (no examples, too many)
-                rejected.append({"client_id": client_id, "activation_id": call.activation_id,
-                                 "attempt": call.attempt, "reason": "bad_update", "detail": str(exc)})
-                continue
-            examples.append(n)
-            loss += float(metrics.get("train_loss") or 0.0) * n
-            accuracy += float(metrics.get("train_accuracy") or 0.0) * n
-        total.rejected = rejected
+        # NaN/Inf checked once, on the sums (exact: a non-finite value in any update leaves them non-finite, and
+        # finite updates cannot overflow them); when they are not, the pack is trained again (the same bits: every
+        # client is seeded) with each update checked, so that only the offending clients are left out
+        try:
+            total, examples, loss, accuracy = _sum_pack(call, clients, careful=False)
+            total.require_finite()
+        except NonFiniteMean:
+            total, examples, loss, accuracy = _sum_pack(call, clients, careful=True)
         weight = max(1, total.weight)
         meta = {**total.meta(), "examples": examples, "activation_id": call.activation_id, "attempt": call.attempt,
                 "metrics": {"train_loss": loss / weight, "train_accuracy": accuracy / weight,
@@ -336,6 +315,41 @@ def _train_pack(params: Mapping[str, Any], db: Any, started: float) -> dict:
             "duration_s": round(time.perf_counter() - started, 6), "duplicate": duplicate}
 
 
+def _sum_pack(call: _Call, clients: list[int], *, careful: bool
+              ) -> tuple[partials.PartialSum, list[int], float, float]:
+    """The pack's partial sum, its clients' example counts and their example-weighted train loss and accuracy
+    sums. ``careful``: each update checked finite, and the clients whose update is not are left out (listed in
+    the partial's ``rejected``); else nothing is checked here (`_train_pack` checks the sums)."""
+    total = partials.PartialSum.empty(partials.MEAN, model.expected_spec(call.global_weights))
+    examples: list[int] = []
+    loss = accuracy = 0.0
+
+    def refuse(client_id: int, reason: str, detail: str) -> None:
+        total.rejected.append({"client_id": client_id, "activation_id": call.activation_id, "attempt": call.attempt,
+                               "reason": reason, "detail": detail[:500]})
+
+    for client_id in clients:
+        try:
+            weights, metrics = call.train(client_id, check_finite=careful)
+        except ValueError as exc:  # this client's training alone (diverged, a task's error): the others go on
+            refuse(client_id, "training_failed", str(exc))
+            continue
+        bad = [name for name, w in weights.items() if not all_finite(np.asarray(w))] if careful else []
+        if bad:  # poisoning or local noise (training's own weights were checked by `tasks.check_weights`)
+            refuse(client_id, "not_finite", f"{bad[0]!r} holds NaN or infinity")
+            continue
+        n = metrics["num_examples"]
+        try:
+            total.add_update(client_id, weights, n)
+        except StrategyError as exc:  # what the aggregator would refuse (no examples, too many)
+            refuse(client_id, "bad_update", str(exc))
+            continue
+        examples.append(n)
+        loss += float(metrics.get("train_loss") or 0.0) * n
+        accuracy += float(metrics.get("train_accuracy") or 0.0) * n
+    return total, examples, loss, accuracy
+
+
 def _poisoned(new: Mapping[str, Any], previous: Mapping[str, Any], scale: Any) -> dict[str, Any]:
     """previous + scale × (new − previous) in the model's dtypes: a sign-flipped (scale −1) or inflated update."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -343,7 +357,8 @@ def _poisoned(new: Mapping[str, Any], previous: Mapping[str, Any], scale: Any) -
     out = {}
     for name, old in previous.items():
         base = np.asarray(old, np.float64)
-        out[name] = (base + float(scale) * (np.asarray(new[name], np.float64) - base)).astype(old.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # an inflated update may overflow: admission refuses it
+            out[name] = (base + float(scale) * (np.asarray(new[name], np.float64) - base)).astype(old.dtype)
     return out
 
 

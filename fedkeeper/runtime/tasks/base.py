@@ -166,8 +166,10 @@ class Task:
 # ------------------------------------------------------------------------------------------- checks on results
 
 
-def check_weights(weights: Mapping[str, Any], spec: Mapping[str, tuple[Sequence[int], Any]], what: str) -> Weights:
-    """``weights`` as numpy arrays, in ``spec``'s order, each of its shape and dtype and finite; TaskError else."""
+def check_weights(weights: Mapping[str, Any], spec: Mapping[str, tuple[Sequence[int], Any]], what: str, *,
+                  finite: bool = True) -> Weights:
+    """``weights`` as numpy arrays, in ``spec``'s order, each of its shape and dtype and finite; TaskError else.
+    ``finite=False``: the NaN/Inf scan is the caller's (a client pack checks its sums once)."""
     if not isinstance(weights, Mapping):
         raise TaskError(f"{what} must be a dict of name -> numpy array, got {type(weights).__name__}")
     if list(weights) != list(spec):
@@ -178,7 +180,7 @@ def check_weights(weights: Mapping[str, Any], spec: Mapping[str, tuple[Sequence[
         if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
             raise TaskError(f"{what}[{name!r}] is {arr.dtype}{list(arr.shape)}, the model needs "
                             f"{np.dtype(dtype)}{list(shape)}")
-        if not all_finite(arr):
+        if finite and not all_finite(arr):
             raise TaskError(f"{what}[{name!r}] is not finite (training diverged? lower train.lr)")
         out[name] = arr
     return out
