@@ -147,7 +147,8 @@ def test_non_finite_sums_send_the_pack_through_again_with_each_update_checked(nx
     ({"index": 0, "clients": [1, 1]}, "distinct and in ascending order"),
     ({"index": 0, "clients": [0, 4]}, "holds 4 is not below params.num_clients 4"),
     ({"index": 0, "clients": [0, True]}, "params.pack.clients must be a list"),
-    ({"index": -1, "clients": [0]}, "params.index must be >= 0"),
+    ({"index": -1, "clients": [0]}, "params.pack.index must be an integer >= 0"),
+    ({"clients": [0]}, "params.pack.index must be an integer >= 0"),
     ("all", "params.pack must be Mapping"),
 ])
 def test_a_bad_pack_is_refused_before_anything_is_trained(nx_db: Any, pack: Any, message: str) -> None:

@@ -262,7 +262,9 @@ MAX_PACK = 10_000
 
 def _pack_clients(pack: Mapping[str, Any], call: _Call) -> tuple[int, list[int]]:
     """``pack.index`` and ``pack.clients`` checked: distinct client ids in ascending order, each a client."""
-    index = required(FUNCTION, pack, "index", int, minimum=0)
+    index = pack.get("index")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"{FUNCTION}: params.pack.index must be an integer >= 0, got {index!r}")
     clients = pack.get("clients")
     if not isinstance(clients, list) or not 1 <= len(clients) <= MAX_PACK \
             or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in clients):
@@ -282,9 +284,9 @@ def _train_pack(params: Mapping[str, Any], db: Any, started: float) -> dict:
     client's own training is a fraction of a millisecond and each of those costs about as much.
 
     Admission moves here: a client whose training fails or whose update is not finite is left out and listed in
-    the partial's ``rejected`` (the orchestrator logs it), as the aggregator would have refused its update. Only sums compose, so the orchestrator packs
-    only the FedAvg family without central DP (config checks). Training is seeded per client, so a retried pack
-    computes the same sums; first write wins."""
+    the partial's ``rejected`` (the orchestrator logs it), as the aggregator would have refused its update. Only
+    sums compose, so the orchestrator packs only the FedAvg family without central DP (config checks). Training is
+    seeded per client, so a retried pack computes the same sums; first write wins."""
     call = _Call(params, db, single=False)
     pack = _field(params, "pack", Mapping)
     index, clients = _pack_clients(pack, call)
