@@ -323,3 +323,22 @@ def test_a_partial_sum_is_the_flat_means_bits(sizes: list[int], dtype: Any, coun
         part.add_update(client, update, n)
     for name, value in flat.result().items():
         assert np.array_equal(part.mean()[name], value)
+
+
+@pytest.mark.integration
+def test_a_stored_pack_that_does_not_cover_its_clients_stops_the_resumed_round(loop: Loop) -> None:
+    """A resumed round reads the packs stored by an earlier session; one whose clients are not the pack's (a
+    tampered document) is refused with the key it was found under, nothing aggregated from it."""
+    failing = dict(clusters={"lab": {}, "bad": {"faults": {"failure_rate": 1.0}}}, placement={"lab": 4, "bad": 4},
+                   per_round=8, rounds=1, resilience={"max_attempts": 1, "min_fraction": 0.75})
+    text, db = loop.yaml(clients_per_invocation=2, **failing)
+    first = loop.start(text, workdir="w")
+    assert first.summary["status"] == "quorum_lost"
+    docs = loop.client[db].partials.find({"run_id": first.run_id}, {"clients": 1})
+    (pack0,) = [d["_id"] for d in docs if d["clients"] == [0, 1]]
+    loop.client[db].partials.update_one({"_id": pack0}, {"$set": {"clients": [0, 7]}})
+    resumed = loop.start(text.replace("failure_rate: 1.0", "failure_rate: 0.0"), workdir="w", resume=first.run_id)
+    assert resumed.summary["status"] == "failed"
+    assert "the stored partial of pack 0" in resumed.summary["reason"] and "covers clients" in \
+        resumed.summary["reason"]
+    assert loop.client[db].models.count_documents({"run_id": first.run_id, "round": 1}) == 0

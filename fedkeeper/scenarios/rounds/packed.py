@@ -90,6 +90,11 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         invoke_s = time.perf_counter() - t0
         client_records = common.settled_records(exp, r)
         done_packs = {i: _ack_of(doc) for i, doc in stored.items()}
+        for i, ack in done_packs.items():  # a stored partial is read like an answer: its clients must be the pack's
+            problem = _ack_problem({**ack, "key": packs[i].key}, packs[i])
+            if problem:
+                raise RunFailed(f"round {r}: the stored partial of pack {i} ({packs[i].key}) {problem}; it cannot "
+                                f"be aggregated, and the same key is not written twice (first write wins)")
         for job in outcome.jobs:
             if job.state is JobState.SUCCEEDED and job.result:
                 pack = by_first[job.client_id]
