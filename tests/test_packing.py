@@ -5,13 +5,10 @@ quorum resumed without running stored packs again)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pymongo
 import pytest
 import yaml
 from hypothesis import given, settings

@@ -53,16 +53,11 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         return reached
     mode = exp.fl.mode
     c, k = sizes(exp)
-    done = int(exp.run.get("last_completed_round") or 0)
     plan = common.plan(exp)
+    rounds = common.RoundLoop(exp, progress)
     flight = Flight(exp)
-    flight.restore(done, mode.max_staleness + 1)
-    run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
-    for r in range(done + 1, exp.rounds + 1):
-        budget = common.prelude(exp, r)
-        if budget:
-            return budget
-        t0 = time.perf_counter()
+    flight.restore(rounds.done, mode.max_staleness + 1)
+    for r, t0 in rounds:
         warm_cost = warm.collect()
         invoked: list[int] = []
         while len(flight.buffer) < k:
@@ -88,11 +83,13 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         flight.drop(too_old)
         take = sorted(flight.buffer)[:k] if len(flight.buffer) > k else sorted(flight.buffer)
         issued = flight.take(take)
-        reached = common.aggregate_issued(exp, progress, run_task, r, flight, issued, take,
+        reached = common.aggregate_issued(exp, progress, rounds.run_task, r, flight, issued, take,
                                           updates=[i.as_params() for i in issued], selected=len(invoked),
                                           invoke_s=invoke_s, slowest_s=0.0, t0=t0, warm_cost=warm_cost)
         if reached:
             return reached
+    if rounds.stopped:
+        return rounds.stopped
     return common.all_rounds_done(exp, flight)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,26 @@ def prelude(exp: "Experiment", r: int) -> str | None:
                          target_epsilon=exp.privacy.target_epsilon, rounds_completed=r - 1)
         exp.current_round = None
     return budget
+
+
+class RoundLoop:
+    """The rounds this session has left, each handed out after the checks before it (`prelude`), with the time it
+    starts: `for r, t0 in RoundLoop(exp, progress)`. `done`: the rounds committed before; `run_task`: the run's
+    progress line; `stopped`: why the rounds ended early (the privacy budget), else None once they are all run."""
+
+    def __init__(self, exp: "Experiment", progress: "Progress") -> None:
+        self.exp = exp
+        self.done = int(exp.run.get("last_completed_round") or 0)
+        self.run_task = progress.add_task("run", total=exp.rounds, completed=self.done, clock=exp.clock)
+        self.stopped: str | None = None
+
+    def __iter__(self) -> "Iterator[tuple[int, float]]":
+        for r in range(self.done + 1, self.exp.rounds + 1):
+            budget = prelude(self.exp, r)
+            if budget:
+                self.stopped = budget
+                return
+            yield r, time.perf_counter()
 
 
 #: the functions a round's own cost counts (warm-ups are billed where they are collected: rounds/prewarm.py)

@@ -88,17 +88,12 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
     mode = exp.fl.mode
     carry = mode.late == "carry"
     d = deadline_of(exp)
-    done = int(exp.run.get("last_completed_round") or 0)
     plan = common.plan(exp)
+    rounds = common.RoundLoop(exp, progress)
     flight = Flight(exp)
-    if done or carry:
-        flight.restore(done, mode.max_staleness + 1 if carry else 1)
-    run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
-    for r in range(done + 1, exp.rounds + 1):
-        budget = common.prelude(exp, r)
-        if budget:
-            return budget
-        t0 = time.perf_counter()
+    if rounds.done or carry:
+        flight.restore(rounds.done, mode.max_staleness + 1 if carry else 1)
+    for r, t0 in rounds:
         warm_cost = warm.collect()
         cohort, quorum = exp.cohort_for(r, plan)
         busy = flight.busy()
@@ -153,11 +148,13 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         updates = [i.as_params() if carry else {k: v for k, v in i.as_params().items() if k != "round"}
                    for i in issued]
         durations = [float(j.handler_s or 0.0) for j in round_jobs if j.state is JobState.SUCCEEDED]
-        reached = common.aggregate_issued(exp, progress, run_task, r, flight, issued, take, updates=updates,
-                                          selected=len(selected), invoke_s=invoke_s,
+        reached = common.aggregate_issued(exp, progress, rounds.run_task, r, flight, issued, take,
+                                          updates=updates, selected=len(selected), invoke_s=invoke_s,
                                           slowest_s=max(durations) if durations else 0.0, t0=t0,
                                           warm_cost=warm_cost)
         if reached:
             return reached
+    if rounds.stopped:
+        return rounds.stopped
     return common.all_rounds_done(exp, flight)
 

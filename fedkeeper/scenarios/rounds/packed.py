@@ -53,14 +53,9 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
     reached = common.resumed_reason(exp)
     if reached:
         return reached
-    done = int(exp.run.get("last_completed_round") or 0)
     plan = common.plan(exp)
-    run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
-    for r in range(done + 1, exp.rounds + 1):
-        budget = common.prelude(exp, r)
-        if budget:
-            return budget
-        t0 = time.perf_counter()
+    rounds = common.RoundLoop(exp, progress)
+    for r, t0 in rounds:
         cohort, quorum = exp.cohort_for(r, plan)
         selected = sorted(cohort.ranked)
         packs = round_packs(exp, r, selected)
@@ -123,12 +118,14 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         aggregate_s = time.perf_counter() - t1
         rejected = _log_aggregated(exp, r, result, packs, done_packs)
         progress.remove_task(task)
-        reached = common.record_sync_round(exp, progress, run_task, r, outcome.jobs, result, selected=len(selected),
-                                           expected=trained, rejected=len(rejected), invoke_s=invoke_s,
-                                           aggregate_s=aggregate_s, t0=t0, warm_cost=warm_cost,
+        reached = common.record_sync_round(exp, progress, rounds.run_task, r, outcome.jobs, result,
+                                           selected=len(selected), expected=trained, rejected=len(rejected),
+                                           invoke_s=invoke_s, aggregate_s=aggregate_s, t0=t0, warm_cost=warm_cost,
                                            client_records=client_records)
         if reached:
             return reached
+    if rounds.stopped:
+        return rounds.stopped
     exp.current_round = None
     return f"all {exp.rounds} rounds completed"
 

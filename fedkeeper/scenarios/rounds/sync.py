@@ -34,14 +34,9 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
     reached = common.resumed_reason(exp)
     if reached:
         return reached
-    done = int(exp.run.get("last_completed_round") or 0)
     plan = common.plan(exp)
-    run_task = progress.add_task("run", total=exp.rounds, completed=done, clock=exp.clock)
-    for r in range(done + 1, exp.rounds + 1):
-        budget = common.prelude(exp, r)
-        if budget:
-            return budget
-        t0 = time.perf_counter()
+    rounds = common.RoundLoop(exp, progress)
+    for r, t0 in rounds:
         cohort, quorum = exp.cohort_for(r, plan)
         selected = sorted(cohort.ranked)
         exp.runlog.event("round_started", round=r, selected=selected, ranked=list(cohort.ranked))
@@ -53,7 +48,7 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         exp.tracker.mirror(exp.run_id, r, start_records)
         stored_updates = exp._stored_updates(r, records=start_records)
         stored = set(stored_updates.chosen)
-        if stored and r == done + 1:  # a resumed round: answers an interrupted session never read
+        if stored and r == rounds.done + 1:  # a resumed round: answers an interrupted session never read
             exp.tracker.settle_stored(exp.run_id, r, stored_updates.docs)
         jobs = exp.client_jobs(r, [client_id for client_id in selected if client_id not in stored])
         task = progress.add_task(f"round {r}/{exp.rounds}", total=len(selected), completed=len(stored),
@@ -94,11 +89,13 @@ def _rounds(exp: "Experiment", progress: "Progress", warm: Prewarmer) -> str:
         aggregate_s = time.perf_counter() - t1
         rejected = common.log_aggregated(exp, r, result, stored_updates.chosen, stored_updates.docs, accepted)
         progress.remove_task(task)
-        reached = common.record_sync_round(exp, progress, run_task, r, outcome.jobs, result, selected=len(selected),
-                                           expected=len(accepted), rejected=len(rejected), invoke_s=invoke_s,
-                                           aggregate_s=aggregate_s, t0=t0, warm_cost=warm_cost,
+        reached = common.record_sync_round(exp, progress, rounds.run_task, r, outcome.jobs, result,
+                                           selected=len(selected), expected=len(accepted), rejected=len(rejected),
+                                           invoke_s=invoke_s, aggregate_s=aggregate_s, t0=t0, warm_cost=warm_cost,
                                            client_records=client_records)
         if reached:
             return reached
+    if rounds.stopped:
+        return rounds.stopped
     exp.current_round = None
     return f"all {exp.rounds} rounds completed"
