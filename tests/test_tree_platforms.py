@@ -134,6 +134,12 @@ def _deploy(harness: Harness, provider: Any, nx_server: str, db_name: str) -> No
                                        LABEL_DIGEST: digest}))
 
 
+def _tracker(provider: Any, kind: str, records: _Records, runlog: _RunLog) -> Tracker:
+    """An orchestrator's tracker over the platform (a successor gets a new one over the same records)."""
+    return Tracker(_Fabric(provider, kind), records, runlog,
+                   Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+
+
 def _tree(run_id: str, db: Any, tracker: Tracker, runlog: _RunLog, *, kill_at_level: int | None = None
           ) -> T.TreeAggregation:
     def make_job(round_number: int, payload: dict[str, Any]) -> Job:
@@ -151,8 +157,7 @@ def test_tree_on_the_platform_gives_the_flat_model_and_resumes_after_a_kill(
     try:
         _deploy(harness, provider, nx_server, db.name)
         records, runlog = _Records(), _RunLog()
-        tracker = Tracker(_Fabric(provider, harness.kind), records, runlog,
-                          Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        tracker = _tracker(provider, harness.kind, records, runlog)
         store, handle = BlobStore(db), _handler().handle
         entries = {run: TS.seed_round(store, handle, run, db=db) for run in ("flat", "tree", "killed")}
 
@@ -182,8 +187,7 @@ def test_tree_on_the_platform_gives_the_flat_model_and_resumes_after_a_kill(
         assert db.partials.count_documents({"run_id": "killed", "level": 1}) == 4
         assert db.partials.count_documents({"run_id": "killed", "level": 2}) == 0
         # a new orchestrator (its own tracker) resumes: only level 2 and the final node run
-        successor = Tracker(_Fabric(provider, harness.kind), records, runlog,
-                            Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        successor = _tracker(provider, harness.kind, records, runlog)
         resumed = _tree("killed", db, successor, runlog).run(killed_plan, payload, "test")
         assert resumed["tree"]["reused"] == 4
         assert TS.models_equal(store, "flat", "killed") == (0, 0.0)
@@ -219,8 +223,7 @@ def test_client_packs_combined_on_the_platform_give_the_flat_model_and_resume_af
     try:
         _deploy(harness, provider, nx_server, db.name)
         records, runlog = _Records(), _RunLog()
-        tracker = Tracker(_Fabric(provider, harness.kind), records, runlog,
-                          Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        tracker = _tracker(provider, harness.kind, records, runlog)
         store, aggregator = BlobStore(db), _handler()
         client = load_handler("fl_client", "fk_tree_pf_client")
         for run in ("flat", "packs", "killed"):
@@ -255,8 +258,7 @@ def test_client_packs_combined_on_the_platform_give_the_flat_model_and_resume_af
         with pytest.raises(Killed):
             _tree("killed", db, tracker, runlog, kill_at_level=3).combine_stored(1, killed_payload, keys, "test")
         assert db.partials.count_documents({"run_id": "killed", "level": 2}) == 2
-        successor = Tracker(_Fabric(provider, harness.kind), records, runlog,
-                            Resilience(backoff_base_s=0.01, backoff_max_s=0.05, poll_max_s=0.05))
+        successor = _tracker(provider, harness.kind, records, runlog)
         resumed = _tree("killed", db, successor, runlog).combine_stored(1, killed_payload, keys, "test")
         assert resumed["tree"]["reused"] == 2
         assert resumed["model_sha256"] == result["model_sha256"]  # same packs, same plan: the same bits
